@@ -1,0 +1,146 @@
+"""A resolved, consistent set of definitions: what the registry holds and what apply writes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from feature_store.definitions import (
+    Definition,
+    DuckDBSource,
+    Entity,
+    FeatureService,
+    FeatureView,
+    FileSource,
+    from_spec,
+    kind_of,
+    to_spec,
+)
+from feature_store.errors import DuplicateObjectError, FeatureNotFoundError, UnknownReferenceError, closest
+
+SourceDef = FileSource | DuckDBSource
+SpecKey = tuple[str, str]  # (kind, name)
+
+
+@dataclass(frozen=True)
+class Catalog:
+    entities: Mapping[str, Entity] = field(default_factory=dict)
+    sources: Mapping[str, SourceDef] = field(default_factory=dict)
+    views: Mapping[str, FeatureView] = field(default_factory=dict)
+    services: Mapping[str, FeatureService] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, objects: Iterable[Definition], origins: Mapping[int, str] | None = None) -> Catalog:
+        """Collect objects (and the entities/sources views carry inline), check names and references.
+
+        ``origins`` maps id(obj) to where it was defined, so a duplicate names both files.
+        """
+        origins = origins or {}
+        seen: dict[SpecKey, tuple[dict[str, Any], str]] = {}
+        found: dict[str, dict[str, Any]] = {"entity": {}, "source": {}, "feature_view": {}, "feature_service": {}}
+
+        def add(obj: Definition, where: str) -> None:
+            kind = kind_of(obj)
+            spec = to_spec(obj)
+            key = (kind, obj.name)
+            if key in seen:
+                if seen[key][0] != spec:
+                    raise DuplicateObjectError(
+                        f"two different {kind.replace('_', ' ')}s are named {obj.name!r} "
+                        f"(in {seen[key][1]} and in {where}); rename one of them.",
+                        kind=kind, name=obj.name, files=[seen[key][1], where],
+                    )
+                return
+            seen[key] = (spec, where)
+            found[kind][obj.name] = obj
+
+        for obj in objects:
+            where = origins.get(id(obj), "the given objects")
+            add(obj, where)
+            if isinstance(obj, FeatureView):
+                for entity in obj.entities:
+                    if isinstance(entity, Entity):
+                        add(entity, where)
+                if not isinstance(obj.source, str):
+                    add(obj.source, where)
+        catalog = cls(found["entity"], found["source"], found["feature_view"], found["feature_service"])
+        catalog.check_references()
+        return catalog
+
+    def check_references(self) -> None:
+        for view in self.views.values():
+            for name in view.entity_names:
+                if name not in self.entities:
+                    raise UnknownReferenceError(
+                        f"feature view {view.name!r} refers to entity {name!r}, which is not defined."
+                        f"{closest(name, self.entities)} Define Entity(name={name!r}, join_keys=[...]) in the repo.",
+                        view=view.name, entity=name,
+                    )
+            if view.source_name not in self.sources:
+                raise UnknownReferenceError(
+                    f"feature view {view.name!r} refers to source {view.source_name!r}, which is not defined."
+                    f"{closest(view.source_name, self.sources)}",
+                    view=view.name, source=view.source_name,
+                )
+        for service in self.services.values():
+            for projection in service.projections:
+                view = self.views.get(projection.view)
+                if view is None:
+                    raise UnknownReferenceError(
+                        f"feature service {service.name!r} refers to feature view {projection.view!r}, which is "
+                        f"not defined.{closest(projection.view, self.views)}",
+                        service=service.name, view=projection.view,
+                    )
+                for feature in projection.features:
+                    view.feature(feature)
+
+    # --- registry round trip ---------------------------------------------------------------
+
+    def specs(self) -> dict[SpecKey, dict[str, Any]]:
+        out: dict[SpecKey, dict[str, Any]] = {}
+        for group in (self.entities, self.sources, self.views, self.services):
+            for obj in group.values():
+                out[(kind_of(obj), obj.name)] = to_spec(obj)
+        return out
+
+    @classmethod
+    def from_specs(cls, specs: Mapping[SpecKey, dict[str, Any]]) -> Catalog:
+        return cls.build(from_spec(kind, spec) for (kind, _name), spec in sorted(specs.items()))
+
+    # --- lookups ----------------------------------------------------------------------------
+
+    def view(self, name: str) -> FeatureView:
+        view = self.views.get(name)
+        if view is None:
+            raise FeatureNotFoundError(
+                f"no feature view named {name!r}.{closest(name, self.views)}", view=name
+            )
+        return view
+
+    def service(self, name: str) -> FeatureService:
+        service = self.services.get(name)
+        if service is None:
+            raise FeatureNotFoundError(
+                f"no feature service named {name!r}.{closest(name, self.services)}", service=name
+            )
+        return service
+
+    def source_of(self, view: FeatureView) -> SourceDef:
+        return self.sources[view.source_name]
+
+    def join_keys(self, view: FeatureView) -> tuple[str, ...]:
+        keys: list[str] = []
+        for name in view.entity_names:
+            keys.extend(k for k in self.entities[name].join_keys if k not in keys)
+        return tuple(keys)
+
+    def all_feature_refs(self) -> list[str]:
+        return [f"{v.name}:{f}" for v in self.views.values() for f in v.feature_names]
+
+    def find(self, name: str) -> Definition:
+        for group in (self.views, self.services, self.entities, self.sources):
+            if name in group:
+                return group[name]
+        everything = [*self.views, *self.services, *self.entities, *self.sources]
+        raise FeatureNotFoundError(f"nothing named {name!r} is registered.{closest(name, everything)}", name=name)

@@ -1,0 +1,141 @@
+"""The one error hierarchy of the feature store.
+
+Every error a user can cause derives from :class:`FeatureStoreError` and carries the HTTP
+status a server should answer with, so the CLI, the SDK and the feature server report the
+same failure the same way.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+
+class FeatureStoreError(Exception):
+    """Base class: a message that says what failed, on which object, and how to fix it."""
+
+    http_status: ClassVar[int] = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"type": type(self).__name__, "message": self.message, "details": self.details}
+
+
+# --- definitions and repo -------------------------------------------------------------------
+
+
+class DefinitionError(FeatureStoreError):
+    """A feature definition is invalid on its own (bad name, window, hop, mixed feature kinds)."""
+
+    http_status = 422
+
+
+class InvalidIdentifierError(DefinitionError):
+    """A name that would reach SQL is not a plain identifier."""
+
+
+class ConfigError(FeatureStoreError):
+    """feature_store.yaml is missing or invalid."""
+
+    http_status = 500
+
+
+class RepoLoadError(FeatureStoreError):
+    """A Python file of the feature repo could not be imported."""
+
+    http_status = 422
+
+
+class DuplicateObjectError(RepoLoadError):
+    """Two different definitions share one name."""
+
+
+class UnknownReferenceError(DefinitionError):
+    """A definition refers to an entity, source or view that does not exist."""
+
+    http_status = 404
+
+
+# --- sources and data -----------------------------------------------------------------------
+
+
+class SourceError(FeatureStoreError):
+    """A data source cannot be read or does not have the columns a definition needs."""
+
+    http_status = 422
+
+
+class SourceNotFoundError(SourceError):
+    """A file source's path matches no file."""
+
+
+class SchemaError(SourceError):
+    """A column is missing or has a type the definition cannot use."""
+
+
+class EntityDataFrameError(FeatureStoreError):
+    """The entity rows given to get_historical_features are unusable."""
+
+    http_status = 400
+
+
+# --- features -------------------------------------------------------------------------------
+
+
+class FeatureNotFoundError(FeatureStoreError):
+    """A feature reference names no registered view or feature."""
+
+    http_status = 404
+
+
+class FeatureNameCollisionError(FeatureStoreError):
+    """Two requested features would produce the same output column."""
+
+    http_status = 400
+
+
+# --- registry -------------------------------------------------------------------------------
+
+
+class RegistryError(FeatureStoreError):
+    """The registry database cannot be read or written."""
+
+    http_status = 503
+
+
+class ConcurrentApplyError(RegistryError):
+    """Another apply changed the registry since this plan was made."""
+
+    http_status = 409
+
+
+class NotAppliedError(FeatureStoreError):
+    """The registry has no definitions for this project yet."""
+
+    http_status = 404
+
+
+# --- stores ---------------------------------------------------------------------------------
+
+
+class OfflineStoreError(FeatureStoreError):
+    """The offline engine failed on a query the store generated."""
+
+    http_status = 500
+
+
+class OnlineStoreUnavailable(FeatureStoreError):
+    """The online store cannot be reached."""
+
+    http_status = 503
+
+
+def closest(name: str, candidates: Iterable[str]) -> str:
+    """' Did you mean X?' for the nearest candidate, or '' when nothing is close."""
+    matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
+    return f" Did you mean {matches[0]!r}?" if matches else ""

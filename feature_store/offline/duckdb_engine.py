@@ -1,0 +1,239 @@
+"""The DuckDB offline engine: source checks, training sets, and offline materialization."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+from feature_store.aggregations import ORDERABLE_TYPES, Aggregation, base_type
+from feature_store.catalog import Catalog
+from feature_store.config import DuckDBOfflineConfig, resolve_path
+from feature_store.definitions import FIELD_TYPES, FeatureView
+from feature_store.durations import to_micros
+from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError, closest
+from feature_store.identifiers import quote, quote_literal
+from feature_store.offline import entity_input
+from feature_store.offline.entity_input import fetch_arrow
+from feature_store.offline.engine import MaterializeResult, ProgressCallback
+from feature_store.offline.materialize import Materializer
+from feature_store.offline.sources import relation_sql
+from feature_store.offline.sql import ENTITY_TABLE, FeatureRequest, TileTable, ViewQuery, compile_historical
+from feature_store.plan import view_signature
+from feature_store.references import ResolvedFeature
+
+TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+
+
+class DuckDBRetrievalJob:
+    """A training-set query that runs when a result is asked for (each call runs it again)."""
+
+    def __init__(self, engine: DuckDBOfflineEngine, entities: pa.Table, query: str) -> None:
+        self._engine, self._entities, self._sql = engine, entities, query
+
+    def sql(self) -> str:
+        return self._sql
+
+    def _run(self, consume: Any) -> Any:
+        with self._engine.cursor() as cur:
+            cur.register("__entity_input", self._entities)
+            cur.execute(
+                f"CREATE OR REPLACE TEMP TABLE {ENTITY_TABLE} AS SELECT *, "
+                f"epoch_us(CAST({quote(entity_input.TIMESTAMP_COLUMN)} AS TIMESTAMP)) AS __t FROM __entity_input"
+            )
+            try:
+                return consume(cur)
+            except duckdb.Error as exc:
+                raise OfflineStoreError(f"the training-set query failed in DuckDB: {exc}") from exc
+            finally:
+                cur.execute(f"DROP TABLE IF EXISTS {ENTITY_TABLE}")
+                cur.unregister("__entity_input")
+
+    def to_arrow(self) -> pa.Table:
+        return self._run(lambda cur: fetch_arrow(cur.sql(self._sql)))  # type: ignore[no-any-return]
+
+    def to_df(self) -> pd.DataFrame:
+        return self.to_arrow().to_pandas()
+
+    def to_parquet(self, path: str | Path) -> None:
+        self._run(lambda cur: cur.execute(f"COPY ({self._sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
+
+
+class DuckDBOfflineEngine:
+    name: ClassVar[str] = "duckdb"
+
+    def __init__(self, config: DuckDBOfflineConfig, repo: Path) -> None:
+        self.config, self.repo = config, repo
+        self._con: duckdb.DuckDBPyConnection | None = None
+        self._lock = threading.Lock()
+        self._schemas: dict[str, dict[str, str]] = {}
+
+    # --- connection --------------------------------------------------------------------------
+
+    @property
+    def con(self) -> duckdb.DuckDBPyConnection:
+        with self._lock:
+            if self._con is None:
+                path = resolve_path(self.repo, self.config.path)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    self._con = duckdb.connect(str(path))
+                except duckdb.Error as exc:
+                    raise OfflineStoreError(f"cannot open the offline DuckDB database {path}: {exc}") from exc
+                self._con.execute("SET TimeZone = 'UTC'")
+                if self.config.memory_limit:
+                    self._con.execute(f"SET memory_limit = {quote_literal(self.config.memory_limit)}")
+                if self.config.threads:
+                    self._con.execute(f"SET threads = {int(self.config.threads)}")
+            return self._con
+
+    def cursor(self) -> duckdb.DuckDBPyConnection:
+        cur = self.con.cursor()
+        cur.execute("SET TimeZone = 'UTC'")
+        return cur
+
+    def close(self) -> None:
+        if self._con is not None:
+            self._con.close()
+            self._con = None
+
+    # --- sources -----------------------------------------------------------------------------
+
+    def source_schema(self, catalog: Catalog, source_name: str) -> dict[str, str]:
+        source = catalog.sources[source_name]
+        key = source.model_dump_json()
+        if key not in self._schemas:
+            relation = relation_sql(source, self.repo)
+            try:
+                rows = self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+            except duckdb.Error as exc:
+                raise SchemaError(f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name) from exc
+            self._schemas[key] = {str(r[0]): str(r[1]) for r in rows}
+        return self._schemas[key]
+
+    def check_view(self, catalog: Catalog, view_name: str) -> None:
+        """Raise a SchemaError naming the view, column and fix when the source cannot feed the view."""
+        view = catalog.view(view_name)
+        source = catalog.source_of(view)
+        schema = self.source_schema(catalog, source.name)
+        where = f"source {source.name!r} (used by feature view {view.name!r})"
+        for field_name in filter(None, [source.timestamp_field, source.created_timestamp_field]):
+            _require(schema, field_name, where)
+            if base_type(schema[field_name]) not in TIMESTAMP_TYPES:
+                raise SchemaError(
+                    f"{where}: column {field_name!r} has type {schema[field_name]}, not a timestamp; convert it "
+                    "when writing the data, or name the right column in timestamp_field/created_timestamp_field.",
+                    source=source.name, column=field_name,
+                )
+        for key in catalog.join_keys(view):
+            _require(schema, key, where)
+        for feature in view.features:
+            column = feature.column if isinstance(feature, Aggregation) else feature.name
+            if column is None:
+                continue
+            _require(schema, column, where)
+            allowed = feature.input_types if isinstance(feature, Aggregation) else None
+            if allowed is not None and base_type(schema[column]) not in allowed:
+                kinds = "numeric" if allowed is not ORDERABLE_TYPES else "orderable (numbers, strings, times)"
+                raise SchemaError(
+                    f"feature {feature.name!r} of view {view.name!r}: {type(feature).__name__} needs a {kinds} "
+                    f"column, but {column!r} in {where} is {schema[column]}. Use Count, Last or CountDistinct "
+                    "for such columns, or aggregate a numeric one.",
+                    view=view.name, feature=feature.name, column=column,
+                )
+
+    # --- training sets -----------------------------------------------------------------------
+
+    def historical_features(
+        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature]
+    ) -> DuckDBRetrievalJob:
+        by_view: dict[str, list[ResolvedFeature]] = {}
+        for item in features:
+            by_view.setdefault(item.view.name, []).append(item)
+        keys = [k for name in by_view for k in catalog.join_keys(catalog.view(name))]
+        table = entity_input.prepare(entity_input.to_arrow(entity_df, self.con), list(dict.fromkeys(keys)))
+        clash = sorted(set(table.column_names) & {f.output for f in features})
+        if clash:
+            raise EntityDataFrameError(
+                f"entity columns {clash} have the same names as requested features; rename those columns "
+                "or use full_feature_names=True."
+            )
+        queries = []
+        for name, items in by_view.items():
+            self.check_view(catalog, name)
+            self._check_key_types(catalog, catalog.view(name), table)
+            queries.append(self.view_query(catalog, catalog.view(name), items))
+        passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
+        return DuckDBRetrievalJob(self, table, compile_historical(queries, passthrough))
+
+    def _check_key_types(self, catalog: Catalog, view: FeatureView, table: pa.Table) -> None:
+        schema = self.source_schema(catalog, view.source_name)
+        for key in catalog.join_keys(view):
+            given, wanted = str(table.schema.field(key).type), schema[key]
+            if entity_input.key_family(given) != entity_input.key_family(wanted):
+                raise EntityDataFrameError(
+                    f"join key {key!r} is {given} in the entity rows but {wanted} in source "
+                    f"{view.source_name!r} (view {view.name!r}), so no row could match; convert the entity "
+                    "column to the source's type.",
+                    column=key, view=view.name,
+                )
+
+    def view_query(self, catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature]) -> ViewQuery:
+        source = catalog.source_of(view)
+        schema = self.source_schema(catalog, source.name)
+        requests = tuple(self._request(view, view.feature(i.feature), i.output, schema) for i in items)
+        return ViewQuery(
+            name=view.name,
+            keys=catalog.join_keys(view),
+            source_sql=relation_sql(source, self.repo),
+            timestamp_field=source.timestamp_field,
+            created_field=source.created_timestamp_field,
+            features=requests,
+            is_aggregation=view.is_aggregation,
+            view_hop=None if view.hop is None else to_micros(view.hop),
+            ttl=None if view.ttl is None else to_micros(view.ttl),
+            materialized=self.materialized_tables(catalog, view),
+        )
+
+    @staticmethod
+    def _request(view: FeatureView, feature: Any, output: str, schema: dict[str, str]) -> FeatureRequest:
+        if isinstance(feature, Aggregation):
+            input_type = schema[feature.column] if feature.column else None
+            return FeatureRequest(
+                feature, output, input_type, feature.output_type(input_type),
+                hop=to_micros(feature.effective_hop(view.hop)),
+                window=None if feature.window is None else to_micros(feature.window),
+            )
+        return FeatureRequest(feature, output, schema[feature.name], FIELD_TYPES[feature.dtype])
+
+    # --- offline materialization -------------------------------------------------------------
+
+    def materialized_tables(self, catalog: Catalog, view: FeatureView) -> dict[int, TileTable]:
+        return Materializer(self).tables(view.name, view_signature(catalog, view.name))
+
+    def materialize(
+        self, catalog: Catalog, views: Sequence[str], end: Any, full: bool,
+        progress: ProgressCallback | None = None,
+    ) -> list[MaterializeResult]:
+        results: list[MaterializeResult] = []
+        materializer = Materializer(self)
+        for name in views:
+            self.check_view(catalog, name)
+            view = catalog.view(name)
+            all_features = [ResolvedFeature(view, f, f) for f in view.feature_names]
+            query = self.view_query(catalog, view, all_features)
+            results.extend(materializer.run(query, view_signature(catalog, name), end, full, progress))
+        return results
+
+
+def _require(schema: dict[str, str], column: str, where: str) -> None:
+    if column not in schema:
+        raise SchemaError(
+            f"{where} has no column {column!r}.{closest(column, schema)} Columns: {sorted(schema)}.",
+            column=column,
+        )

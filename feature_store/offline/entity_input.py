@@ -1,0 +1,96 @@
+"""Entity rows for a training set: a DataFrame, an Arrow table, a parquet path or a SQL query."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from feature_store.errors import EntityDataFrameError
+
+TIMESTAMP_COLUMN = "event_timestamp"
+ROW_ID = "__row_id"
+
+EntityInput = pd.DataFrame | pa.Table | str | Path
+
+
+def fetch_arrow(result: Any) -> pa.Table:
+    """DuckDB 2 renamed fetch_arrow_table to to_arrow_table; accept both."""
+    fetch = getattr(result, "to_arrow_table", None) or result.fetch_arrow_table
+    return fetch()
+
+
+def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    if isinstance(entity_df, pd.DataFrame):
+        try:
+            return pa.Table.from_pandas(entity_df, preserve_index=False)
+        except (pa.ArrowException, ValueError, TypeError) as exc:
+            raise EntityDataFrameError(f"the entity DataFrame cannot be converted to Arrow: {exc}") from exc
+    if isinstance(entity_df, pa.Table):
+        return entity_df
+    if isinstance(entity_df, Path) or (isinstance(entity_df, str) and entity_df.strip().lower().endswith(".parquet")):
+        path = Path(entity_df)
+        if not path.is_file():
+            raise EntityDataFrameError(f"entity rows file {str(path)!r} does not exist.", path=str(path))
+        return pq.read_table(path)
+    if isinstance(entity_df, str):
+        try:
+            return fetch_arrow(con.sql(entity_df))
+        except duckdb.Error as exc:
+            raise EntityDataFrameError(
+                f"the entity SQL query failed in the offline DuckDB: {exc}", query=entity_df
+            ) from exc
+    raise EntityDataFrameError(
+        f"entity rows must be a pandas DataFrame, a pyarrow Table, a parquet path or a SQL query; "
+        f"got {type(entity_df).__name__}."
+    )
+
+
+def prepare(table: pa.Table, join_keys: Sequence[str]) -> pa.Table:
+    """Check the columns a training set needs and add the row id that keeps input order."""
+    names = set(table.column_names)
+    reserved = sorted(n for n in names if n.startswith("__"))
+    if reserved:
+        raise EntityDataFrameError(f"entity columns {reserved}: names starting with '__' are reserved; rename them.")
+    missing = [c for c in [*join_keys, TIMESTAMP_COLUMN] if c not in names]
+    if missing:
+        raise EntityDataFrameError(
+            f"the entity rows lack column(s) {missing}; they need the join keys {list(join_keys)} of the "
+            f"requested views and an {TIMESTAMP_COLUMN!r} column (the time each training row is 'as of'). "
+            f"Columns present: {sorted(names)}.",
+            missing=missing,
+        )
+    ts_type = table.schema.field(TIMESTAMP_COLUMN).type
+    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
+        raise EntityDataFrameError(
+            f"entity column {TIMESTAMP_COLUMN!r} has type {ts_type}, not a timestamp; convert it, e.g. "
+            f"df[{TIMESTAMP_COLUMN!r}] = pd.to_datetime(df[{TIMESTAMP_COLUMN!r}], utc=True).",
+            column=TIMESTAMP_COLUMN,
+        )
+    nulls = table.column(TIMESTAMP_COLUMN).null_count
+    if nulls:
+        first = int(np.flatnonzero(table.column(TIMESTAMP_COLUMN).is_null().to_numpy(zero_copy_only=False))[0])
+        raise EntityDataFrameError(
+            f"{nulls} entity row(s) have a null {TIMESTAMP_COLUMN!r} (first at row {first}); every training "
+            "row needs the time it is as of. Drop or fill those rows.",
+            null_rows=nulls, first_row=first,
+        )
+    return table.append_column(ROW_ID, pa.array(np.arange(table.num_rows, dtype=np.int64)))
+
+
+def key_family(type_name: str) -> str:
+    """Coarse type families for checking that entity keys can match source keys."""
+    t = type_name.upper()
+    if any(x in t for x in ("INT", "DECIMAL")):
+        return "integer"
+    if any(x in t for x in ("FLOAT", "DOUBLE", "REAL")):
+        return "float"
+    if any(x in t for x in ("VARCHAR", "STRING", "UTF8", "TEXT")):
+        return "string"
+    return t

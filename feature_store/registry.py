@@ -1,0 +1,171 @@
+"""The registry: definitions as JSON specs in a SQL database (SQLite file or PostgreSQL).
+
+Nothing read from it is executed: specs are validated back into pydantic models. Every apply
+is one transaction guarded by a per-project version number, so of two concurrent applies made
+from the same base, the second fails with ConcurrentApplyError instead of losing an update.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    Column,
+    DateTime,
+    Engine,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    create_engine,
+    delete,
+    insert,
+    select,
+    update,
+)
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+
+from feature_store.catalog import Catalog, SpecKey
+from feature_store.errors import ConcurrentApplyError, RegistryError
+from feature_store.plan import Plan
+
+metadata = MetaData()
+
+projects = Table(
+    "fs_projects",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+objects = Table(
+    "fs_objects",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("kind", String(32), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("spec", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+class Registry:
+    def __init__(self, url: str, project: str) -> None:
+        self.url = url
+        self.project = project
+        self._engine: Engine | None = None
+        self._cache: tuple[int, Catalog] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        if self._engine is None:
+            try:
+                self._engine = create_engine(self.url, future=True, pool_pre_ping=True)
+                metadata.create_all(self._engine)
+            except SQLAlchemyError as exc:
+                raise RegistryError(
+                    f"cannot open the registry at {self._safe_url()}: {exc.__class__.__name__}: {exc}. "
+                    "Check 'registry' in feature_store.yaml.",
+                ) from exc
+        return self._engine
+
+    def _safe_url(self) -> str:
+        try:
+            from sqlalchemy.engine import make_url
+
+            return make_url(self.url).render_as_string(hide_password=True)
+        except SQLAlchemyError:
+            return "<invalid url>"
+
+    def version(self) -> int:
+        with self._errors("reading the registry version"), self.engine.connect() as conn:
+            row = conn.execute(select(projects.c.version).where(projects.c.project == self.project)).first()
+        return int(row[0]) if row else 0
+
+    def catalog(self) -> tuple[int, Catalog]:
+        """The registered definitions and the version they are at (cached until the version moves)."""
+        with self._errors("reading the registry"), self.engine.connect() as conn:
+            row = conn.execute(select(projects.c.version).where(projects.c.project == self.project)).first()
+            version = int(row[0]) if row else 0
+            if self._cache is not None and self._cache[0] == version:
+                return self._cache
+            rows = conn.execute(
+                select(objects.c.kind, objects.c.name, objects.c.spec).where(objects.c.project == self.project)
+            ).all()
+        specs: dict[SpecKey, dict[str, Any]] = {(k, n): json.loads(s) for k, n, s in rows}
+        self._cache = (version, Catalog.from_specs(specs))
+        return self._cache
+
+    def apply(self, plan: Plan) -> int:
+        """Write the plan's desired state in one transaction; returns the new version."""
+        now = datetime.now(UTC)
+        new_version = plan.base_version + 1
+        try:
+            with self.engine.begin() as conn:
+                self._bump_version(conn, plan.base_version, new_version, now)
+                for change in plan.changes:
+                    key = (change.kind, change.name)
+                    where = (
+                        (objects.c.project == self.project)
+                        & (objects.c.kind == change.kind)
+                        & (objects.c.name == change.name)
+                    )
+                    conn.execute(delete(objects).where(where))
+                    if change.action != "remove":
+                        conn.execute(insert(objects).values(
+                            project=self.project, kind=change.kind, name=change.name,
+                            spec=json.dumps(plan.desired[key], sort_keys=True), updated_at=now,
+                        ))
+        except IntegrityError as exc:
+            raise self._conflict(plan) from exc
+        except SQLAlchemyError as exc:
+            raise RegistryError(f"apply failed, the registry is unchanged: {exc}") from exc
+        self._cache = None
+        return new_version
+
+    def _bump_version(self, conn: Any, base: int, new: int, now: datetime) -> None:
+        if base == 0:
+            conn.execute(insert(projects).values(project=self.project, version=new, updated_at=now))
+            return
+        result = conn.execute(
+            update(projects)
+            .where((projects.c.project == self.project) & (projects.c.version == base))
+            .values(version=new, updated_at=now)
+        )
+        if result.rowcount != 1:
+            raise self._conflict_error(base)
+
+    def _conflict(self, plan: Plan) -> ConcurrentApplyError:
+        return self._conflict_error(plan.base_version)
+
+    def _conflict_error(self, base: int) -> ConcurrentApplyError:
+        return ConcurrentApplyError(
+            f"the registry of project {self.project!r} changed since this plan was made (plan was against "
+            f"version {base}, registry is now at version {self.version()}); nothing was written. "
+            "Run plan/apply again to apply on top of the new state.",
+            project=self.project, base_version=base,
+        )
+
+    def _errors(self, doing: str) -> Any:
+        return _RegistryErrors(doing, self._safe_url())
+
+    def close(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+
+
+class _RegistryErrors:
+    def __init__(self, doing: str, url: str) -> None:
+        self.doing, self.url = doing, url
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> None:
+        if isinstance(exc, SQLAlchemyError):
+            raise RegistryError(f"{self.doing} at {self.url} failed: {exc}") from exc

@@ -1,0 +1,112 @@
+"""FeatureStore: the thin facade users hold. It delegates every job to the module that owns it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from feature_store.catalog import Catalog
+from feature_store.config import RepoConfig, load_config
+from feature_store.definitions import Definition, FeatureService, FeatureView
+from feature_store.errors import NotAppliedError
+from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
+from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback
+from feature_store.plan import Plan, make_plan
+from feature_store.references import FeatureRefs, resolve_features
+from feature_store.registry import Registry
+from feature_store.repo import load_repo
+
+
+class FeatureStore:
+    """A feature repo: its config, its registry, and the engines behind them.
+
+    ``FeatureStore("feature_repo")`` reads ``feature_repo/feature_store.yaml``.
+    """
+
+    def __init__(self, repo_path: str | Path = ".", config: RepoConfig | None = None) -> None:
+        self.repo_path = Path(repo_path).resolve()
+        self.config = config or load_config(self.repo_path)
+        self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
+        self.offline: OfflineEngine = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
+
+    @property
+    def project(self) -> str:
+        return self.config.project
+
+    # --- definitions --------------------------------------------------------------------------
+
+    def load_definitions(self, objects: Iterable[Definition] | None = None) -> Catalog:
+        """The desired definitions: the given objects, or every definition in the repo's *.py files."""
+        return load_repo(self.repo_path) if objects is None else Catalog.build(objects)
+
+    def plan(self, objects: Iterable[Definition] | None = None) -> Plan:
+        """The diff between the registry and the desired definitions, checked against the data sources."""
+        desired = self.load_definitions(objects)
+        for view in desired.views:
+            self.offline.check_view(desired, view)
+        version, current = self.registry.catalog()
+        return make_plan(self.project, version, current, desired)
+
+    def apply(self, objects: Iterable[Definition] | Plan | None = None) -> Plan:
+        """Register the desired definitions (the full set: what is not in it is removed) in one transaction."""
+        plan = objects if isinstance(objects, Plan) else self.plan(objects)
+        if not plan.is_empty:
+            self.registry.apply(plan)
+        return plan
+
+    def catalog(self) -> Catalog:
+        version, catalog = self.registry.catalog()
+        if version == 0:
+            raise NotAppliedError(
+                f"project {self.project!r} has no registered definitions; run 'feature-store apply' first.",
+                project=self.project,
+            )
+        return catalog
+
+    def get_feature_view(self, name: str) -> FeatureView:
+        return self.catalog().view(name)
+
+    def get_feature_service(self, name: str) -> FeatureService:
+        return self.catalog().service(name)
+
+    def list_feature_views(self) -> list[FeatureView]:
+        return list(self.catalog().views.values())
+
+    # --- training sets ------------------------------------------------------------------------
+
+    def get_historical_features(
+        self, entity_df: Any, features: FeatureRefs, full_feature_names: bool = False
+    ) -> DuckDBRetrievalJob:
+        """Point-in-time-correct feature values for each entity row, as of its event_timestamp."""
+        catalog = self.catalog()
+        resolved = resolve_features(catalog, features, full_feature_names)
+        return self.offline.historical_features(catalog, entity_df, resolved)  # type: ignore[return-value]
+
+    # --- materialization ----------------------------------------------------------------------
+
+    def materialize(
+        self,
+        end: datetime | None = None,
+        views: Sequence[str] | None = None,
+        full: bool = False,
+        progress: ProgressCallback | None = None,
+    ) -> list[MaterializeResult]:
+        """Write per-hop tiles and snapshot history into the offline DuckDB up to ``end`` (default now)."""
+        catalog = self.catalog()
+        names = list(views) if views else list(catalog.views)
+        for name in names:
+            catalog.view(name)
+        end = end or datetime.now(UTC)
+        return self.offline.materialize(catalog, names, end, full, progress)
+
+    def close(self) -> None:
+        self.offline.close()
+        self.registry.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

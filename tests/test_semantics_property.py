@@ -1,0 +1,343 @@
+"""Property-based tests: the engine (public API) must agree with tests/reference.py.
+
+Data is drawn so that the boundaries of the contract are hit often: event and
+created timestamps are mostly taken from the query times and from the window
+starts start(t) = floor_H(t - W) of the generated features (exactly, or one
+microsecond either side), events share timestamps, values and keys are null,
+queries repeat and use keys without events, and query timestamps come naive or
+in UTC, America/New_York or Asia/Kolkata, in microseconds or nanoseconds.
+The base date 2024-03-10 is the day New York switches to daylight saving time.
+
+Amounts are multiples of 0.25 in [-1000, 1000], so sums are exact in binary
+floating point and a relative tolerance of 1e-9 is meaningful.
+"""
+
+import os
+import sys
+import tempfile
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+import pandas as pd
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference as ref  # noqa: E402
+from reference import Agg, AggregationView, SnapshotView  # noqa: E402
+
+UTC = timezone.utc
+US = timedelta(microseconds=1)
+BASE = datetime(2024, 3, 10, tzinfo=UTC)
+BASE_US = ref.to_micros(BASE)
+S, MIN, H, D = (timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1))
+
+WINDOWS = [None, 10 * S, 45 * S, 30 * MIN, H, 2 * H, D, 2 * D]
+HOPS = [S, 7 * S, MIN, 5 * MIN, 7 * MIN, 15 * MIN, H, D]
+FUNCTIONS = [("count", None), ("count", "amount"), ("sum", "amount"), ("sum", "qty"), ("mean", "amount"),
+             ("mean", "qty"), ("min", "amount"), ("max", "amount"), ("min", "qty"), ("max", "qty"),
+             ("last", "category"), ("last", "amount"), ("stddev", "amount"), ("count_distinct", "category"),
+             ("count_distinct", "qty")]
+QUERY_ZONES = ["UTC", "naive", "America/New_York", "Asia/Kolkata"]
+SOURCE_TS_TYPES = ["timestamp[us, tz=UTC]", "timestamp[us]", "timestamp[ns, tz=America/New_York]",
+                   "timestamp[us, tz=Asia/Kolkata]"]
+KNOWN_KEYS = [1, 2, 3]
+QUERY_KEYS = [1, 2, 3, 4]  # 4 never has events
+
+SETTINGS = settings(max_examples=40, deadline=None, database=None,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+amounts = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.5, -3.25, 1000.0]),
+                    st.integers(-4000, 4000).map(lambda k: k / 4))
+quantities = st.one_of(st.none(), st.integers(-5, 5))
+categories = st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))
+source_keys = st.sampled_from(KNOWN_KEYS + [None])
+
+
+def dt(micros):
+    return None if micros is None else ref.from_micros(micros)
+
+
+def us(delta):
+    return ref.duration_micros(delta)
+
+
+# --------------------------------------------------------------------------
+# strategies
+# --------------------------------------------------------------------------
+
+
+@st.composite
+def aggregations(draw, index):
+    function, column = draw(st.sampled_from(FUNCTIONS))
+    window = draw(st.sampled_from(WINDOWS))
+    hop = None
+    if draw(st.booleans()):
+        allowed = [h for h in HOPS if window is None or h <= window]
+        hop = draw(st.sampled_from(allowed))
+    return Agg(f"f{index}", function, column, window, hop)
+
+
+@st.composite
+def query_times(draw, count):
+    """Query instants (UTC microseconds) around BASE, on and off hop boundaries."""
+    times = []
+    for _ in range(count):
+        step = draw(st.integers(-16, 16)) * us(30 * MIN)
+        extra = draw(st.sampled_from([0, 1, us(S) - 1, us(7 * S), us(17 * MIN), us(30 * MIN) - 1, 123457]))
+        times.append(BASE_US + step + extra)
+    return times
+
+
+@st.composite
+def queries(draw):
+    """(key, t) pairs, with repeated rows and keys that have no events."""
+    n = draw(st.integers(1, 6))
+    keys = draw(st.lists(st.sampled_from(QUERY_KEYS), min_size=n, max_size=n))
+    times = draw(query_times(n))
+    pairs = list(zip(keys, times))
+    for _ in range(draw(st.integers(0, 2))):
+        pairs.insert(draw(st.integers(0, len(pairs))), pairs[draw(st.integers(0, len(pairs) - 1))])
+    return pairs
+
+
+def boundary_times(pairs, starts):
+    """Query times and window starts, exactly and one microsecond either side."""
+    points = set()
+    for _key, t in pairs:
+        points.update({t - 1, t, t + 1})
+    for s in starts:
+        points.update({s - 1, s, s + 1})
+    return sorted(points)
+
+
+@st.composite
+def event_time(draw, boundaries, earlier):
+    kind = draw(st.sampled_from(["boundary", "boundary", "boundary", "grid", "same", "far", "null"]))
+    if kind == "boundary":
+        return draw(st.sampled_from(boundaries))
+    if kind == "same" and earlier:
+        return draw(st.sampled_from(earlier))
+    if kind == "far":
+        return BASE_US - us(400 * D) + draw(st.integers(0, 3)) * us(H)
+    if kind == "null":
+        return None
+    step = draw(st.integers(-2 * 24 * 4 - 8, 40)) * us(15 * MIN)
+    return BASE_US + step + draw(st.sampled_from([0, 1, -1, us(7 * MIN), us(30 * S)]))
+
+
+@st.composite
+def created_time(draw, ts, pairs):
+    kind = draw(st.sampled_from(["relative", "relative", "query", "null"]))
+    if kind == "null":
+        return None
+    if kind == "query" or ts is None:
+        t = draw(st.sampled_from([t for _k, t in pairs]))
+        return t + draw(st.sampled_from([0, -1, 1]))
+    return ts + draw(st.sampled_from([0, 1, us(S), us(10 * MIN), us(H), us(D), -us(H)]))
+
+
+@st.composite
+def aggregation_views(draw, pairs):
+    has_created = draw(st.booleans())
+    n_features = draw(st.integers(1, 6))
+    features = [draw(aggregations(i)) for i in range(n_features)]
+    view_hop = None
+    if draw(st.booleans()):
+        windows = [a.window for a in features if a.hop is None and a.window is not None]
+        allowed = [h for h in HOPS if all(h <= w for w in windows)]
+        view_hop = draw(st.sampled_from(allowed))
+    starts = []
+    for agg in features:
+        for _key, t in pairs:
+            start = ref.window_start(t, agg.window, ref.effective_hop(agg, view_hop))
+            if start is not None:
+                starts.append(start)
+    boundaries = boundary_times(pairs, starts)
+    rows = []
+    earlier = []
+    for _ in range(draw(st.integers(0, 25))):
+        ts = draw(event_time(boundaries, earlier))
+        if ts is not None:
+            earlier.append(ts)
+        row = {"customer_id": draw(source_keys), "event_timestamp": dt(ts), "amount": draw(amounts),
+               "qty": draw(quantities), "category": draw(categories)}
+        if has_created:
+            row["created"] = dt(draw(created_time(ts, pairs)))
+        rows.append(row)
+    created_field = "created" if has_created else None
+    ts_type = draw(st.sampled_from(SOURCE_TS_TYPES))
+    return AggregationView(name="spend", features=tuple(features), rows=tuple(rows), created_field=created_field,
+                           hop=view_hop, schema=ref.default_event_schema(created_field, ts_type))
+
+
+@st.composite
+def snapshot_views(draw, pairs):
+    has_created = draw(st.booleans())
+    ttl = draw(st.sampled_from([None, 10 * S, H, 90 * MIN, D, 3 * D]))
+    starts = [t - us(ttl) for _k, t in pairs] if ttl is not None else []
+    boundaries = boundary_times(pairs, starts)
+    rows = []
+    earlier = []
+    for _ in range(draw(st.integers(0, 15))):
+        ts = draw(event_time(boundaries, earlier))
+        if ts is not None:
+            earlier.append(ts)
+        row = {"customer_id": draw(source_keys), "updated_at": dt(ts),
+               "age": draw(st.one_of(st.none(), st.integers(18, 90))), "segment": draw(categories)}
+        if has_created:
+            row["created"] = dt(draw(created_time(ts, pairs)))
+        rows.append(row)
+    created_field = "created" if has_created else None
+    return SnapshotView(name="profile", fields=(("age", "int64"), ("segment", "string")), rows=tuple(rows),
+                        created_field=created_field, ttl=ttl,
+                        schema=ref.default_profile_schema(created_field, draw(st.sampled_from(SOURCE_TS_TYPES))))
+
+
+@st.composite
+def entity_frames(draw, pairs):
+    """The entity DataFrame for (key, t) pairs in a random zone and unit, maybe with an odd index."""
+    zone = draw(st.sampled_from(QUERY_ZONES))
+    unit = draw(st.sampled_from(["us", "ns"]))
+    times = pd.to_datetime([t for _k, t in pairs], unit="us", utc=True)
+    if zone == "naive":
+        times = times.tz_localize(None)
+    elif zone != "UTC":
+        times = times.tz_convert(zone)
+    frame = pd.DataFrame({"customer_id": np.array([k for k, _t in pairs], dtype="int64"),
+                          "event_timestamp": times.as_unit(unit),
+                          "row_id": np.arange(len(pairs), dtype="int64")})
+    if draw(st.booleans()):
+        frame.index = list(reversed(range(len(pairs))))
+    return frame
+
+
+@st.composite
+def scenarios(draw, aggregation=True, snapshot=False):
+    pairs = draw(queries())
+    views = []
+    refs = []
+    if aggregation:
+        view = draw(aggregation_views(pairs))
+        views.append(view)
+        refs += [f"spend:{a.name}" for a in view.features]
+    if snapshot:
+        view = draw(snapshot_views(pairs))
+        views.append(view)
+        refs += draw(st.sampled_from([["profile:age", "profile:segment"], ["profile:segment", "profile:age"],
+                                      ["profile:age"]]))
+    if aggregation and snapshot:
+        refs = draw(st.permutations(refs))
+    entity_df = draw(entity_frames(pairs))
+    return views, entity_df, refs
+
+
+# --------------------------------------------------------------------------
+# checks
+# --------------------------------------------------------------------------
+
+
+def describe(views, entity_df, refs):
+    lines = [f"features: {refs}", f"entity_df:\n{entity_df}"]
+    for view in views:
+        lines.append(f"view {view.name}: " + ", ".join(
+            f"{k}={getattr(view, k)!r}" for k in ("features", "fields", "hop", "ttl", "created_field", "schema")
+            if hasattr(view, k)))
+        for row in view.rows:
+            lines.append(f"    {row}")
+    return "\n".join(lines)
+
+
+def assert_agrees_with_reference(out, views, entity_df, refs):
+    entity_rows = ref.entity_rows_of(entity_df)
+    assert len(out) == len(entity_df), f"{len(out)} output rows for {len(entity_df)} entity rows"
+    assert [ref.normalize_value(v) for v in out["row_id"]] == list(range(len(entity_df))), "row order changed"
+    problems = ref.mismatches(out, entity_rows, views, refs)
+    assert not problems, "\n".join(problems) + "\n\n" + describe(views, entity_df, refs)
+
+
+def assert_identical(before, after):
+    assert list(before.columns) == list(after.columns)
+    assert len(before) == len(after)
+    for column in before.columns:
+        a = [ref.normalize_value(v) for v in before[column]]
+        b = [ref.normalize_value(v) for v in after[column]]
+        assert a == b, f"column {column} changed by materialize:\nbefore {a}\nafter  {b}"
+
+
+def run(views, entity_df, refs, materialize_ends=()):
+    with tempfile.TemporaryDirectory() as repo:
+        store = ref.open_store(repo, views)
+        out = ref.engine_query(store, entity_df, refs)
+        results = [out]
+        for end in materialize_ends:
+            store.materialize(end=end)
+            results.append(ref.engine_query(store, entity_df, refs))
+        return results
+
+
+# --------------------------------------------------------------------------
+# properties
+# --------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(scenarios(aggregation=True))
+def test_aggregations_match_reference(scenario):
+    views, entity_df, refs = scenario
+    [out] = run(views, entity_df, refs)
+    assert_agrees_with_reference(out, views, entity_df, refs)
+
+
+@SETTINGS
+@given(scenarios(aggregation=False, snapshot=True))
+def test_snapshot_features_match_reference(scenario):
+    views, entity_df, refs = scenario
+    [out] = run(views, entity_df, refs)
+    assert_agrees_with_reference(out, views, entity_df, refs)
+
+
+@SETTINGS
+@given(scenarios(aggregation=True, snapshot=True), st.data())
+def test_materialize_changes_no_result(scenario, data):
+    views, entity_df, refs = scenario
+    candidates = sorted({ref.to_micros(r["event_timestamp"]) for r in ref.entity_rows_of(entity_df)})
+    ends = []
+    for _ in range(data.draw(st.integers(1, 2), label="number of materialize calls")):
+        if data.draw(st.booleans()):
+            end = data.draw(st.sampled_from(candidates)) + data.draw(st.sampled_from([0, 1, -1, us(H), -us(D)]))
+        else:
+            end = BASE_US + data.draw(st.integers(-3 * 24, 24)) * us(H) + 1234567
+        ends.append(end)
+    data.draw(st.just([dt(e) for e in ends]), label="materialize ends")
+    results = run(views, entity_df, refs, [dt(end) for end in ends])
+    assert_agrees_with_reference(results[0], views, entity_df, refs)
+    for after in results[1:]:
+        assert_identical(results[0], after)
+
+
+# --------------------------------------------------------------------------
+# the reference against itself (no engine needed)
+# --------------------------------------------------------------------------
+
+
+@settings(max_examples=100, deadline=None, database=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(scenarios(aggregation=True))
+def test_reference_windows_nest_and_never_see_the_future(scenario):
+    """Sanity of the reference: an unbounded window sees a superset of a bounded one, no event at or
+    after t is ever seen, and a Count is the number of events with start(t) <= ts < t."""
+    views, entity_df, _refs = scenario
+    [view] = views
+    for entity_row in ref.entity_rows_of(entity_df):
+        key = (entity_row["customer_id"],)
+        t = ref.to_micros(entity_row["event_timestamp"])
+        for agg in view.features:
+            selected = ref.events_in_window(view, agg, key, t)
+            unbounded = ref.events_in_window(view, Agg("u", "count", None, None), key, t)
+            assert all(item in unbounded for item in selected)
+            assert all(ts < t for ts, _c, _r in selected)
+            start = ref.window_start(t, agg.window, ref.effective_hop(agg, view.hop))
+            if start is not None:
+                assert start <= t - us(agg.window)
+                assert all(ts >= start for ts, _c, _r in selected)
