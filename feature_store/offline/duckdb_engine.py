@@ -23,7 +23,20 @@ from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import Materializer
 from feature_store.offline.sources import relation_sql
-from feature_store.offline.sql import ENTITY_TABLE, FeatureRequest, TileTable, ViewQuery, compile_historical
+from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
+from feature_store.offline.sql import (
+    ENTITY_TABLE,
+    KEYS_TABLE,
+    FeatureRequest,
+    TileTable,
+    ViewQuery,
+    epoch_sql,
+    final_sql,
+    key_dictionary_sql,
+    keyed_events_sql,
+    materialized_tiles_sql,
+    queries_sql,
+)
 from feature_store.plan import view_signature
 from feature_store.references import ResolvedFeature
 
@@ -33,35 +46,64 @@ TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_S
 class DuckDBRetrievalJob:
     """A training-set query that runs when a result is asked for (each call runs it again)."""
 
-    def __init__(self, engine: DuckDBOfflineEngine, entities: pa.Table, query: str) -> None:
-        self._engine, self._entities, self._sql = engine, entities, query
+    def __init__(self, engine: DuckDBOfflineEngine, entities: pa.Table, views: Sequence[ViewQuery],
+                 passthrough: Sequence[str]) -> None:
+        self._engine, self._entities, self._views, self._passthrough = engine, entities, views, passthrough
 
     def sql(self) -> str:
-        return self._sql
+        """The final join; per-view results come from tiles and events (see offline/evaluate.py)."""
+        return final_sql(self._views, [f"__r{i}" for i in range(len(self._views))], self._passthrough)
 
     def _run(self, consume: Any) -> Any:
         with self._engine.cursor() as cur:
             cur.register("__entity_input", self._entities)
-            cur.execute(
-                f"CREATE OR REPLACE TEMP TABLE {ENTITY_TABLE} AS SELECT *, "
-                f"epoch_us(CAST({quote(entity_input.TIMESTAMP_COLUMN)} AS TIMESTAMP)) AS __t FROM __entity_input"
-            )
             try:
-                return consume(cur)
+                ts_type = "TIMESTAMP" if pa.types.is_timestamp(
+                    self._entities.schema.field(entity_input.TIMESTAMP_COLUMN).type) else "DATE"
+                cur.execute(
+                    f"CREATE OR REPLACE TEMP TABLE {ENTITY_TABLE} AS SELECT *, "
+                    f"{epoch_sql(entity_input.TIMESTAMP_COLUMN, ts_type)} AS __t FROM __entity_input"
+                )
+                for i, view in enumerate(self._views):
+                    cur.register(f"__r{i}", view_result(cur, view))
+                return consume(cur, self.sql())
             except duckdb.Error as exc:
                 raise OfflineStoreError(f"the training-set query failed in DuckDB: {exc}") from exc
-            finally:
-                cur.execute(f"DROP TABLE IF EXISTS {ENTITY_TABLE}")
-                cur.unregister("__entity_input")
 
     def to_arrow(self) -> pa.Table:
-        return self._run(lambda cur: fetch_arrow(cur.sql(self._sql)))  # type: ignore[no-any-return]
+        return self._run(lambda cur, sql: fetch_arrow(cur.sql(sql)))  # type: ignore[no-any-return]
 
     def to_df(self) -> pd.DataFrame:
         return self.to_arrow().to_pandas()
 
     def to_parquet(self, path: str | Path) -> None:
-        self._run(lambda cur: cur.execute(f"COPY ({self._sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
+        self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
+
+
+def view_result(cur: duckdb.DuckDBPyConnection, view: ViewQuery) -> pa.Table:
+    """Feature values of one view for the distinct (key, t) of the entity rows that have events."""
+    cur.execute(f"CREATE OR REPLACE TEMP TABLE {KEYS_TABLE} AS {key_dictionary_sql(view)}")
+    queries = fetch_arrow(cur.sql(queries_sql(view)))
+    events = fetch_arrow(cur.sql(keyed_events_sql(view)))
+    q_kid = queries["__kid"].to_numpy()
+    q_t = queries["__t"].to_numpy()
+    if not view.is_aggregation:
+        outputs = evaluate_snapshot(q_kid, q_t, events, view.ttl, view.features)
+    else:
+        outputs = {}
+        groups: dict[int, list[FeatureRequest]] = {}
+        for request in view.features:
+            groups.setdefault(request.hop, []).append(request)
+        for hop, requests in sorted(groups.items()):
+            table = view.materialized.get(hop)
+            tiles = None if table is None else (
+                fetch_arrow(cur.sql(materialized_tiles_sql(view, table, hop))), table.watermark
+            )
+            outputs.update(evaluate_group(q_kid, q_t, events, hop, requests, tiles))
+    result = queries.select([*view.keys, "__t"])
+    for name, values in outputs.items():
+        result = result.append_column(name, values)
+    return result
 
 
 class DuckDBOfflineEngine:
@@ -169,7 +211,7 @@ class DuckDBOfflineEngine:
             self._check_key_types(catalog, catalog.view(name), table)
             queries.append(self.view_query(catalog, catalog.view(name), items))
         passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
-        return DuckDBRetrievalJob(self, table, compile_historical(queries, passthrough))
+        return DuckDBRetrievalJob(self, table, queries, passthrough)
 
     def _check_key_types(self, catalog: Catalog, view: FeatureView, table: pa.Table) -> None:
         schema = self.source_schema(catalog, view.source_name)
@@ -195,8 +237,8 @@ class DuckDBOfflineEngine:
             created_field=source.created_timestamp_field,
             features=requests,
             is_aggregation=view.is_aggregation,
-            view_hop=None if view.hop is None else to_micros(view.hop),
             ttl=None if view.ttl is None else to_micros(view.ttl),
+            column_types=schema,
             materialized=self.materialized_tables(catalog, view),
         )
 
