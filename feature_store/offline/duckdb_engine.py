@@ -43,6 +43,12 @@ from feature_store.references import ResolvedFeature
 TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
 
 
+_NULLABLE = {
+    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
+    pa.bool_(): pd.BooleanDtype(),
+}
+
+
 class DuckDBRetrievalJob:
     """A training-set query that runs when a result is asked for (each call runs it again)."""
 
@@ -74,7 +80,8 @@ class DuckDBRetrievalJob:
         return self._run(lambda cur, sql: fetch_arrow(cur.sql(sql)))  # type: ignore[no-any-return]
 
     def to_df(self) -> pd.DataFrame:
-        return self.to_arrow().to_pandas()
+        """pandas, with nullable integer and boolean columns so that an int feature stays an int."""
+        return self.to_arrow().to_pandas(types_mapper=_NULLABLE.get)
 
     def to_parquet(self, path: str | Path) -> None:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
