@@ -710,6 +710,9 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             print(f"    output rows in entity_df order: {'yes' if r['order_preserved'] else 'no'} (informational)")
         if r.get("dtypes_out"):
             print(f"    output dtypes: {r['dtypes_out']}")
+            count_dtype = r["dtypes_out"].get("txn_count_30d", "")
+            if not count_dtype.lower().startswith(("int", "uint")):
+                print(f"    !!! DTYPE: txn_count_30d is {count_dtype!r}, expected an integer dtype (values still compared)")
         if r.get("repo_data_bytes") is not None:
             print(f"    repo size after materialize: {fmt_bytes(r['repo_data_bytes'])}")
         for c in checks.get(m, []):

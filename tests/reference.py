@@ -532,8 +532,11 @@ def _schema_of(view):
     return default_profile_schema(view.created_field)
 
 
-def build_definitions(views):
-    """Library definition objects (entities, sources, views) for the neutral view descriptions."""
+def build_definitions(views, file_suffix=""):
+    """Library definition objects (entities, sources, views) for the neutral view descriptions.
+
+    Each view's source reads ``<view name><file_suffix>.parquet`` (relative to the repo).
+    """
     import feature_store as fs
 
     classes = {
@@ -550,7 +553,7 @@ def build_definitions(views):
             objects.append(entities[join_keys])
         source = fs.FileSource(
             name=f"{view.name}_source",
-            path=f"{view.name}.parquet",
+            path=f"{view.name}{file_suffix}.parquet",
             timestamp_field=view.timestamp_field,
             created_timestamp_field=view.created_field,
         )
@@ -578,19 +581,26 @@ def build_definitions(views):
     return objects
 
 
-def open_store(repo_dir, views, project="semantics_tests"):
-    """Write feature_store.yaml and the views' parquet files into repo_dir, apply, return the store."""
+def open_store(repo_dir, views, store=None, file_suffix="", project="semantics_tests"):
+    """Write feature_store.yaml and the views' parquet files into repo_dir and apply the views.
+
+    Pass the ``store`` of an earlier call to re-apply into the same repo (with a new
+    ``file_suffix`` so that every definition points at its own files); returns the store.
+    """
     import os
 
     import feature_store as fs
 
     os.makedirs(repo_dir, exist_ok=True)
-    with open(os.path.join(repo_dir, "feature_store.yaml"), "w") as f:
-        f.write(f"project: {project}\n")
+    config = os.path.join(repo_dir, "feature_store.yaml")
+    if not os.path.exists(config):
+        with open(config, "w") as f:
+            f.write(f"project: {project}\n")
     for view in views:
-        write_parquet(os.path.join(repo_dir, f"{view.name}.parquet"), _schema_of(view), view.rows)
-    store = fs.FeatureStore(str(repo_dir))
-    store.apply(build_definitions(views))
+        write_parquet(os.path.join(repo_dir, f"{view.name}{file_suffix}.parquet"), _schema_of(view), view.rows)
+    if store is None:
+        store = fs.FeatureStore(str(repo_dir))
+    store.apply(build_definitions(views, file_suffix))
     return store
 
 

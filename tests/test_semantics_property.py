@@ -13,12 +13,15 @@ floating point and a relative tolerance of 1e-9 is meaningful.
 """
 
 import os
+import shutil
 import sys
 import tempfile
+from dataclasses import replace
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pandas as pd
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -39,13 +42,16 @@ FUNCTIONS = [("count", None), ("count", "amount"), ("sum", "amount"), ("sum", "q
              ("last", "category"), ("last", "amount"), ("stddev", "amount"), ("count_distinct", "category"),
              ("count_distinct", "qty")]
 QUERY_ZONES = ["UTC", "naive", "America/New_York", "Asia/Kolkata"]
-SOURCE_TS_TYPES = ["timestamp[us, tz=UTC]", "timestamp[us]", "timestamp[ns, tz=America/New_York]",
-                   "timestamp[us, tz=Asia/Kolkata]"]
+SOURCE_TS_TYPES = ["timestamp[us, tz=UTC]", "timestamp[us]", "timestamp[ns]", "timestamp[us, tz=Asia/Kolkata]",
+                   "timestamp[ns, tz=America/New_York]"]
 KNOWN_KEYS = [1, 2, 3]
 QUERY_KEYS = [1, 2, 3, 4]  # 4 never has events
 
-SETTINGS = settings(max_examples=40, deadline=None, database=None,
+# SEMANTICS_EXAMPLES=1000 for a long bug hunt; the default keeps each property test at a few seconds.
+EXAMPLES = int(os.environ.get("SEMANTICS_EXAMPLES", "40"))
+SETTINGS = settings(max_examples=EXAMPLES, deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+MATERIALIZE_SETTINGS = settings(SETTINGS, max_examples=max(1, EXAMPLES * 5 // 8))
 
 amounts = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.5, -3.25, 1000.0]),
                     st.integers(-4000, 4000).map(lambda k: k / 4))
@@ -265,15 +271,38 @@ def assert_identical(before, after):
         assert a == b, f"column {column} changed by materialize:\nbefore {a}\nafter  {b}"
 
 
-def run(views, entity_df, refs, materialize_ends=()):
-    with tempfile.TemporaryDirectory() as repo:
-        store = ref.open_store(repo, views)
-        out = ref.engine_query(store, entity_df, refs)
-        results = [out]
+class SharedRepo:
+    """One repo and one FeatureStore for many examples.
+
+    Every example gets its own view names (``spend_7``, ``profile_7``) and parquet files,
+    and the whole desired set is re-applied, so nothing (tiles included) can carry over
+    from one example to the next; it only saves opening a new store for each example.
+    """
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="semantics_property_")
+        self.store = None
+        self.examples = 0
+
+    def run(self, views, entity_df, refs, materialize_ends=()):
+        """Engine results before and after each materialize(end=...), and the renamed views and refs."""
+        self.examples += 1
+        renamed = [replace(v, name=f"{v.name}_{self.examples}") for v in views]
+        names = {v.name: r.name for v, r in zip(views, renamed)}
+        refs = [f"{names[r.split(':')[0]]}:{r.split(':')[1]}" for r in refs]
+        self.store = ref.open_store(self.dir, renamed, store=self.store)
+        results = [ref.engine_query(self.store, entity_df, refs)]
         for end in materialize_ends:
-            store.materialize(end=end)
-            results.append(ref.engine_query(store, entity_df, refs))
-        return results
+            self.store.materialize(end=end)
+            results.append(ref.engine_query(self.store, entity_df, refs))
+        return results, renamed, refs
+
+
+@pytest.fixture(scope="module")
+def repo():
+    shared = SharedRepo()
+    yield shared
+    shutil.rmtree(shared.dir, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------
@@ -283,23 +312,23 @@ def run(views, entity_df, refs, materialize_ends=()):
 
 @SETTINGS
 @given(scenarios(aggregation=True))
-def test_aggregations_match_reference(scenario):
+def test_aggregations_match_reference(repo, scenario):
     views, entity_df, refs = scenario
-    [out] = run(views, entity_df, refs)
+    [out], views, refs = repo.run(views, entity_df, refs)
     assert_agrees_with_reference(out, views, entity_df, refs)
 
 
 @SETTINGS
 @given(scenarios(aggregation=False, snapshot=True))
-def test_snapshot_features_match_reference(scenario):
+def test_snapshot_features_match_reference(repo, scenario):
     views, entity_df, refs = scenario
-    [out] = run(views, entity_df, refs)
+    [out], views, refs = repo.run(views, entity_df, refs)
     assert_agrees_with_reference(out, views, entity_df, refs)
 
 
-@SETTINGS
+@MATERIALIZE_SETTINGS
 @given(scenarios(aggregation=True, snapshot=True), st.data())
-def test_materialize_changes_no_result(scenario, data):
+def test_materialize_changes_no_result(repo, scenario, data):
     views, entity_df, refs = scenario
     candidates = sorted({ref.to_micros(r["event_timestamp"]) for r in ref.entity_rows_of(entity_df)})
     ends = []
@@ -310,7 +339,7 @@ def test_materialize_changes_no_result(scenario, data):
             end = BASE_US + data.draw(st.integers(-3 * 24, 24)) * us(H) + 1234567
         ends.append(end)
     data.draw(st.just([dt(e) for e in ends]), label="materialize ends")
-    results = run(views, entity_df, refs, [dt(end) for end in ends])
+    results, views, refs = repo.run(views, entity_df, refs, [dt(end) for end in ends])
     assert_agrees_with_reference(results[0], views, entity_df, refs)
     for after in results[1:]:
         assert_identical(results[0], after)

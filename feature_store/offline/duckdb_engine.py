@@ -22,7 +22,7 @@ from feature_store.offline import entity_input
 from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import Materializer
-from feature_store.offline.sources import relation_sql
+from feature_store.offline.sources import relation_sql, source_fingerprint
 from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
 from feature_store.offline.sql import (
     ENTITY_TABLE,
@@ -263,7 +263,8 @@ class DuckDBOfflineEngine:
     # --- offline materialization -------------------------------------------------------------
 
     def materialized_tables(self, catalog: Catalog, view: FeatureView) -> dict[int, TileTable]:
-        return Materializer(self).tables(view.name, view_signature(catalog, view.name))
+        files = source_fingerprint(catalog.source_of(view), self.repo)
+        return Materializer(self).tables(view.name, view_signature(catalog, view.name), files)
 
     def materialize(
         self, catalog: Catalog, views: Sequence[str], end: Any, full: bool,
@@ -276,7 +277,8 @@ class DuckDBOfflineEngine:
             view = catalog.view(name)
             all_features = [ResolvedFeature(view, f, f) for f in view.feature_names]
             query = self.view_query(catalog, view, all_features)
-            results.extend(materializer.run(query, view_signature(catalog, name), end, full, progress))
+            files = source_fingerprint(catalog.source_of(view), self.repo)
+            results.extend(materializer.run(query, view_signature(catalog, name), files, end, full, progress))
         return results
 
 

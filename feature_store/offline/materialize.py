@@ -9,6 +9,7 @@ depend on whether (or how far) materialization ran.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from feature_store.durations import format_duration
 from feature_store.errors import OfflineStoreError
 from feature_store.identifiers import quote
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
+from feature_store.offline.sources import still_valid
 from feature_store.offline.sql import (
     TileTable,
     ViewQuery,
@@ -55,17 +57,23 @@ class Materializer:
         self.con = engine.con
         self.con.execute(
             f"CREATE TABLE IF NOT EXISTS {META} (view VARCHAR, part BIGINT, tbl VARCHAR, signature VARCHAR, "
-            "watermark BIGINT, updated_at TIMESTAMPTZ, PRIMARY KEY (view, part))"
+            "watermark BIGINT, files VARCHAR, updated_at TIMESTAMPTZ, PRIMARY KEY (view, part))"
         )
 
-    def tables(self, view: str, signature: str) -> dict[int, TileTable]:
+    def tables(self, view: str, signature: str, files: dict[str, list[int]]) -> dict[int, TileTable]:
+        """Usable materialized tables: same definition, and computed from files that are unchanged."""
         rows = self.con.execute(
-            f"SELECT part, tbl, watermark FROM {META} WHERE view = ? AND signature = ?", [view, signature]
+            f"SELECT part, tbl, watermark, files FROM {META} WHERE view = ? AND signature = ?", [view, signature]
         ).fetchall()
-        return {int(part): TileTable(str(tbl), int(mark)) for part, tbl, mark in rows}
+        return {
+            int(part): TileTable(str(tbl), int(mark))
+            for part, tbl, mark, recorded in rows
+            if still_valid(json.loads(recorded or "{}"), files)
+        }
 
-    def run(self, query: ViewQuery, signature: str, end: datetime, full: bool,
+    def run(self, query: ViewQuery, signature: str, files: dict[str, list[int]], end: datetime, full: bool,
             progress: ProgressCallback | None) -> list[MaterializeResult]:
+        self.files = json.dumps(files, sort_keys=True)
         end_us = min(to_us(end), to_us(datetime.now(UTC)))  # rows not yet available cannot be final
         if not query.is_aggregation:
             columns = [r.feature.name for r in query.features]
@@ -85,9 +93,11 @@ class Materializer:
 
     def _part(self, query: ViewQuery, signature: str, part: int, table: str, watermark: int, full: bool,
               progress: ProgressCallback | None, make: RowsSql, label: str) -> MaterializeResult:
-        row = self.con.execute(f"SELECT signature, watermark FROM {META} WHERE view = ? AND part = ?",
+        row = self.con.execute(f"SELECT signature, watermark, files FROM {META} WHERE view = ? AND part = ?",
                                [query.name, part]).fetchone()
-        previous = int(row[1]) if row and row[0] == signature and not full else None
+        usable = row is not None and row[0] == signature and still_valid(json.loads(row[2] or "{}"),
+                                                                          json.loads(self.files))
+        previous = int(row[1]) if row and usable and not full else None
         if previous is None:  # first run, changed definition, or --full: start over
             self.con.execute(f"DROP TABLE IF EXISTS {quote(table)}")
             self.con.execute(f"CREATE TABLE {quote(table)} AS {make(0, 0)} LIMIT 0")
@@ -136,7 +146,8 @@ class Materializer:
                 result = con.execute(f"INSERT INTO {quote(table)} BY NAME {rows}").fetchone()
                 written = int(result[0]) if result else 0
             con.execute(
-                f"INSERT OR REPLACE INTO {META} VALUES (?, ?, ?, ?, ?, now())", [view, part, table, signature, mark]
+                f"INSERT OR REPLACE INTO {META} VALUES (?, ?, ?, ?, ?, ?, now())",
+                [view, part, table, signature, mark, self.files],
             )
             con.execute("COMMIT")
         except duckdb.Error as exc:

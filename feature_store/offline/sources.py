@@ -37,3 +37,22 @@ def relation_sql(source: SourceDef, repo: Path) -> str:
     if source.file_format == "csv":
         return f"read_csv({files}, header = true, union_by_name = true)"
     return f"read_parquet({files}, union_by_name = true)"
+
+
+def source_fingerprint(source: SourceDef, repo: Path) -> dict[str, list[int]]:
+    """Size and modification time of each file a source reads ({} for DuckDB tables and queries).
+
+    Materialized data remembers the fingerprint it was computed from; a file changed or removed
+    since makes it stale (new files matching a glob are fine: materialization is incremental).
+    """
+    if not isinstance(source, FileSource):
+        return {}
+    fingerprint = {}
+    for name in source_files(source, repo):
+        stat = Path(name).stat()
+        fingerprint[name] = [stat.st_size, stat.st_mtime_ns]
+    return fingerprint
+
+
+def still_valid(recorded: dict[str, list[int]], current: dict[str, list[int]]) -> bool:
+    return all(current.get(name) == list(value) for name, value in recorded.items())

@@ -1,0 +1,41 @@
+# The two commands a new machine needs: `make demo` and `make test`. Only Python 3.11+ is required.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+REPO   := feature_repo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	@touch $@
+
+$(VENV)/.dev-installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(VENV)/.installed $@
+
+## demo: install, generate the example data, apply feature_repo/, materialize, print a training set
+demo: $(VENV)/.installed
+	$(BIN)/feature-store --repo $(REPO) generate-data
+	$(BIN)/feature-store --repo $(REPO) apply
+	$(BIN)/feature-store --repo $(REPO) materialize
+	$(BIN)/feature-store --repo $(REPO) training-set --entities data/entity_rows.parquet \
+		--service fraud_model_v1 --output $(REPO)/data/train.parquet
+
+## test: install with dev extras and run the whole suite (starts a throwaway Redis if none is reachable)
+test: $(VENV)/.dev-installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check feature_store tests benchmarks
+	$(BIN)/mypy feature_store
+
+bench: $(VENV)/.installed
+	$(BIN)/python benchmarks/offline.py --size small
+
+clean:
+	rm -rf $(VENV) $(REPO)/data .pytest_cache .hypothesis
