@@ -44,8 +44,12 @@ import tempfile
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # --------------------------------------------------------------------------
 # Constants
@@ -67,7 +71,7 @@ SIZES = {
 }
 
 # Targets printed next to the figures.
-TARGETS = {
+TARGETS: dict[str, dict[str, Any]] = {
     "small": {"seconds": 1.0, "vs_duckdb": 0.5, "rss_gib": None},
     "large": {"seconds": 15.0, "vs_duckdb": None, "rss_gib": 4.0},
 }
@@ -186,7 +190,7 @@ def generate(size: str, seed: int, data_dir: Path) -> dict:
 
     def take(frac: float) -> np.ndarray:
         nonlocal pos
-        k = int(round(n_query * frac))
+        k = round(n_query * frac)
         out = perm[pos : pos + k]
         pos += k
         return out
@@ -250,11 +254,14 @@ def normalize(df):
         out[name] = pd.to_numeric(df[name]).astype("float64").to_numpy(na_value=np.nan)
     for name in STRING_FEATURES:
         vals = df[name].astype(object).to_numpy()
-        out[name] = np.array([None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else str(v) for v in vals], dtype=object)
+        out[name] = np.array(
+            [None if (v is None or v is pd.NA or (isinstance(v, float) and np.isnan(v))) else str(v) for v in vals],
+            dtype=object,
+        )
     return out
 
 
-def compare(expected, actual, label: str, max_show: int = 5) -> dict:
+def compare(expected: pd.DataFrame, actual: pd.DataFrame, label: str, max_show: int = 5) -> dict[str, Any]:
     """Compare normalized frames. ``expected`` must have unique (customer_id, ts_us)
     keys; every expected key must be present in ``actual`` and all actual rows with
     that key must carry the expected values."""
@@ -275,9 +282,9 @@ def compare(expected, actual, label: str, max_show: int = 5) -> dict:
         per_feature[name] = int(bad.sum())
         bad_rows |= bad
     for name in STRING_FEATURES:
-        a, b = merged[f"{name}_exp"], merged[f"{name}_act"]
-        a_null, b_null = a.isna().to_numpy(), b.isna().to_numpy()
-        same = (a.astype(object).to_numpy() == b.astype(object).to_numpy()) & ~a_null & ~b_null
+        sa, sb = merged[f"{name}_exp"], merged[f"{name}_act"]
+        a_null, b_null = sa.isna().to_numpy(), sb.isna().to_numpy()
+        same = (sa.astype(object).to_numpy() == sb.astype(object).to_numpy()) & ~a_null & ~b_null
         bad = ~((a_null & b_null) | same)
         per_feature[name] = int(bad.sum())
         bad_rows |= bad
@@ -291,8 +298,8 @@ def compare(expected, actual, label: str, max_show: int = 5) -> dict:
             examples.append(rec)
     return {
         "label": label,
-        "keys_checked": int(len(exp)),
-        "rows_checked": int(len(merged)),
+        "keys_checked": len(exp),
+        "rows_checked": len(merged),
         "missing_keys": missing,
         "mismatched_rows": n_bad,
         "per_feature": per_feature,
@@ -318,9 +325,9 @@ WITH q AS (
 ), qb AS (
     -- window starts floor_H(t - W); all values are positive so // is a floor
     SELECT *,
-           ((t - {s['avg_spend_90d']}) // {HOP_US}) * {HOP_US} AS s_90d,
-           ((t - {s['spend_7d']}) // {HOP_US}) * {HOP_US} AS s_7d,
-           ((t - {s['txn_count_30d']}) // {HOP_US}) * {HOP_US} AS s_30d
+           ((t - {s["avg_spend_90d"]}) // {HOP_US}) * {HOP_US} AS s_90d,
+           ((t - {s["spend_7d"]}) // {HOP_US}) * {HOP_US} AS s_7d,
+           ((t - {s["txn_count_30d"]}) // {HOP_US}) * {HOP_US} AS s_30d
     FROM q
 ), e AS (
     SELECT customer_id, epoch_us(event_timestamp) AS ts, epoch_us(created) AS cr, amount, category
@@ -358,12 +365,18 @@ def pandas_prepare(events_path: str):
     cat_codes = cat_codes[order]
     ucust, first = np.unique(cust, return_index=True)
     last = np.append(first[1:], len(cust))
-    bounds = {int(c): (int(a), int(b)) for c, a, b in zip(ucust, first, last)}
-    return {"ts": ts, "cr": cr, "amount": amount, "cat_codes": cat_codes,
-            "cat_values": np.asarray(cat_values, dtype=object), "bounds": bounds}
+    bounds = {int(c): (int(a), int(b)) for c, a, b in zip(ucust, first, last, strict=False)}
+    return {
+        "ts": ts,
+        "cr": cr,
+        "amount": amount,
+        "cat_codes": cat_codes,
+        "cat_values": np.asarray(cat_values, dtype=object),
+        "bounds": bounds,
+    }
 
 
-def pandas_features(prep, entity) -> "pd.DataFrame":  # noqa: F821
+def pandas_features(prep: dict[str, Any], entity: pd.DataFrame) -> pd.DataFrame:
     """Plain per-row evaluation of the contract."""
     import pandas as pd
 
@@ -371,12 +384,12 @@ def pandas_features(prep, entity) -> "pd.DataFrame":  # noqa: F821
     q_cust = entity["customer_id"].to_numpy(np.int64)
     q_t = ((entity["event_timestamp"] - epoch) // pd.Timedelta(1, "us")).to_numpy(np.int64)
     rows = []
-    for k, t in zip(q_cust, q_t):
-        row = {}
+    for k, t in zip(q_cust, q_t, strict=False):
+        row: dict[str, Any] = {}
         a, b = prep["bounds"].get(int(k), (0, 0))
         ts = prep["ts"][a:b]
         hi = np.searchsorted(ts, t, side="left")  # events with ts < t
-        for name, kind, col, window in FEATURES:
+        for name, kind, _col, window in FEATURES:
             lo = 0 if window is None else np.searchsorted(ts, floor_hop(t - window), side="left")
             sl = slice(a + lo, a + hi)
             keep = prep["cr"][sl] < t  # only events already created at t
@@ -464,7 +477,9 @@ def run_worker(args) -> int:
     entity_path = str((data_dir / "entity.parquet").resolve())
     sample_path = str((data_dir / "entity_sample.parquet").resolve())
     method = args._worker
-    result: dict = {"method": method, "runs": [], "error": None, "loadavg_start": loadavg()}
+    df: Any = None
+    entity: Any = None
+    result: dict[str, Any] = {"method": method, "runs": [], "error": None, "loadavg_start": loadavg()}
     out_path = work_dir / f"{method}.parquet"
     try:
         import pandas as pd
@@ -517,10 +532,7 @@ def run_worker(args) -> int:
                 result["materialize_result"] = repr(mat)[:2000]
                 result["repo_data_bytes"] = sum(f.stat().st_size for f in repo.rglob("*") if f.is_file())
             else:
-                if args.entity_input == "dataframe":
-                    entity = pd.read_parquet(entity_path)
-                else:
-                    entity = entity_path
+                entity = pd.read_parquet(entity_path) if args.entity_input == "dataframe" else entity_path
                 df = None
                 for _ in range(args.repeat):
                     del df
@@ -532,13 +544,13 @@ def run_worker(args) -> int:
                 result["dtypes_out"] = {str(c): str(t) for c, t in df.dtypes.items()}
                 try:
                     normalize(df).to_parquet(out_path)
-                except Exception as e:  # noqa: BLE001 - report, don't crash
+                except Exception as e:
                     result["error"] = f"could not normalize engine output: {e!r}\n{traceback.format_exc()}"
             if hasattr(store, "close"):
                 store.close()
         else:
             raise ValueError(f"unknown method {method}")
-    except BaseException as e:  # noqa: BLE001 - the parent reports it
+    except BaseException as e:
         result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
     result["vm_hwm_bytes"] = peak_rss_bytes()
     result["loadavg_end"] = loadavg()
@@ -551,19 +563,27 @@ def run_worker(args) -> int:
 # --------------------------------------------------------------------------
 
 
-def spawn_worker(method: str, args, data_dir: Path, work_dir: Path, timeout: float) -> dict:
+def spawn_worker(
+    method: str, args: argparse.Namespace, data_dir: Path, work_dir: Path, timeout: float
+) -> dict[str, Any]:
     result_path = work_dir / f"{method}.json"
     if result_path.exists():
         result_path.unlink()
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
-        "--_worker", method,
-        "--_data-dir", str(data_dir),
-        "--_work-dir", str(work_dir),
-        "--_result", str(result_path),
-        "--repeat", str(args.repeat),
-        "--entity-input", args.entity_input,
+        "--_worker",
+        method,
+        "--_data-dir",
+        str(data_dir),
+        "--_work-dir",
+        str(work_dir),
+        "--_result",
+        str(result_path),
+        "--repeat",
+        str(args.repeat),
+        "--entity-input",
+        args.entity_input,
     ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd)
@@ -582,10 +602,14 @@ def spawn_worker(method: str, args, data_dir: Path, work_dir: Path, timeout: flo
     proc.returncode = os.waitstatus_to_exitcode(status)
     elapsed = time.perf_counter() - t0
     try:
-        res = json.loads(result_path.read_text())
+        res: dict[str, Any] = json.loads(result_path.read_text())
     except (OSError, ValueError):
-        res = {"method": method, "runs": [], "error": f"worker exited with code {proc.returncode} and no result"
-               + (f" (killed after {timeout:.0f}s timeout)" if elapsed > timeout else "")}
+        res = {
+            "method": method,
+            "runs": [],
+            "error": f"worker exited with code {proc.returncode} and no result"
+            + (f" (killed after {timeout:.0f}s timeout)" if elapsed > timeout else ""),
+        }
     res["ru_maxrss_bytes"] = ru.ru_maxrss * 1024 if ru is not None else None
     res["process_seconds"] = elapsed
     return res
@@ -626,18 +650,24 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
 
     n_events, n_customers, n_query, n_sample = SIZES[size]
     data_dir = base_dir / size
-    print(f"\n=== size={size}: {n_events:,} events / {n_customers:,} customers / {n_query:,} query rows "
-          f"(pandas sample {n_sample:,}) ===", flush=True)
+    print(
+        f"\n=== size={size}: {n_events:,} events / {n_customers:,} customers / {n_query:,} query rows "
+        f"(pandas sample {n_sample:,}) ===",
+        flush=True,
+    )
     meta = generate(size, args.seed, data_dir)
-    print(f"  data: {data_dir} ({'reused' if meta.get('reused') else 'generated'} in {meta.get('seconds')} s, "
-          f"events.parquet {fmt_bytes(meta.get('events_bytes'))})", flush=True)
+    print(
+        f"  data: {data_dir} ({'reused' if meta.get('reused') else 'generated'} in {meta.get('seconds')} s, "
+        f"events.parquet {fmt_bytes(meta.get('events_bytes'))})",
+        flush=True,
+    )
     work_dir = data_dir / "results"
     work_dir.mkdir(exist_ok=True)
 
     methods = [m for m in METHODS if m in args.methods]
     if "engine-tiles" in methods and "engine-materialize" not in methods:
         methods.insert(methods.index("engine-tiles"), "engine-materialize")
-    results = {}
+    results: dict[str, dict[str, Any]] = {}
     for m in methods:
         if m == "engine-tiles" and results.get("engine-materialize", {}).get("error"):
             results[m] = {"method": m, "runs": [], "error": "skipped: materialize failed"}
@@ -646,8 +676,12 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
         results[m] = spawn_worker(m, args, data_dir, work_dir, args.worker_timeout)
 
     # --- correctness
-    pandas_out = load_norm(work_dir / "pandas.parquet") if "pandas" in results and not results["pandas"]["error"] else None
-    duck_out = load_norm(work_dir / "duckdb.parquet") if "duckdb" in results and not results["duckdb"]["error"] else None
+    pandas_out = (
+        load_norm(work_dir / "pandas.parquet") if "pandas" in results and not results["pandas"]["error"] else None
+    )
+    duck_out = (
+        load_norm(work_dir / "duckdb.parquet") if "duckdb" in results and not results["duckdb"]["error"] else None
+    )
     checks: dict[str, list] = {m: [] for m in results}
     for m in ("engine-raw", "engine-tiles", "duckdb"):
         if m not in results or results[m]["error"]:
@@ -656,13 +690,23 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
         if out is None:
             continue
         if len(out) != n_query:
-            checks[m].append({"label": f"{m} row count", "ok": False, "keys_checked": n_query, "rows_checked": len(out),
-                              "missing_keys": 0, "mismatched_rows": abs(len(out) - n_query),
-                              "per_feature": {"rows_out": len(out), "rows_expected": n_query}, "examples": []})
+            checks[m].append(
+                {
+                    "label": f"{m} row count",
+                    "ok": False,
+                    "keys_checked": n_query,
+                    "rows_checked": len(out),
+                    "missing_keys": 0,
+                    "mismatched_rows": abs(len(out) - n_query),
+                    "per_feature": {"rows_out": len(out), "rows_expected": n_query},
+                    "examples": [],
+                }
+            )
         if m != "duckdb" and len(out) == n_query:
             ent = normalize(pd.read_parquet(data_dir / "entity.parquet").assign(**{n: np.nan for n in FEATURE_NAMES}))
             same = (ent["customer_id"].to_numpy() == out["customer_id"].to_numpy()) & (
-                ent["ts_us"].to_numpy() == out["ts_us"].to_numpy())
+                ent["ts_us"].to_numpy() == out["ts_us"].to_numpy()
+            )
             results[m]["order_preserved"] = bool(same.all())
         if pandas_out is not None:
             checks[m].append(compare(pandas_out, out, f"{m} vs pandas (sample)"))
@@ -687,8 +731,10 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
         if m == "pandas" and med:
             rows_per_s = r["rows_in"] / med
             extrap = r.get("setup_seconds", 0) + n_query / rows_per_s
-            note = (f"sample of {r['rows_in']:,} rows; setup (load+sort) {fmt_secs(r.get('setup_seconds'))}; "
-                    f"EXTRAPOLATED full {n_query:,} rows: {fmt_secs(extrap)}")
+            note = (
+                f"sample of {r['rows_in']:,} rows; setup (load+sort) {fmt_secs(r.get('setup_seconds'))}; "
+                f"EXTRAPOLATED full {n_query:,} rows: {fmt_secs(extrap)}"
+            )
         elif m == "engine-materialize":
             note = "materialize() time, not a query"
         elif med:
@@ -703,7 +749,10 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             print(f"    load average (1/5/15 min) at start: {r['loadavg_start']}, at end: {r.get('loadavg_end')}")
         if r.get("apply_seconds") is not None:
             print(f"    apply(): {fmt_secs(r['apply_seconds'])}")
-        print(f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'))} (VmHWM), {fmt_bytes(r.get('ru_maxrss_bytes'))} (wait4 ru_maxrss)")
+        print(
+            f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'))} (VmHWM), "
+            f"{fmt_bytes(r.get('ru_maxrss_bytes'))} (wait4 ru_maxrss)"
+        )
         if r.get("rows_out") is not None:
             print(f"    rows out: {r['rows_out']:,}")
         if r.get("order_preserved") is not None:
@@ -712,7 +761,10 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             print(f"    output dtypes: {r['dtypes_out']}")
             count_dtype = r["dtypes_out"].get("txn_count_30d", "")
             if not count_dtype.lower().startswith(("int", "uint")):
-                print(f"    !!! DTYPE: txn_count_30d is {count_dtype!r}, expected an integer dtype (values still compared)")
+                print(
+                    f"    !!! DTYPE: txn_count_30d is {count_dtype!r}, expected an integer dtype "
+                    "(values still compared)"
+                )
         if r.get("repo_data_bytes") is not None:
             print(f"    repo size after materialize: {fmt_bytes(r['repo_data_bytes'])}")
         for c in checks.get(m, []):
@@ -725,26 +777,37 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             parts.append(f"<{tgt['seconds']:g}s {'PASS' if ok_t else 'FAIL'}")
             if tgt["vs_duckdb"] and duck_median:
                 ratio = med / duck_median
-                parts.append(f"{ratio:.2f}x duckdb (<= {tgt['vs_duckdb']:g}) {'PASS' if ratio <= tgt['vs_duckdb'] else 'FAIL'}")
+                parts.append(
+                    f"{ratio:.2f}x duckdb (<= {tgt['vs_duckdb']:g}) {'PASS' if ratio <= tgt['vs_duckdb'] else 'FAIL'}"
+                )
             if tgt["rss_gib"] and rss:
                 parts.append(f"RSS<{tgt['rss_gib']:g}GiB {'PASS' if rss < tgt['rss_gib'] * 2**30 else 'FAIL'}")
             verdict = "; ".join(parts)
             print(f"    target: {verdict}")
         cks = checks.get(m, [])
-        check_str = "-" if not cks else ("OK" if all(c["ok"] for c in cks) else
-                                          "MISMATCH(" + ",".join(str(c["mismatched_rows"] + c["missing_keys"]) for c in cks) + ")")
+        check_str = (
+            "-"
+            if not cks
+            else (
+                "OK"
+                if all(c["ok"] for c in cks)
+                else "MISMATCH(" + ",".join(str(c["mismatched_rows"] + c["missing_keys"]) for c in cks) + ")"
+            )
+        )
         if r.get("error"):
             check_str = "ERROR"
-        table.append({
-            "size": size,
-            "method": m,
-            "median": fmt_secs(med) if m != "pandas" else f"~{fmt_secs(extrap)}*",
-            "runs": ", ".join(f"{x:.2f}" for x in runs) if runs else "-",
-            "rows/s": f"{rows_per_s:,.0f}" + ("*" if m == "pandas" else "") if rows_per_s else "-",
-            "peak RSS": fmt_bytes(rss),
-            "check": check_str,
-            "target": verdict or "-",
-        })
+        table.append(
+            {
+                "size": size,
+                "method": m,
+                "median": fmt_secs(med) if m != "pandas" else f"~{fmt_secs(extrap)}*",
+                "runs": ", ".join(f"{x:.2f}" for x in runs) if runs else "-",
+                "rows/s": f"{rows_per_s:,.0f}" + ("*" if m == "pandas" else "") if rows_per_s else "-",
+                "peak RSS": fmt_bytes(rss),
+                "check": check_str,
+                "target": verdict or "-",
+            }
+        )
     sys.stdout.flush()
 
 
@@ -759,19 +822,33 @@ def print_table(rows: list) -> None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--size", choices=["small", "large", "both"], default="small")
     p.add_argument("--seed", type=int, default=42)
-    p.add_argument("--out-dir", default=None,
-                   help="directory for the generated parquet and results (default: a temp dir, deleted at exit; "
-                        "an explicit dir is kept and its data reused when size/seed match)")
+    p.add_argument(
+        "--out-dir",
+        default=None,
+        help="directory for the generated parquet and results (default: a temp dir, deleted at exit; "
+        "an explicit dir is kept and its data reused when size/seed match)",
+    )
     p.add_argument("--repeat", type=int, default=3, help="timed runs per method (median reported)")
-    p.add_argument("--methods", default=",".join(m for m in METHODS if m != "engine-materialize"),
-                   help="comma-separated subset of: " + ",".join(METHODS) + " (engine-tiles implies engine-materialize)")
-    p.add_argument("--entity-input", choices=["path", "dataframe"], default="path",
-                   help="pass the entity rows to the engine as the parquet path (default) or a pandas DataFrame "
-                        "(loaded outside the timed region)")
-    p.add_argument("--worker-timeout", type=float, default=3600.0, help="seconds before a method's subprocess is killed")
+    p.add_argument(
+        "--methods",
+        default=",".join(m for m in METHODS if m != "engine-materialize"),
+        help="comma-separated subset of: " + ",".join(METHODS) + " (engine-tiles implies engine-materialize)",
+    )
+    p.add_argument(
+        "--entity-input",
+        choices=["path", "dataframe"],
+        default="path",
+        help="pass the entity rows to the engine as the parquet path (default) or a pandas DataFrame "
+        "(loaded outside the timed region)",
+    )
+    p.add_argument(
+        "--worker-timeout", type=float, default=3600.0, help="seconds before a method's subprocess is killed"
+    )
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     p.add_argument("--_data-dir", help=argparse.SUPPRESS)
     p.add_argument("--_work-dir", help=argparse.SUPPRESS)
@@ -786,13 +863,16 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown methods: {sorted(unknown)}")
 
-    print("command: " + shlex.join([sys.executable] + sys.argv))
+    print("command: " + shlex.join([sys.executable, *sys.argv]))
     try:
         import duckdb
         import pandas
         import pyarrow
 
-        versions = f"duckdb {duckdb.__version__}, pandas {pandas.__version__}, pyarrow {pyarrow.__version__}, numpy {np.__version__}"
+        versions = (
+            f"duckdb {duckdb.__version__}, pandas {pandas.__version__}, "
+            f"pyarrow {pyarrow.__version__}, numpy {np.__version__}"
+        )
     except ImportError as e:
         versions = str(e)
     print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; {versions}")
@@ -809,7 +889,7 @@ def main(argv=None) -> int:
 
     table: list = []
     try:
-        for size in (["small", "large"] if args.size == "both" else [args.size]):
+        for size in ["small", "large"] if args.size == "both" else [args.size]:
             bench_size(size, args, base_dir, table)
     finally:
         if tmp:
@@ -817,10 +897,14 @@ def main(argv=None) -> int:
 
     print("\n=== summary ===")
     print_table(table)
-    print("* pandas: timed on a sample of query rows; 'median' is the extrapolated full-run time "
-          "(setup + rows/sample-rate), rows/s is the per-row loop rate.")
-    print("Targets: small < 1 s and <= 0.5x hand-written DuckDB; large < 15 s with peak RSS < 4 GiB "
-          "(engine rows). Peak RSS = VmHWM of the method's own subprocess.")
+    print(
+        "* pandas: timed on a sample of query rows; 'median' is the extrapolated full-run time "
+        "(setup + rows/sample-rate), rows/s is the per-row loop rate."
+    )
+    print(
+        "Targets: small < 1 s and <= 0.5x hand-written DuckDB; large < 15 s with peak RSS < 4 GiB "
+        "(engine rows). Peak RSS = VmHWM of the method's own subprocess."
+    )
     if any(r["check"].startswith("MISMATCH") for r in table):
         print("!!! MISMATCH: at least one method disagrees with the reference; see details above.")
     return 0

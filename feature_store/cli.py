@@ -43,7 +43,7 @@ def _errors() -> Iterator[None]:
     try:
         yield
     except FeatureStoreError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc.message}", highlight=False)
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc.message}", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 
@@ -266,7 +266,7 @@ def training_set(ctx: click.Context, entities: str, features: str | None, servic
 def _print_frame(df: pd.DataFrame, title: str) -> None:
     """Rows as columns: training sets are wide and short to preview, so this reads on a terminal."""
     table = Table(title=title, title_justify="left")
-    table.add_column("column", style="bold")
+    table.add_column("column", style="bold", no_wrap=True, min_width=max(len(str(c)) for c in df.columns))
     for i in range(len(df)):
         table.add_column(f"row {i}", justify="right")
     for column in df.columns:

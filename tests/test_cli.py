@@ -1,0 +1,132 @@
+"""The command line, on a temporary copy of the example repo."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from click.testing import CliRunner, Result
+
+from feature_store.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run(repo: Path, *args: str) -> Result:
+    return CliRunner().invoke(main, ["--repo", str(repo), *args], catch_exceptions=False,
+                              terminal_width=200)
+
+
+def test_plan_apply_list_describe(example_repo: Path) -> None:
+    planned = run(example_repo, "plan")
+    assert planned.exit_code == 0
+    assert "customer_spend" in planned.output and "add" in planned.output
+
+    applied = run(example_repo, "apply")
+    assert applied.exit_code == 0 and "version 1" in applied.output
+    assert "No changes" in run(example_repo, "plan").output
+
+    listed = run(example_repo, "list").output
+    for text in ("Entities", "customer_id", "Sources", "transactions", "Feature views", "customer_profile",
+                 "Features", "customer_spend:avg_spend_90d", "Feature services", "fraud_model_v1"):
+        assert text in listed
+
+    described = run(example_repo, "describe", "customer_spend").output
+    assert "avg_spend_90d = mean(amount) over 90d" in described
+
+
+def test_plan_shows_changes_and_invalidation(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    features = example_repo / "features.py"
+    features.write_text(features.read_text().replace('window=timedelta(days=7), name="spend_7d"',
+                                                     'window=timedelta(days=14), name="spend_7d"'))
+    out = run(example_repo, "plan").output
+    assert "change" in out and "customer_spend" in out and "features" in out
+    assert "rebuilds" in out
+
+
+def test_materialize_and_training_set(example_repo: Path, tmp_path: Path) -> None:
+    run(example_repo, "apply")
+    materialized = run(example_repo, "materialize")
+    assert materialized.exit_code == 0 and "customer_spend" in materialized.output
+    again = run(example_repo, "materialize")
+    assert again.exit_code == 0
+
+    output = tmp_path / "train.parquet"
+    result = run(example_repo, "training-set", "--entities", "data/entity_rows.parquet",
+                 "--service", "fraud_model_v1", "--output", str(output))
+    assert result.exit_code == 0, result.output
+    train = pd.read_parquet(output)
+    entities = pd.read_parquet(example_repo / "data" / "entity_rows.parquet")
+    assert len(train) == len(entities)
+    assert list(train["customer_id"]) == list(entities["customer_id"])
+    assert "avg_spend_90d" in train.columns and "age" in train.columns
+
+
+def test_training_set_from_sql_and_features(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    query = f"SELECT customer_id, event_timestamp FROM read_parquet('{example_repo}/data/entity_rows.parquet') LIMIT 7"
+    result = run(example_repo, "training-set", "--entities", query, "--features",
+                 "customer_spend:spend_7d,customer_profile:segment", "--full-feature-names")
+    assert result.exit_code == 0, result.output
+    assert "7 rows" in result.output and "customer_spend__spend_7d" in result.output
+
+
+def test_errors_are_one_line_and_exit_1(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "training-set", "--entities",
+                                       "data/entity_rows.parquet", "--features", "customer_spend:avg_spend_90"])
+    assert result.exit_code == 1
+    assert "FeatureNotFoundError" in result.output and "customer_spend:avg_spend_90d" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_commands_need_a_repo(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["--repo", str(tmp_path), "plan"])
+    assert result.exit_code == 1 and "feature-store init" in result.output
+
+
+def test_list_before_apply_says_to_apply(example_repo: Path) -> None:
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "list"])
+    assert result.exit_code == 1 and "feature-store apply" in result.output
+
+
+def test_init_scaffolds_a_working_repo(tmp_path: Path) -> None:
+    target = tmp_path / "new_repo"
+    result = CliRunner().invoke(main, ["init", str(target), "--no-data"])
+    assert result.exit_code == 0, result.output
+    assert (target / "features.py").read_text() == (ROOT / "feature_repo" / "features.py").read_text()
+    assert "project: new_repo" in (target / "feature_store.yaml").read_text()
+    again = CliRunner().invoke(main, ["init", str(target)])
+    assert again.exit_code != 0 and "already" in again.output
+
+
+def test_template_matches_example_repo() -> None:
+    template = ROOT / "feature_store" / "templates" / "repo"
+    for name in ("feature_store.yaml", "features.py"):
+        assert (template / name).read_text() == (ROOT / "feature_repo" / name).read_text(), name
+
+
+def test_cli_docs_are_current() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import gen_cli_docs
+    finally:
+        sys.path.pop(0)
+    assert (ROOT / "docs" / "cli.md").read_text() == gen_cli_docs.render(), (
+        "docs/cli.md is stale: run python scripts/gen_cli_docs.py"
+    )
+
+
+@pytest.mark.parametrize("command", [["feature-store"], [sys.executable, "-m", "feature_store"]])
+def test_entry_points(command: list[str], example_repo: Path) -> None:
+    exe = Path(sys.executable).parent / "feature-store"
+    if command == ["feature-store"]:
+        command = [str(exe)]
+    result = subprocess.run([*command, "--repo", str(example_repo), "plan"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "customer_spend" in result.stdout
