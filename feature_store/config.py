@@ -13,6 +13,7 @@ from feature_store.errors import ConfigError
 from feature_store.identifiers import validate_identifier
 
 CONFIG_FILE = "feature_store.yaml"
+REGISTRY_ENV = "FEATURE_STORE_REGISTRY"
 
 
 class _Config(BaseModel):
@@ -73,6 +74,8 @@ def load_config(repo: Path) -> RepoConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys (project, registry, ...).", path=str(path))
     raw = _expand_env(raw)
+    if os.environ.get(REGISTRY_ENV):  # deployments point the same repo at their registry without editing it
+        raw["registry"] = os.environ[REGISTRY_ENV]
     try:
         config = RepoConfig.model_validate(raw)
     except ValidationError as exc:

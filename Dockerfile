@@ -1,0 +1,9 @@
+# The feature store with the example repo; used by docker-compose.yml.
+FROM python:3.11-slim
+WORKDIR /app
+COPY pyproject.toml README.md ./
+COPY feature_store ./feature_store
+RUN pip install --no-cache-dir '.[postgres]'
+COPY feature_repo ./feature_repo
+ENTRYPOINT ["feature-store", "--repo", "/app/feature_repo"]
+CMD ["list"]
