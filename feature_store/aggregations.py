@@ -15,6 +15,8 @@ from feature_store.durations import default_hop, format_duration, parse_duration
 from feature_store.errors import DefinitionError
 from feature_store.identifiers import validate_identifier
 
+Duration = timedelta | str | None  # a timedelta, or "90d", "12h", "30m", "45s", "2w"; None: unbounded
+
 NUMERIC_TYPES = frozenset(
     {"TINYINT", "SMALLINT", "INTEGER", "BIGINT", "HUGEINT", "UTINYINT", "USMALLINT", "UINTEGER", "UBIGINT",
      "FLOAT", "DOUBLE", "DECIMAL"}
@@ -47,7 +49,7 @@ class Aggregation(BaseModel):
     name: str = ""
     hop: timedelta | None = None
 
-    def __init__(self, column: str | None = None, /, **data: Any) -> None:
+    def __init__(self, column: str | None = None, **data: Any) -> None:
         if column is not None:
             data["column"] = column
         data.setdefault("kind", self.function)
@@ -100,6 +102,10 @@ class Count(Aggregation):
     partials: ClassVar[tuple[str, ...]] = ("n",)
     kind: Literal["count"] = "count"
 
+    def __init__(self, column: str | None = None, *, window: Duration, name: str = "",
+                 hop: Duration | None = None, **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
+
     def output_type(self, input_type: str | None) -> str:
         return "BIGINT"
 
@@ -111,6 +117,10 @@ class Sum(Aggregation):
     input_types: ClassVar[frozenset[str] | None] = NUMERIC_TYPES
     partials: ClassVar[tuple[str, ...]] = ("sum",)
     kind: Literal["sum"] = "sum"
+
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
 
     def output_type(self, input_type: str | None) -> str:
         return "BIGINT" if input_type and base_type(input_type) in INTEGER_TYPES else "DOUBLE"
@@ -124,6 +134,10 @@ class Mean(Aggregation):
     partials: ClassVar[tuple[str, ...]] = ("n", "sum")
     kind: Literal["mean"] = "mean"
 
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
+
     def output_type(self, input_type: str | None) -> str:
         return "DOUBLE"
 
@@ -136,6 +150,10 @@ class Min(Aggregation):
     partials: ClassVar[tuple[str, ...]] = ("min",)
     kind: Literal["min"] = "min"
 
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
+
 
 class Max(Aggregation):
     """Largest non-null value; null when none."""
@@ -145,6 +163,10 @@ class Max(Aggregation):
     partials: ClassVar[tuple[str, ...]] = ("max",)
     kind: Literal["max"] = "max"
 
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
+
 
 class Last(Aggregation):
     """Value of the latest event by (timestamp, created) whose value is not null; null when none."""
@@ -152,6 +174,10 @@ class Last(Aggregation):
     function: ClassVar[str] = "last"
     partials: ClassVar[tuple[str, ...]] = ("last",)
     kind: Literal["last"] = "last"
+
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
 
 
 class StdDev(Aggregation):
@@ -161,6 +187,10 @@ class StdDev(Aggregation):
     input_types: ClassVar[frozenset[str] | None] = NUMERIC_TYPES
     partials: ClassVar[tuple[str, ...]] = ("n", "mean", "m2")
     kind: Literal["stddev"] = "stddev"
+
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
 
     def output_type(self, input_type: str | None) -> str:
         return "DOUBLE"
@@ -172,6 +202,10 @@ class CountDistinct(Aggregation):
     function: ClassVar[str] = "count_distinct"
     partials: ClassVar[tuple[str, ...]] = ("distinct",)
     kind: Literal["count_distinct"] = "count_distinct"
+
+    def __init__(self, column: str, *, window: Duration, name: str = "", hop: Duration | None = None,
+                 **data: Any) -> None:
+        super().__init__(column, window=window, name=name, hop=hop, **data)
 
     def output_type(self, input_type: str | None) -> str:
         return "BIGINT"

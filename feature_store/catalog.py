@@ -85,15 +85,15 @@ class Catalog:
                 )
         for service in self.services.values():
             for projection in service.projections:
-                view = self.views.get(projection.view)
-                if view is None:
+                target = self.views.get(projection.view)
+                if target is None:
                     raise UnknownReferenceError(
                         f"feature service {service.name!r} refers to feature view {projection.view!r}, which is "
                         f"not defined.{closest(projection.view, self.views)}",
                         service=service.name, view=projection.view,
                     )
                 for feature in projection.features:
-                    view.feature(feature)
+                    target.feature(feature)
 
     # --- registry round trip ---------------------------------------------------------------
 

@@ -34,7 +34,8 @@ def _store(ctx: click.Context) -> FeatureStore:
     if "store" not in ctx.obj:
         ctx.obj["store"] = FeatureStore(ctx.obj["repo"])
         ctx.call_on_close(ctx.obj["store"].close)
-    return ctx.obj["store"]  # type: ignore[no-any-return]
+    store: FeatureStore = ctx.obj["store"]
+    return store
 
 
 @contextmanager
@@ -237,7 +238,8 @@ def _progress() -> Iterator[Progress]:
               help="Entity rows: a parquet file, or a SQL query run in the offline DuckDB.")
 @click.option("--features", help="Comma-separated 'view:feature' references.")
 @click.option("--service", help="A feature service name (instead of --features).")
-@click.option("--output", type=click.Path(dir_okay=False, path_type=Path), help="Write the result to this parquet file.")
+@click.option("--output", type=click.Path(dir_okay=False, path_type=Path),
+              help="Write the result to this parquet file.")
 @click.option("--full-feature-names", is_flag=True, help="Name columns 'view__feature'.")
 @click.option("--show", default=5, show_default=True, help="Rows to print.")
 @click.pass_context

@@ -73,7 +73,7 @@ def load_config(repo: Path) -> RepoConfig:
         raise ConfigError(f"{path} is not valid YAML: {exc}", path=str(path)) from exc
     if not isinstance(raw, dict):
         raise ConfigError(f"{path} must be a mapping of keys (project, registry, ...).", path=str(path))
-    raw = _expand_env(raw)
+    raw = dict(_expand_env(raw))  # type: ignore[call-overload]
     if os.environ.get(REGISTRY_ENV):  # deployments point the same repo at their registry without editing it
         raw["registry"] = os.environ[REGISTRY_ENV]
     try:

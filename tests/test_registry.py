@@ -44,7 +44,13 @@ from feature_store import (
 )
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig
-from feature_store.errors import ConcurrentApplyError, DefinitionError, FeatureStoreError, SchemaError
+from feature_store.errors import (
+    ConcurrentApplyError,
+    DefinitionError,
+    FeatureStoreError,
+    RegistryError,
+    SchemaError,
+)
 from feature_store.plan import Plan
 from feature_store.registry import objects as objects_table
 from feature_store.registry import projects as projects_table
@@ -356,21 +362,42 @@ def test_tampered_spec_is_validated_not_executed(repo: Repo) -> None:
     repo.store().apply(definitions())
     evil = {"name": "spend", "entities": ["customer"], "source": "tx",
             "features": [{"kind": "__import__('os').system('false')", "column": "amount", "window": "1d"}]}
+    overwrite_spec(repo, "feature_view", "spend", json.dumps(evil))
+    with pytest.raises(DefinitionError, match="unknown aggregation kind"):
+        repo.store().catalog()
+
+
+def overwrite_spec(repo: Repo, kind: str, name: str, spec: str) -> None:
+    """Replace one stored spec behind the library's back and move the version (no cache hit)."""
     engine = sa.create_engine(repo.url, poolclass=sa.pool.NullPool)
     try:
         with engine.begin() as conn:
             conn.execute(
                 sa.update(objects_table)
-                .where((objects_table.c.project == repo.project) & (objects_table.c.kind == "feature_view")
-                       & (objects_table.c.name == "spend"))
-                .values(spec=json.dumps(evil))
+                .where((objects_table.c.project == repo.project) & (objects_table.c.kind == kind)
+                       & (objects_table.c.name == name))
+                .values(spec=spec)
             )
-            conn.execute(  # move the version so that no cached catalog is used
-                sa.update(projects_table).where(projects_table.c.project == repo.project).values(version=2)
-            )
+            conn.execute(sa.update(projects_table).where(projects_table.c.project == repo.project)
+                         .values(version=projects_table.c.version + 1))
     finally:
         engine.dispose()
-    with pytest.raises(DefinitionError, match="unknown aggregation kind"):
+
+
+@pytest.mark.xfail(
+    reason="an unreadable registry row (not JSON, or a field this version does not know, e.g. written by a "
+    "newer client) raises a raw JSONDecodeError / pydantic ValidationError instead of a RegistryError naming "
+    "the object",
+    strict=True,
+)
+@pytest.mark.parametrize("spec", [
+    "\x80\x04 not json",
+    json.dumps({"name": "customer", "join_keys": ["customer_id"], "description": "", "added_later": 1}),
+], ids=["not-json", "unknown-field"])
+def test_unreadable_registry_row_is_a_registry_error(repo: Repo, spec: str) -> None:
+    repo.store().apply(definitions())
+    overwrite_spec(repo, "entity", "customer", spec)
+    with pytest.raises(RegistryError, match="entity 'customer'"):
         repo.store().catalog()
 
 
@@ -427,24 +454,19 @@ INVALIDATION_CASES = [
 ]
 
 
-@pytest.mark.parametrize(("case", "kwargs", "key", "fields", "invalidates"), INVALIDATION_CASES,
-                         ids=[c[0] for c in INVALIDATION_CASES])
-def test_change_invalidates_only_when_data_changes(
-    repo: Repo, case: str, kwargs: dict[str, Any], key: tuple[str, str], fields: tuple[str, ...],
-    invalidates: tuple[str, ...],
-) -> None:
+def test_change_invalidates_only_when_data_changes(repo: Repo) -> None:
+    """Each case changes one thing against the same applied state (plans write nothing)."""
     store = repo.store()
     store.apply(definitions())
-    plan = store.plan(definitions(**kwargs))
-    assert len(plan.changes) == 1, plan
-    change = plan.changes[0]
-    assert ((change.kind, change.name), change.action, change.fields) == (key, "change", fields)
-    assert change.invalidates == invalidates
-    assert plan.invalidated_views == invalidates
-    if invalidates:
-        assert "rebuilds materialized data of" in change.describe()
-    else:
-        assert "rebuilds" not in change.describe()
+    for case, kwargs, key, fields, invalidates in INVALIDATION_CASES:
+        plan = store.plan(definitions(**kwargs))
+        assert len(plan.changes) == 1, (case, str(plan))
+        change = plan.changes[0]
+        assert ((change.kind, change.name), change.action, change.fields) == (key, "change", fields), case
+        assert change.invalidates == invalidates, case
+        assert plan.invalidated_views == invalidates, case
+        assert ("rebuilds materialized data of" in change.describe()) == bool(invalidates), case
+    assert store.registry.version() == 1
 
 
 # --- apply: versions, atomicity, concurrency --------------------------------------------------

@@ -17,13 +17,13 @@ from feature_store.config import DuckDBOfflineConfig, resolve_path
 from feature_store.definitions import FIELD_TYPES, FeatureView
 from feature_store.durations import to_micros
 from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError, closest
-from feature_store.identifiers import quote, quote_literal
+from feature_store.identifiers import quote_literal
 from feature_store.offline import entity_input
-from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
+from feature_store.offline.entity_input import fetch_arrow
+from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
 from feature_store.offline.materialize import Materializer
 from feature_store.offline.sources import relation_sql, source_fingerprint
-from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
 from feature_store.offline.sql import (
     ENTITY_TABLE,
     KEYS_TABLE,
@@ -77,7 +77,8 @@ class DuckDBRetrievalJob:
                 raise OfflineStoreError(f"the training-set query failed in DuckDB: {exc}") from exc
 
     def to_arrow(self) -> pa.Table:
-        return self._run(lambda cur, sql: fetch_arrow(cur.sql(sql)))  # type: ignore[no-any-return]
+        table: pa.Table = self._run(lambda cur, sql: fetch_arrow(cur.sql(sql)))
+        return table
 
     def to_df(self) -> pd.DataFrame:
         """pandas, with nullable integer and boolean columns so that an int feature stays an int."""
@@ -161,7 +162,9 @@ class DuckDBOfflineEngine:
             try:
                 rows = self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
             except duckdb.Error as exc:
-                raise SchemaError(f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name) from exc
+                raise SchemaError(
+                    f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name
+                ) from exc
             self._schemas[key] = {str(r[0]): str(r[1]) for r in rows}
         return self._schemas[key]
 

@@ -35,7 +35,7 @@ from feature_store.offline.sql import FeatureRequest
 def _np(array: pa.Array | pa.ChunkedArray, fill: object = None) -> np.ndarray:
     if fill is not None:
         array = pc.fill_null(array, fill)
-    return array.to_numpy(zero_copy_only=False)  # type: ignore[no-any-return]
+    return array.to_numpy(zero_copy_only=False)
 
 
 def _is_float(t: pa.DataType) -> bool:
@@ -108,7 +108,7 @@ class HopGroup:
                 if isinstance(single, np.ndarray):
                     value = np.concatenate([np.asarray(mat), single])[self._perm]
                 else:
-                    value = pa.concat_arrays([mat.cast(single.type), single]).take(pa.array(self._perm))
+                    value = pa.concat_arrays([pa.array(mat).cast(single.type), single]).take(pa.array(self._perm))
             self._tile_cache[name] = value
         return self._tile_cache[name]
 
@@ -132,7 +132,7 @@ class HopGroup:
         return pc.take(values, pa.array(idx))  # min, max, last: any type
 
     def _materialized_partial(self, name: str) -> np.ndarray | pa.Array:
-        assert self._mat is not None  # noqa: S101 - only called with materialized tiles
+        assert self._mat is not None
         kind, _, column = name.partition("__")
         if kind in ("lastt", "lastc"):
             key = self._mat[f"lastk__{column}"]
@@ -146,7 +146,7 @@ class HopGroup:
 
     def start_code(self, window: int | None) -> np.ndarray:
         if window is None:
-            return self.q_kid * self.grid.span  # type: ignore[no-any-return]
+            return self.q_kid * self.grid.span
         return self.grid.code(self.q_kid, floor_to(self.q_t - window, self.hop))
 
     def ranges(self, window: int | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -66,13 +66,14 @@ def range_reduce(ufunc: np.ufunc, values: np.ndarray, lo: np.ndarray, hi: np.nda
     idx[0::2], idx[1::2] = lo, hi
     idx = np.minimum(idx, len(values))
     reduced = ufunc.reduceat(padded, idx)[0::2]
-    return np.where(hi > lo, reduced, empty)  # type: ignore[no-any-return]
+    reduced[hi <= lo] = empty
+    return reduced
 
 
 def prefix_range(values: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
     """Exact range sums of integers via a prefix sum."""
     prefix = np.concatenate([[0], np.cumsum(values, dtype=np.int64)])
-    return prefix[hi] - prefix[lo]  # type: ignore[no-any-return]
+    return prefix[hi] - prefix[lo]
 
 
 def last_valid_before(valid: np.ndarray) -> np.ndarray:
