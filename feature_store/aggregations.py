@@ -9,7 +9,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, field_serializer, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, ValidationInfo, field_serializer, field_validator, model_validator
 
 from feature_store.durations import default_hop, format_duration, parse_duration
 from feature_store.errors import DefinitionError
@@ -30,7 +30,9 @@ ORDERABLE_TYPES = NUMERIC_TYPES | {"VARCHAR", "DATE", "TIMESTAMP", "TIMESTAMP WI
 def base_type(duckdb_type: str) -> str:
     """DECIMAL(18,2) -> DECIMAL, TIMESTAMP_NS -> TIMESTAMP; what the type checks compare."""
     name = duckdb_type.split("(")[0].strip().upper()
-    return "TIMESTAMP" if name.startswith("TIMESTAMP_") else name
+    if name.startswith("TIMESTAMP"):  # TIMESTAMP_NS, TIMESTAMP_MS, TIMESTAMPTZ_NS, ...
+        return "TIMESTAMP WITH TIME ZONE" if "TZ" in name or "TIME ZONE" in name else "TIMESTAMP"
+    return name
 
 
 class Aggregation(BaseModel):
@@ -55,15 +57,12 @@ class Aggregation(BaseModel):
         data.setdefault("kind", self.function)
         super().__init__(**data)
 
-    @field_validator("window", mode="before")
+    @field_validator("window", "hop", mode="before")
     @classmethod
-    def _window(cls, value: object) -> timedelta | None:
-        return None if value is None else parse_duration(value, f"{cls.__name__} window")
-
-    @field_validator("hop", mode="before")
-    @classmethod
-    def _hop(cls, value: object) -> timedelta | None:
-        return None if value is None else parse_duration(value, f"{cls.__name__} hop")
+    def _duration(cls, value: object, info: ValidationInfo) -> timedelta | None:
+        column = info.data.get("column")
+        what = f"{cls.__name__}({column!r})" if column else f"{cls.__name__}()"
+        return None if value is None else parse_duration(value, f"{what} {info.field_name}")
 
     @field_serializer("window", "hop")
     def _dump_duration(self, value: timedelta | None) -> str | None:

@@ -13,13 +13,14 @@ from feature_store.definitions import (
     FeatureService,
     FeatureView,
     FileSource,
-    from_spec,
     kind_of,
     to_spec,
 )
 from feature_store.errors import DuplicateObjectError, FeatureNotFoundError, UnknownReferenceError, closest
 
 SourceDef = FileSource | DuckDBSource
+_PLURAL = {"entity": "entities", "source": "sources", "feature_view": "feature views",
+           "feature_service": "feature services"}
 SpecKey = tuple[str, str]  # (kind, name)
 
 
@@ -47,7 +48,7 @@ class Catalog:
             if key in seen:
                 if seen[key][0] != spec:
                     raise DuplicateObjectError(
-                        f"two different {kind.replace('_', ' ')}s are named {obj.name!r} "
+                        f"two different {_PLURAL[kind]} are named {obj.name!r} "
                         f"(in {seen[key][1]} and in {where}); rename one of them.",
                         kind=kind, name=obj.name, files=[seen[key][1], where],
                     )
@@ -80,7 +81,8 @@ class Catalog:
             if view.source_name not in self.sources:
                 raise UnknownReferenceError(
                     f"feature view {view.name!r} refers to source {view.source_name!r}, which is not defined."
-                    f"{closest(view.source_name, self.sources)}",
+                    f"{closest(view.source_name, self.sources)} Define FileSource(name={view.source_name!r}, "
+                    "path=...) in the repo, or pass the source object itself as source=.",
                     view=view.name, source=view.source_name,
                 )
         for service in self.services.values():
@@ -103,10 +105,6 @@ class Catalog:
             for obj in group.values():
                 out[(kind_of(obj), obj.name)] = to_spec(obj)
         return out
-
-    @classmethod
-    def from_specs(cls, specs: Mapping[SpecKey, dict[str, Any]]) -> Catalog:
-        return cls.build(from_spec(kind, spec) for (kind, _name), spec in sorted(specs.items()))
 
     # --- lookups ----------------------------------------------------------------------------
 

@@ -9,7 +9,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Discriminator, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from feature_store.aggregations import (
     Aggregation,
@@ -160,8 +168,9 @@ class FeatureView(_Frozen):
 
     @field_validator("hop", "ttl", mode="before")
     @classmethod
-    def _durations(cls, value: object) -> timedelta | None:
-        return None if value is None else parse_duration(value, "feature view hop/ttl")
+    def _durations(cls, value: object, info: ValidationInfo) -> timedelta | None:
+        what = f"feature view {info.data.get('name')!r} {info.field_name}"
+        return None if value is None else parse_duration(value, what)
 
     @field_serializer("hop", "ttl")
     def _dump_duration(self, value: timedelta | None) -> str | None:

@@ -45,7 +45,8 @@ def parse_duration(value: object, what: str) -> timedelta:
     else:
         raise DefinitionError(f"{what}: expected a timedelta or a string like '7d', got {value!r}.")
     if result <= timedelta(0):
-        raise DefinitionError(f"{what}: must be positive, got {format_duration(result)}.")
+        shown = repr(value) if isinstance(value, str) else repr(result)
+        raise DefinitionError(f"{what}: must be positive, got {shown}; use e.g. '7d' or timedelta(days=7).")
     if result % timedelta(microseconds=1):
         raise DefinitionError(f"{what}: finer than a microsecond is not supported.")
     return result

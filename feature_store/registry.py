@@ -28,8 +28,9 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from feature_store.catalog import Catalog, SpecKey
-from feature_store.errors import ConcurrentApplyError, RegistryError
+from feature_store.catalog import Catalog
+from feature_store.definitions import from_spec
+from feature_store.errors import ConcurrentApplyError, FeatureStoreError, RegistryError
 from feature_store.plan import Plan
 
 metadata = MetaData()
@@ -96,12 +97,31 @@ class Registry:
             rows = conn.execute(
                 select(objects.c.kind, objects.c.name, objects.c.spec).where(objects.c.project == self.project)
             ).all()
-        specs: dict[SpecKey, dict[str, Any]] = {(k, n): json.loads(s) for k, n, s in rows}
-        self._cache = (version, Catalog.from_specs(specs))
+        self._cache = (version, self._decode(rows))
         return self._cache
 
+    def _decode(self, rows: Any) -> Catalog:
+        """Specs back into definitions; a row this version cannot read is named, not a stack trace."""
+        objects = []
+        for kind, name, text in rows:
+            try:
+                objects.append(from_spec(kind, json.loads(text)))
+            except (ValueError, TypeError, FeatureStoreError) as exc:  # JSON and pydantic errors are ValueErrors
+                raise RegistryError(
+                    f"the registry row for {kind.replace('_', ' ')} {name!r} of project {self.project!r} cannot be "
+                    f"read ({type(exc).__name__}: {str(exc).splitlines()[0]}); it may have been written by a newer "
+                    "version of feature-store. Upgrade, or re-apply the repo with this version.",
+                    kind=kind, name=name,
+                ) from exc
+        return Catalog.build(objects)
+
     def apply(self, plan: Plan) -> int:
-        """Write the plan's desired state in one transaction; returns the new version."""
+        """Write the plan's desired state in one transaction; returns the new version.
+
+        An empty plan writes nothing and keeps the version.
+        """
+        if plan.is_empty:
+            return plan.base_version
         now = datetime.now(UTC)
         new_version = plan.base_version + 1
         try:

@@ -40,7 +40,7 @@ from feature_store.offline.sql import (
 from feature_store.plan import view_signature
 from feature_store.references import ResolvedFeature
 
-TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE", "TIMESTAMP_S", "TIMESTAMP_MS", "TIMESTAMP_NS"}
+TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}  # after base_type()
 
 
 _NULLABLE = {
@@ -64,8 +64,8 @@ class DuckDBRetrievalJob:
         with self._engine.cursor() as cur:
             cur.register("__entity_input", self._entities)
             try:
-                ts_type = "TIMESTAMP" if pa.types.is_timestamp(
-                    self._entities.schema.field(entity_input.TIMESTAMP_COLUMN).type) else "DATE"
+                types = dict(cur.execute("SELECT column_name, column_type FROM (DESCRIBE __entity_input)").fetchall())
+                ts_type = str(types[entity_input.TIMESTAMP_COLUMN])
                 cur.execute(
                     f"CREATE OR REPLACE TEMP TABLE {ENTITY_TABLE} AS SELECT *, "
                     f"{epoch_sql(entity_input.TIMESTAMP_COLUMN, ts_type)} AS __t FROM __entity_input"

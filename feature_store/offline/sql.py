@@ -93,8 +93,11 @@ def epoch_sql(column: str, duckdb_type: str) -> str:
     ``epoch_us`` reads both directly; casting a TIMESTAMPTZ to TIMESTAMP first would go through
     time-zone rules and cost ten times as much.
     """
-    if duckdb_type.upper() in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
+    kind = duckdb_type.upper()
+    if kind in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "DATE"):
         return f"epoch_us({quote(column)})"
+    if base_type(kind) == "TIMESTAMP WITH TIME ZONE":  # e.g. nanosecond instants: keep them instants
+        return f"epoch_us(CAST({quote(column)} AS TIMESTAMPTZ))"
     return f"epoch_us(CAST({quote(column)} AS TIMESTAMP))"
 
 
