@@ -9,10 +9,18 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, ValidationInfo, field_serializer, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    ValidationError,
+    ValidationInfo,
+    field_serializer,
+    field_validator,
+    model_validator,
+)
 
 from feature_store.durations import default_hop, format_duration, parse_duration
-from feature_store.errors import DefinitionError
+from feature_store.errors import DefinitionError, validation_problems
 from feature_store.identifiers import validate_identifier
 
 Duration = timedelta | str | None  # a timedelta, or "90d", "12h", "30m", "45s", "2w"; None: unbounded
@@ -55,7 +63,10 @@ class Aggregation(BaseModel):
         if column is not None:
             data["column"] = column
         data.setdefault("kind", self.function)
-        super().__init__(**data)
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise DefinitionError(f"invalid {type(self).__name__}: {validation_problems(exc)}") from exc
 
     @field_validator("window", "hop", mode="before")
     @classmethod
@@ -89,7 +100,9 @@ class Aggregation(BaseModel):
         return self.hop or view_hop or default_hop(self.window)
 
     def output_type(self, input_type: str | None) -> str:
-        """The DuckDB type of the finished value."""
+        """The DuckDB type of the finished value (decimals are read as DOUBLE)."""
+        if input_type and base_type(input_type) in ("DECIMAL", "HUGEINT"):
+            return "DOUBLE"
         return input_type or "BIGINT"
 
 

@@ -46,11 +46,14 @@ class Catalog:
             spec = to_spec(obj)
             key = (kind, obj.name)
             if key in seen:
-                if seen[key][0] != spec:
+                first, first_where = seen[key]
+                if first != spec:
+                    differs = sorted(k for k in set(first) | set(spec) if first.get(k) != spec.get(k))
+                    places = f"in {first_where} and in {where}" if first_where != where else f"both in {where}"
                     raise DuplicateObjectError(
-                        f"two different {_PLURAL[kind]} are named {obj.name!r} "
-                        f"(in {seen[key][1]} and in {where}); rename one of them.",
-                        kind=kind, name=obj.name, files=[seen[key][1], where],
+                        f"two different {_PLURAL[kind]} are named {obj.name!r} ({places}; they differ in "
+                        f"{', '.join(differs)}); rename one of them.",
+                        kind=kind, name=obj.name, files=[first_where, where], differs=differs,
                     )
                 return
             seen[key] = (spec, where)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from feature_store.errors import ConfigError
+from feature_store.errors import ConfigError, validation_problems
 from feature_store.identifiers import validate_identifier
 
 CONFIG_FILE = "feature_store.yaml"
@@ -79,7 +79,7 @@ def load_config(repo: Path) -> RepoConfig:
     try:
         config = RepoConfig.model_validate(raw)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise ConfigError(f"{path}: {problems}", path=str(path)) from exc
     validate_identifier(config.project, f"project in {path}")
     return config

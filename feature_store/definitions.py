@@ -13,6 +13,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Discriminator,
+    ValidationError,
     ValidationInfo,
     field_serializer,
     field_validator,
@@ -32,7 +33,7 @@ from feature_store.aggregations import (
     aggregation_from_spec,
 )
 from feature_store.durations import format_duration, parse_duration
-from feature_store.errors import DefinitionError, FeatureNotFoundError, closest
+from feature_store.errors import DefinitionError, FeatureNotFoundError, closest, validation_problems
 from feature_store.identifiers import validate_identifier
 
 FIELD_TYPES = {
@@ -46,6 +47,12 @@ AnyAggregation = Annotated[Count | Sum | Mean | Min | Max | Last | StdDev | Coun
 
 class _Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise DefinitionError(f"invalid {type(self).__name__}: {validation_problems(exc)}") from exc
 
 
 class Entity(_Frozen):

@@ -135,6 +135,11 @@ class OnlineStoreUnavailable(FeatureStoreError):
     http_status = 503
 
 
+def validation_problems(exc: Any) -> str:
+    """'field: message; ...' from a pydantic ValidationError."""
+    return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
+
+
 def closest(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean X?' for the nearest candidate, or '' when nothing is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)

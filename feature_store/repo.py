@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from feature_store.catalog import Catalog
 from feature_store.definitions import Definition, DuckDBSource, Entity, FeatureService, FeatureView, FileSource
-from feature_store.errors import DefinitionError, FeatureStoreError, RepoLoadError
+from feature_store.errors import DefinitionError, FeatureStoreError, RepoLoadError, validation_problems
 
 _SKIP_DIRS = {"data", "__pycache__", "node_modules", "venv", "site-packages"}
 
@@ -60,7 +60,7 @@ def _import(path: Path, relative: str) -> object:
     except FeatureStoreError as exc:
         raise type(exc)(f"{relative}: {exc.message}", file=relative, **exc.details) from exc
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = validation_problems(exc)
         raise DefinitionError(f"{relative}: invalid {exc.title}: {problems}", file=relative) from exc
     except Exception as exc:  # user code can fail in any way; report where, keep the cause
         raise RepoLoadError(

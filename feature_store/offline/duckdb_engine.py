@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import duckdb
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 
@@ -32,6 +34,7 @@ from feature_store.offline.sql import (
     ViewQuery,
     epoch_sql,
     final_sql,
+    key_counts_sql,
     key_dictionary_sql,
     keyed_events_sql,
     materialized_tiles_sql,
@@ -88,30 +91,63 @@ class DuckDBRetrievalJob:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
 
 
+EVENTS_PER_CHUNK = 2_000_000
+
+
 def view_result(cur: duckdb.DuckDBPyConnection, view: ViewQuery) -> pa.Table:
-    """Feature values of one view for the distinct (key, t) of the entity rows that have events."""
+    """Feature values of one view for the distinct (key, t) of the entity rows that have events.
+
+    Keys are processed in chunks of about EVENTS_PER_CHUNK events, so memory stays bounded
+    whatever the size of the source.
+    """
     cur.execute(f"CREATE OR REPLACE TEMP TABLE {KEYS_TABLE} AS {key_dictionary_sql(view)}")
     queries = fetch_arrow(cur.sql(queries_sql(view)))
-    events = fetch_arrow(cur.sql(keyed_events_sql(view)))
-    q_kid = queries["__kid"].to_numpy()
-    q_t = queries["__t"].to_numpy()
-    if not view.is_aggregation:
-        outputs = evaluate_snapshot(q_kid, q_t, events, view.ttl, view.features)
-    else:
-        outputs = {}
-        groups: dict[int, list[FeatureRequest]] = {}
+    q_kid, q_t = queries["__kid"].to_numpy(), queries["__t"].to_numpy()
+    columns = queries.select([*view.keys, "__t"])
+    parts = []
+    for first, last in _kid_chunks(fetch_arrow(cur.sql(key_counts_sql())), EVENTS_PER_CHUNK):
+        a, b = np.searchsorted(q_kid, first, "left"), np.searchsorted(q_kid, last, "left")
+        if a == b:
+            continue
+        outputs = _evaluate_chunk(cur, view, q_kid[a:b], q_t[a:b], (first, last))
+        part = columns.slice(a, b - a)
+        for name, values in outputs.items():
+            part = part.append_column(name, values)
+        parts.append(part)
+    if not parts:  # no entity row has a key with events: every value is the empty-window value
+        empty = columns.slice(0, 0)
         for request in view.features:
-            groups.setdefault(request.hop, []).append(request)
-        for hop, requests in sorted(groups.items()):
-            table = view.materialized.get(hop)
-            tiles = None if table is None else (
-                fetch_arrow(cur.sql(materialized_tiles_sql(view, table, hop))), table.watermark
-            )
-            outputs.update(evaluate_group(q_kid, q_t, events, hop, requests, tiles))
-    result = queries.select([*view.keys, "__t"])
-    for name, values in outputs.items():
-        result = result.append_column(name, values)
-    return result
+            empty = empty.append_column(request.output, pa.array([], pa.null()))
+        return empty
+    return pa.concat_tables(parts)
+
+
+def _kid_chunks(counts: pa.Table, per_chunk: int) -> list[tuple[int, int]]:
+    """Contiguous key-id ranges [first, last) holding about per_chunk events each (a key is never split)."""
+    n = counts["__n"].to_numpy()
+    if len(n) == 0:
+        return []
+    ends = np.flatnonzero(np.diff(np.cumsum(n) // per_chunk, prepend=0) > 0) + 1
+    bounds = [0, *[int(e) for e in ends if 0 < e < len(n)], len(n)]
+    return list(itertools.pairwise(bounds))
+
+
+def _evaluate_chunk(cur: duckdb.DuckDBPyConnection, view: ViewQuery, q_kid: np.ndarray, q_t: np.ndarray,
+                    kids: tuple[int, int]) -> dict[str, pa.Array]:
+    events = fetch_arrow(cur.sql(keyed_events_sql(view, kids)))
+    if not view.is_aggregation:
+        return evaluate_snapshot(q_kid, q_t, events, view.ttl, view.features)
+    outputs: dict[str, pa.Array] = {}
+    groups: dict[int, list[FeatureRequest]] = {}
+    for request in view.features:
+        groups.setdefault(request.hop, []).append(request)
+    for hop, requests in sorted(groups.items()):
+        table = view.materialized.get(hop)
+        tiles = None if table is None else (
+            fetch_arrow(cur.sql(materialized_tiles_sql(view, table, hop, kids))), table.watermark
+        )
+        outputs.update(evaluate_group(q_kid, q_t, events, hop, requests, tiles))
+    return outputs
 
 
 class DuckDBOfflineEngine:

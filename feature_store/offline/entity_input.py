@@ -34,11 +34,17 @@ def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
             raise EntityDataFrameError(f"the entity DataFrame cannot be converted to Arrow: {exc}") from exc
     if isinstance(entity_df, pa.Table):
         return entity_df
-    if isinstance(entity_df, Path) or (isinstance(entity_df, str) and entity_df.strip().lower().endswith(".parquet")):
+    if isinstance(entity_df, Path) or (isinstance(entity_df, str) and _looks_like_path(entity_df)):
         path = Path(entity_df)
         if not path.is_file():
-            raise EntityDataFrameError(f"entity rows file {str(path)!r} does not exist.", path=str(path))
-        return pq.read_table(path)
+            raise EntityDataFrameError(
+                f"entity rows file {str(path)!r} does not exist (a string is read as a parquet path unless it "
+                "is a SQL query starting with SELECT, WITH or FROM).", path=str(path),
+            )
+        try:
+            return pq.read_table(path)
+        except (pa.ArrowException, OSError) as exc:
+            raise EntityDataFrameError(f"entity rows file {str(path)!r} is not a readable parquet file: {exc}") from exc
     if isinstance(entity_df, str):
         try:
             return fetch_arrow(con.sql(entity_df))
@@ -50,6 +56,14 @@ def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
         f"entity rows must be a pandas DataFrame, a pyarrow Table, a parquet path or a SQL query; "
         f"got {type(entity_df).__name__}."
     )
+
+
+def _looks_like_path(text: str) -> bool:
+    """SQL starts with a query keyword; any other string that names a file, or has no space, is a path."""
+    stripped = text.strip()
+    if not stripped or stripped.split(None, 1)[0].upper() in ("SELECT", "WITH", "FROM", "VALUES", "(", "TABLE"):
+        return False
+    return Path(stripped).is_file() or " " not in stripped
 
 
 def prepare(table: pa.Table, join_keys: Sequence[str]) -> pa.Table:
@@ -81,6 +95,11 @@ def prepare(table: pa.Table, join_keys: Sequence[str]) -> pa.Table:
             "row needs the time it is as of. Drop or fill those rows.",
             null_rows=nulls, first_row=first,
         )
+    for key in join_keys:  # pandas categoricals arrive dictionary-encoded: join on the values
+        field = table.schema.field(key)
+        if pa.types.is_dictionary(field.type):
+            index = table.schema.get_field_index(key)
+            table = table.set_column(index, key, table.column(key).cast(field.type.value_type))
     return table.append_column(ROW_ID, pa.array(np.arange(table.num_rows, dtype=np.int64)))
 
 

@@ -117,10 +117,17 @@ def events_sql(view: ViewQuery, columns: Sequence[str] | None = None) -> str:
 
 
 def key_dictionary_sql(view: ViewQuery) -> str:
-    """Dense integer ids (``__kid``) for the keys that occur in the source."""
+    """Dense integer ids (``__kid``) for the keys that occur in the source, with their row counts (``__n``)."""
     keys = ", ".join(quote(k) for k in view.keys)
     rows = events_sql(view, []) if view.is_aggregation else snapshot_rows_sql(view)
-    return f"SELECT {keys}, (row_number() OVER () - 1)::BIGINT AS __kid FROM (SELECT DISTINCT {keys} FROM ({rows}))"
+    return (
+        f"SELECT {keys}, (row_number() OVER () - 1)::BIGINT AS __kid, __n "
+        f"FROM (SELECT {keys}, count(*) AS __n FROM ({rows}) GROUP BY ALL)"
+    )
+
+
+def _kid_range(alias: str, kids: tuple[int, int] | None) -> str:
+    return "" if kids is None else f" WHERE {alias}.__kid >= {int(kids[0])} AND {alias}.__kid < {int(kids[1])}"
 
 
 def _using(view: ViewQuery) -> str:
@@ -137,13 +144,17 @@ def queries_sql(view: ViewQuery) -> str:
     )
 
 
-def keyed_events_sql(view: ViewQuery) -> str:
+def key_counts_sql() -> str:
+    return f"SELECT __kid, __n FROM {KEYS_TABLE} ORDER BY __kid"
+
+
+def keyed_events_sql(view: ViewQuery, kids: tuple[int, int] | None = None) -> str:
+    """Events with key ids in [kids), sorted by (key, ts, created), hence by (key, tile) for every hop."""
     keys = _using(view)
     rows = events_sql(view) if view.is_aggregation else snapshot_rows_sql(view)
-    # Sorted by (key, ts, created), hence by (key, tile) for every hop: the evaluator binary-searches it.
     return (
-        f"SELECT K.__kid, E.* EXCLUDE ({keys}) FROM ({rows}) E JOIN {KEYS_TABLE} K USING ({keys}) "
-        "ORDER BY K.__kid, E.__ts, E.__cr"
+        f"SELECT K.__kid, E.* EXCLUDE ({keys}) FROM ({rows}) E JOIN {KEYS_TABLE} K USING ({keys})"
+        f"{_kid_range('K', kids)} ORDER BY K.__kid, E.__ts, E.__cr"
     )
 
 
@@ -196,12 +207,13 @@ def tiles_sql(view: ViewQuery, hop: int, partials: Mapping[str, str], since: int
     return f"SELECT {keys}, {tile} AS __pos{aggs} FROM {source} WHERE {' AND '.join(where)} GROUP BY ALL"
 
 
-def materialized_tiles_sql(view: ViewQuery, table: TileTable, hop: int) -> str:
-    """Materialized tiles that end by the watermark, with key ids, in (key, tile) order."""
+def materialized_tiles_sql(view: ViewQuery, table: TileTable, hop: int, kids: tuple[int, int] | None = None) -> str:
+    """Materialized tiles that end by the watermark, with key ids in [kids), in (key, tile) order."""
     keys = _using(view)
     return (
-        f"SELECT K.__kid, T.* EXCLUDE ({keys}) FROM {quote(table.table)} T JOIN {KEYS_TABLE} K USING ({keys}) "
-        f"WHERE T.__pos + {hop} <= {table.watermark} ORDER BY K.__kid, T.__pos"
+        f"SELECT * FROM (SELECT K.__kid, T.* EXCLUDE ({keys}) FROM {quote(table.table)} T "
+        f"JOIN {KEYS_TABLE} K USING ({keys}) WHERE T.__pos + {hop} <= {table.watermark}) M"
+        f"{_kid_range('M', kids)} ORDER BY M.__kid, M.__pos"
     )
 
 
@@ -237,7 +249,8 @@ def final_sql(views: Sequence[ViewQuery], results: Sequence[str], passthrough: S
         for request in view.features:
             value = f"{result}.{quote(request.output)}"
             fill = _empty_value(request)
-            selects.append(f"{value if fill is None else f'coalesce({value}, {fill})'} AS {quote(request.output)}")
+            value = value if fill is None else f"coalesce({value}, {fill})"
+            selects.append(f"CAST({value} AS {request.output_type}) AS {quote(request.output)}")
     return f"SELECT {', '.join(selects)} FROM {ENTITY_TABLE} Q{''.join(joins)} ORDER BY Q.__row_id"
 
 
