@@ -153,7 +153,8 @@ def test_duplicate_names_across_repo_files(fresh_repo: Path, first: str, second:
     (fresh_repo / "a.py").write_text(HEADER + first + "\n")
     (fresh_repo / "b.py").write_text(HEADER + second + "\n")
     with raises(DuplicateObjectError, match=(
-        rf"two different {label} are named '(customer|tx|spend)' \(in a\.py and in b\.py; they differ in [a-z_, ]+\); rename one of them"
+        rf"two different {label} are named '(customer|tx|spend)' \(in a\.py and in b\.py; "
+        r"they differ in [a-z_, ]+\); rename one of them"
     )) as info:
         FeatureStore(fresh_repo).plan()
     err = check(info, DuplicateObjectError)
