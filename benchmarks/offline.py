@@ -462,6 +462,17 @@ def peak_rss_bytes() -> int | None:
     return None
 
 
+def source_fingerprint(package_dir: Path) -> str:
+    """Short hash of a package's *.py files, to tie figures to the code that produced them."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(package_dir.rglob("*.py")):
+        h.update(str(f.relative_to(package_dir)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:12]
+
+
 def loadavg() -> str | None:
     try:
         return " ".join(Path("/proc/loadavg").read_text().split()[:3])
@@ -516,6 +527,7 @@ def run_worker(args) -> int:
             from feature_store import FeatureStore
 
             result["engine_version"] = getattr(feature_store, "__version__", None)
+            result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
             repo = work_dir.parent / ("repo_raw" if method == "engine-raw" else "repo_tiles")
             if method in ("engine-raw", "engine-materialize"):
                 make_repo(repo)
@@ -567,8 +579,9 @@ def spawn_worker(
     method: str, args: argparse.Namespace, data_dir: Path, work_dir: Path, timeout: float
 ) -> dict[str, Any]:
     result_path = work_dir / f"{method}.json"
-    if result_path.exists():
-        result_path.unlink()
+    for stale in (result_path, work_dir / f"{method}.parquet"):
+        if stale.exists():
+            stale.unlink()
     cmd = [
         sys.executable,
         os.path.abspath(__file__),
@@ -747,6 +760,8 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             print(f"    note: {note}")
         if r.get("loadavg_start"):
             print(f"    load average (1/5/15 min) at start: {r['loadavg_start']}, at end: {r.get('loadavg_end')}")
+        if r.get("engine_fingerprint"):
+            print(f"    engine: feature_store {r.get('engine_version')}, source sha256 {r['engine_fingerprint']}")
         if r.get("apply_seconds") is not None:
             print(f"    apply(): {fmt_secs(r['apply_seconds'])}")
         print(

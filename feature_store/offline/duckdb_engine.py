@@ -84,8 +84,14 @@ class DuckDBRetrievalJob:
         return table
 
     def to_df(self) -> pd.DataFrame:
-        """pandas, with nullable integer and boolean columns so that an int feature stays an int."""
-        return self.to_arrow().to_pandas(types_mapper=_NULLABLE.get)
+        """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
+        table = self.to_arrow()
+        df = table.to_pandas()
+        for name in table.column_names:
+            column = table.column(name)
+            if column.null_count and column.type in _NULLABLE:
+                df[name] = column.to_pandas(types_mapper=_NULLABLE.get)
+        return df
 
     def to_parquet(self, path: str | Path) -> None:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))

@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
 
 RowsSql = Callable[[int, int], str]  # (since, until) -> SELECT of the rows for that time range
-META = "fs_materialized"
+META = "fs_materialized_v1"  # bump when its columns change: older metadata is then ignored
 ROWS_PER_CHUNK = 4_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
