@@ -1,0 +1,95 @@
+"""Every kind of source gives the same features: parquet, csv, globs, DuckDB tables and queries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from feature_store import Count, DuckDBSource, Entity, FeatureView, Field, FileSource, Last, Sum
+from feature_store.errors import DefinitionError, SourceNotFoundError
+from feature_store.store import FeatureStore
+
+
+@pytest.fixture
+def events() -> pd.DataFrame:
+    rng = np.random.default_rng(4)
+    ts = pd.Timestamp("2026-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 20 * 86400, 800), "s")
+    return pd.DataFrame({
+        "user_id": rng.integers(0, 25, 800).astype("int64"),
+        "ts": ts,
+        "price": np.round(rng.uniform(1, 100, 800), 2),
+        "label": rng.choice(["x", "y", "z"], 800),
+    })
+
+
+@pytest.fixture
+def queries() -> pd.DataFrame:
+    rng = np.random.default_rng(5)
+    return pd.DataFrame({
+        "user_id": rng.integers(0, 27, 300).astype("int64"),
+        "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 22 * 86400, 300), "s"),
+    })
+
+
+def features_for(source: FileSource | DuckDBSource) -> list[object]:
+    user = Entity(name="user", join_keys=["user_id"])
+    view = FeatureView(name="buys", entities=[user], source=source, features=[
+        Sum("price", window="3d", name="spent"), Count(window="1d", name="n"), Last("label", window="7d", name="last"),
+    ])
+    latest = FeatureView(name="latest", entities=[user], source=source, features=[Field("label", "string")])
+    return [user, view, latest]
+
+
+REFS = ["buys:spent", "buys:n", "buys:last", "latest:label"]
+
+
+def run(repo: Path, source: FileSource | DuckDBSource, queries: pd.DataFrame) -> pd.DataFrame:
+    store = FeatureStore(repo)
+    store.apply(features_for(source))
+    return store.get_historical_features(queries, REFS).to_df()
+
+
+@pytest.fixture
+def repo(tmp_path: Path, events: pd.DataFrame) -> Path:
+    (tmp_path / "feature_store.yaml").write_text("project: src\n")
+    data = tmp_path / "data"
+    (data / "parts").mkdir(parents=True)
+    events.to_parquet(data / "events.parquet", index=False)
+    events.to_csv(data / "events.csv", index=False)
+    for i in range(3):
+        events.iloc[i::3].to_parquet(data / "parts" / f"p{i}.parquet", index=False)
+    with duckdb.connect(str(data / "offline.duckdb")) as con:
+        con.register("events_df", events)
+        con.execute("CREATE TABLE events AS SELECT * FROM events_df")
+    return tmp_path
+
+
+def test_all_source_kinds_agree(repo: Path, queries: pd.DataFrame) -> None:
+    expected = run(repo, FileSource(name="s", path="data/events.parquet", timestamp_field="ts"), queries)
+    variants = [
+        FileSource(name="s", path="data/events.csv", timestamp_field="ts"),
+        FileSource(name="s", path="data/parts/*.parquet", timestamp_field="ts"),
+        FileSource(name="s", path=str(repo / "data" / "events.parquet"), timestamp_field="ts"),
+        DuckDBSource(name="s", table="events", timestamp_field="ts"),
+        DuckDBSource(name="s", query="SELECT * FROM events WHERE price > 0", timestamp_field="ts"),
+    ]
+    assert expected["n"].sum() > 0
+    for source in variants:
+        got = run(repo, source, queries)
+        pd.testing.assert_frame_equal(got, expected, rtol=1e-9, obj=repr(source))
+
+
+def test_missing_file_is_reported_with_the_path(repo: Path, queries: pd.DataFrame) -> None:
+    with pytest.raises(SourceNotFoundError, match=r"source 's': path 'data/nope/\*.parquet' matches no file"):
+        run(repo, FileSource(name="s", path="data/nope/*.parquet", timestamp_field="ts"), queries)
+
+
+def test_duckdb_source_needs_table_or_query() -> None:
+    with pytest.raises(DefinitionError, match="exactly one of table= or query="):
+        DuckDBSource(name="s", timestamp_field="ts")
+    with pytest.raises(DefinitionError, match="exactly one of table= or query="):
+        DuckDBSource(name="s", table="t", query="SELECT 1", timestamp_field="ts")
