@@ -37,12 +37,10 @@ The contract (query row = key k at time t):
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from fractions import Fraction
-from typing import Any, Optional
 
-UTC = timezone.utc
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -78,9 +76,9 @@ class Agg:
 
     name: str
     function: str
-    column: Optional[str] = None
-    window: Optional[timedelta] = None
-    hop: Optional[timedelta] = None
+    column: str | None = None
+    window: timedelta | None = None
+    hop: timedelta | None = None
 
     def __post_init__(self):
         assert self.function in AGGREGATION_FUNCTIONS, self.function
@@ -101,8 +99,8 @@ class AggregationView:
     rows: tuple
     join_keys: tuple = ("customer_id",)
     timestamp_field: str = "event_timestamp"
-    created_field: Optional[str] = None
-    hop: Optional[timedelta] = None
+    created_field: str | None = None
+    hop: timedelta | None = None
     schema: tuple = ()
 
 
@@ -115,8 +113,8 @@ class SnapshotView:
     rows: tuple
     join_keys: tuple = ("customer_id",)
     timestamp_field: str = "updated_at"
-    created_field: Optional[str] = None
-    ttl: Optional[timedelta] = None
+    created_field: str | None = None
+    ttl: timedelta | None = None
     schema: tuple = ()
 
 
@@ -125,7 +123,7 @@ class SnapshotView:
 # --------------------------------------------------------------------------
 
 
-def to_micros(value) -> Optional[int]:
+def to_micros(value) -> int | None:
     """A timestamp as integer microseconds since the Unix epoch; None for null.
 
     Naive datetimes are UTC; aware ones are converted to UTC.
@@ -149,7 +147,7 @@ def from_micros(micros: int) -> datetime:
     return EPOCH + timedelta(microseconds=micros)
 
 
-def default_hop(window: Optional[timedelta]) -> timedelta:
+def default_hop(window: timedelta | None) -> timedelta:
     """Largest standard hop H with H <= W / 24 (i.e. 24 * H <= W); 1 s below that; 1 day if unbounded."""
     if window is None:
         return timedelta(days=1)
@@ -159,7 +157,7 @@ def default_hop(window: Optional[timedelta]) -> timedelta:
     return timedelta(seconds=1)
 
 
-def effective_hop(agg: Agg, view_hop: Optional[timedelta]) -> timedelta:
+def effective_hop(agg: Agg, view_hop: timedelta | None) -> timedelta:
     if agg.hop is not None:
         return agg.hop
     if view_hop is not None:
@@ -173,7 +171,7 @@ def floor_to_multiple(micros: int, step_micros: int) -> int:
     return quotient * step_micros
 
 
-def window_start(t: int, window: Optional[timedelta], hop: timedelta) -> Optional[int]:
+def window_start(t: int, window: timedelta | None, hop: timedelta) -> int | None:
     """start(t) = floor_H(t - W) in microseconds, or None (no lower bound) when W is None."""
     if window is None:
         return None
@@ -185,7 +183,7 @@ def window_start(t: int, window: Optional[timedelta], hop: timedelta) -> Optiona
 # --------------------------------------------------------------------------
 
 
-def key_of(row: dict, join_keys) -> Optional[tuple]:
+def key_of(row: dict, join_keys) -> tuple | None:
     """The join-key tuple of a row, or None when any key is null (such rows never match)."""
     values = []
     for column in join_keys:
@@ -196,7 +194,7 @@ def key_of(row: dict, join_keys) -> Optional[tuple]:
     return tuple(values)
 
 
-def is_visible_at(ts: Optional[int], created: Optional[int], t: int, has_created: bool) -> bool:
+def is_visible_at(ts: int | None, created: int | None, t: int, has_created: bool) -> bool:
     """ts < t and (when declared) created < t; null ts or null created is never visible."""
     if ts is None:
         return False
@@ -250,7 +248,7 @@ def exact_sum(values):
     return float(total)
 
 
-def aggregate_candidates(function: str, column: Optional[str], selected: list, has_created: bool) -> list:
+def aggregate_candidates(function: str, column: str | None, selected: list, has_created: bool) -> list:
     """All acceptable results of one aggregation over the selected events (one, except Last ties)."""
     if function == "count" and column is None:
         return [len(selected)]
@@ -407,10 +405,10 @@ def get_historical_features(entity_rows, views, feature_refs, full_feature_names
     """Reference output: each entity row (in order) plus one deterministic acceptable value per feature."""
     constraints = expected_constraints(entity_rows, views, feature_refs, full_feature_names, timestamp_column)
     output = []
-    for entity_row, row_constraints in zip(entity_rows, constraints):
+    for entity_row, row_constraints in zip(entity_rows, constraints, strict=True):
         out = dict(entity_row)
         for columns, acceptable in row_constraints:
-            for column, value in zip(columns, acceptable[0]):
+            for column, value in zip(columns, acceptable[0], strict=True):
                 out[column] = value
         output.append(out)
     return output
@@ -453,7 +451,9 @@ def values_match(got, expected, rel_tol=1e-9) -> bool:
 
 def tuple_matches(got: tuple, acceptable: list, rel_tol=1e-9) -> bool:
     for candidate in acceptable:
-        if len(candidate) == len(got) and all(values_match(g, e, rel_tol) for g, e in zip(got, candidate)):
+        if len(candidate) != len(got):
+            continue
+        if all(values_match(g, e, rel_tol) for g, e in zip(got, candidate, strict=True)):
             return True
     return False
 
@@ -618,7 +618,7 @@ def entity_rows_of(entity_df):
     columns = list(entity_df.columns)
     for values in entity_df.itertuples(index=False, name=None):
         row = {}
-        for column, value in zip(columns, values):
+        for column, value in zip(columns, values, strict=True):
             if hasattr(value, "to_pydatetime"):
                 value = None if value != value else value.to_pydatetime()
             else:
@@ -634,7 +634,7 @@ def mismatches(out_df, entity_rows, views, feature_refs, full_feature_names=Fals
     if len(out_df) != len(entity_rows):
         return [f"engine returned {len(out_df)} rows for {len(entity_rows)} entity rows"]
     constraints = expected_constraints(entity_rows, views, feature_refs, full_feature_names)
-    for i, (entity_row, row_constraints) in enumerate(zip(entity_rows, constraints)):
+    for i, (entity_row, row_constraints) in enumerate(zip(entity_rows, constraints, strict=True)):
         for columns, acceptable in row_constraints:
             missing = [c for c in columns if c not in out_df.columns]
             if missing:

@@ -193,7 +193,7 @@ def test_materialize_unknown_view_is_an_error(repo: Path) -> None:
 
     store = FeatureStore(repo)
     store.apply(definitions())
-    with pytest.raises(FeatureNotFoundError, match="spnd.*Did you mean 'spend'"):
+    with pytest.raises(FeatureNotFoundError, match=r"spnd.*Did you mean 'spend'"):
         store.materialize(views=["spnd"])
 
 
@@ -201,6 +201,7 @@ def test_progress_is_reported(repo: Path) -> None:
     store = FeatureStore(repo)
     store.apply(definitions())
     seen: list[tuple[str, int, int]] = []
-    store.materialize(end=START + timedelta(days=20), progress=lambda what, done, total: seen.append((what, done, total)))
+    store.materialize(end=START + timedelta(days=20),
+                      progress=lambda what, done, total: seen.append((what, done, total)))
     assert {what for what, _, _ in seen} == {"spend hop 1h", "spend hop 1d", "profile snapshot"}
     assert all(done == total for _, done, total in seen)

@@ -30,5 +30,5 @@ def test_readme_examples_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
     for block in python_blocks():
-        exec(compile(block, "README.md", "exec"), namespace)  # noqa: S102 - the README is ours
+        exec(compile(block, "README.md", "exec"), namespace)
     assert len(namespace["training"]) == 4  # type: ignore[arg-type]

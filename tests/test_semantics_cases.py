@@ -16,16 +16,15 @@ Set SEMANTICS_REFERENCE_ONLY=1 to run only the reference mode.
 
 import os
 import sys
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pandas as pd
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-import reference as ref  # noqa: E402
-from reference import Agg, AggregationView, SnapshotView  # noqa: E402
+import reference as ref
+from reference import Agg, AggregationView, SnapshotView
 
-UTC = timezone.utc
 US = timedelta(microseconds=1)
 T = datetime(2024, 1, 10, 12, 0, tzinfo=UTC)  # a Wednesday
 DAY = timedelta(days=1)
@@ -106,7 +105,7 @@ def check(out, expected):
     for column, values in expected.items():
         got = [row.get(column, "<missing column>") for row in out]
         assert len(got) == len(values), (column, got, values)
-        ok = all(ref.values_match(g, e) for g, e in zip(got, values))
+        ok = all(ref.values_match(g, e) for g, e in zip(got, values, strict=True))
         assert ok, f"{column}: got {got!r}, expected {values!r}"
 
 
@@ -245,7 +244,8 @@ def test_view_hop_applies_to_aggregations_and_an_aggregation_hop_overrides_it(ru
     # t = 2024-01-10 12:30, W = 1d. View hop 1d -> start 2024-01-09 00:00 (the 1d window's
     # default hop would be 1h); the aggregation's own 1h hop -> start 2024-01-09 12:00.
     t = datetime(2024, 1, 10, 12, 30, tzinfo=UTC)
-    view = spend([ev(1, datetime(2024, 1, 9, 6, 0, tzinfo=UTC), 1.0), ev(1, datetime(2024, 1, 9, 12, 0, tzinfo=UTC), 10.0),
+    view = spend([ev(1, datetime(2024, 1, 9, 6, 0, tzinfo=UTC), 1.0),
+                  ev(1, datetime(2024, 1, 9, 12, 0, tzinfo=UTC), 10.0),
                   ev(1, datetime(2024, 1, 8, 23, 59, 59, 999999, tzinfo=UTC), 100.0)],
                  [Agg("view_hop", "sum", "amount", DAY), Agg("own_hop", "sum", "amount", DAY, HOUR)], hop=DAY)
     out = run([view], query((1, t)), ["spend:view_hop", "spend:own_hop"])

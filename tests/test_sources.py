@@ -31,7 +31,8 @@ def queries() -> pd.DataFrame:
     rng = np.random.default_rng(5)
     return pd.DataFrame({
         "user_id": rng.integers(0, 27, 300).astype("int64"),
-        "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC") + pd.to_timedelta(rng.integers(0, 22 * 86400, 300), "s"),
+        "event_timestamp": pd.Timestamp("2026-03-01", tz="UTC")
+        + pd.to_timedelta(rng.integers(0, 22 * 86400, 300), "s"),
     })
 
 
