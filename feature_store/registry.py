@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import (
+    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -31,6 +32,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from feature_store.catalog import Catalog
 from feature_store.definitions import from_spec
 from feature_store.errors import ConcurrentApplyError, FeatureStoreError, RegistryError
+from feature_store.offline.sources import still_valid
 from feature_store.plan import Plan
 
 metadata = MetaData()
@@ -50,6 +52,18 @@ objects = Table(
     Column("kind", String(32), primary_key=True),
     Column("name", String(128), primary_key=True),
     Column("spec", Text, nullable=False),
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+
+online_state = Table(
+    "fs_online_state",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("view", String(128), primary_key=True),
+    Column("signature", String(64), nullable=False),
+    Column("watermark", BigInteger, nullable=False),
+    Column("files", Text, nullable=False),  # JSON fingerprint of the source files read
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -172,6 +186,28 @@ class Registry:
 
     def _errors(self, doing: str) -> Any:
         return _RegistryErrors(doing, self._safe_url())
+
+    # --- online materialization watermarks --------------------------------------------------------
+
+    def online_watermark(self, view: str, signature: str, files: dict[str, list[int]]) -> int | None:
+        """The view's online watermark (epoch microseconds), if its online data has this signature and
+        was computed from source files that are unchanged since."""
+        with self._errors("reading online watermarks"), self.engine.connect() as conn:
+            row = conn.execute(select(online_state.c.signature, online_state.c.watermark, online_state.c.files).where(
+                (online_state.c.project == self.project) & (online_state.c.view == view))).first()
+        if row is None or row[0] != signature or not still_valid(json.loads(row[2]), files):
+            return None
+        return int(row[1])
+
+    def set_online_watermark(self, view: str, signature: str, watermark: int | None,
+                             files: dict[str, list[int]] | None = None) -> None:
+        where = (online_state.c.project == self.project) & (online_state.c.view == view)
+        with self._errors("writing online watermarks"), self.engine.begin() as conn:
+            conn.execute(delete(online_state).where(where))
+            if watermark is not None:
+                conn.execute(insert(online_state).values(
+                    project=self.project, view=view, signature=signature, watermark=watermark,
+                    files=json.dumps(files or {}, sort_keys=True), updated_at=datetime.now(UTC)))
 
     def close(self) -> None:
         if self._engine is not None:

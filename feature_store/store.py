@@ -12,7 +12,9 @@ from feature_store.config import RepoConfig, load_config
 from feature_store.definitions import Definition, FeatureService, FeatureView
 from feature_store.errors import NotAppliedError
 from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
-from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback
+from feature_store.offline.engine import MaterializeResult, ProgressCallback
+from feature_store.online.reader import OnlineResponse
+from feature_store.online.service import OnlineService
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
 from feature_store.registry import Registry
@@ -29,7 +31,8 @@ class FeatureStore:
         self.repo_path = Path(repo_path).resolve()
         self.config = config or load_config(self.repo_path)
         self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
-        self.offline: OfflineEngine = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
+        self.offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
+        self.online = OnlineService(self.config, self.repo_path, self.registry, self.offline)
 
     @property
     def project(self) -> str:
@@ -82,7 +85,7 @@ class FeatureStore:
         """Point-in-time-correct feature values for each entity row, as of its event_timestamp."""
         catalog = self.catalog()
         resolved = resolve_features(catalog, features, full_feature_names)
-        return self.offline.historical_features(catalog, entity_df, resolved)  # type: ignore[return-value]
+        return self.offline.historical_features(catalog, entity_df, resolved)
 
     # --- materialization ----------------------------------------------------------------------
 
@@ -92,16 +95,35 @@ class FeatureStore:
         views: Sequence[str] | None = None,
         full: bool = False,
         progress: ProgressCallback | None = None,
+        online: bool = True,
     ) -> list[MaterializeResult]:
-        """Write per-hop tiles and snapshot history into the offline DuckDB up to ``end`` (default now)."""
+        """Materialize up to ``end`` (default now): per-hop tiles and snapshot history into the offline
+        DuckDB, then (unless ``online=False``) per-entity values into the online store."""
         catalog = self.catalog()
         names = list(views) if views else list(catalog.views)
         for name in names:
             catalog.view(name)
         end = end or datetime.now(UTC)
-        return self.offline.materialize(catalog, names, end, full, progress)
+        results: list[MaterializeResult] = []
+        results.extend(self.offline.materialize(catalog, names, end, full, progress))
+        if online:
+            results.extend(self.online.materialize(catalog, names, end, full, progress))
+        return results
+
+    # --- online serving ----------------------------------------------------------------------
+
+    def get_online_features(
+        self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
+        now: datetime | None = None,
+    ) -> OnlineResponse:
+        """Feature values for entity rows at ``now`` (default: the current time), from the online store."""
+        version, catalog = self.registry.catalog()
+        if version == 0:
+            self.catalog()  # raises the 'run apply first' error
+        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
 
     def close(self) -> None:
+        self.online.close()
         self.offline.close()
         self.registry.close()
 

@@ -86,7 +86,7 @@ def test_results_equal_with_and_without_materialization(repo: Path) -> None:
     store.apply(definitions())
     before = training(store)
     results = store.materialize(end=START + timedelta(days=20, hours=5, minutes=17))
-    assert {r.part for r in results} == {"hop 1h", "hop 1d", "snapshot"}
+    assert {r.part for r in results} == {"hop 1h", "hop 1d", "snapshot", "online"}
     assert all(r.rows_written > 0 for r in results)
     pd.testing.assert_frame_equal(training(store), before, rtol=1e-9)
 
@@ -110,7 +110,7 @@ def test_incremental_runs_continue_from_the_watermark(repo: Path) -> None:
     assert second["hop 1h"].previous_watermark == first["hop 1h"].watermark
     full = {r.part: r for r in FeatureStore(repo).materialize(end=START + timedelta(days=25), full=True)}
     # the two increments wrote exactly the rows one full run writes: nothing twice, nothing lost
-    for part in ("hop 1h", "hop 1d", "snapshot"):
+    for part in ("hop 1h", "hop 1d", "snapshot"):  # offline parts; online values are overwritten, not added
         assert first[part].rows_written + second[part].rows_written == full[part].rows_written, part
 
 
@@ -150,8 +150,8 @@ def test_changed_definition_rebuilds_that_view_only(repo: Path) -> None:
     store.apply(plan)
     expected = training(FeatureStore(repo))  # stale tiles of the old definition are not used
     results = {(r.view, r.part): r for r in store.materialize(end=START + timedelta(days=15))}
-    assert results[("spend", "hop 1h")].rebuilt
-    assert not results[("profile", "snapshot")].rebuilt
+    assert results[("spend", "hop 1h")].rebuilt and results[("spend", "online")].rebuilt
+    assert not results[("profile", "snapshot")].rebuilt and not results[("profile", "online")].rebuilt
     pd.testing.assert_frame_equal(training(store), expected, rtol=1e-9)
 
 
@@ -203,5 +203,6 @@ def test_progress_is_reported(repo: Path) -> None:
     seen: list[tuple[str, int, int]] = []
     store.materialize(end=START + timedelta(days=20),
                       progress=lambda what, done, total: seen.append((what, done, total)))
-    assert {what for what, _, _ in seen} == {"spend hop 1h", "spend hop 1d", "profile snapshot"}
+    assert {what for what, _, _ in seen} == {"spend hop 1h", "spend hop 1d", "profile snapshot", "spend online",
+                                             "profile online"}
     assert all(done == total for _, done, total in seen)

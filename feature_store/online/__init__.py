@@ -1,0 +1,1 @@
+"""The online store: per-entity tiles and snapshot rows, read back at serving time."""

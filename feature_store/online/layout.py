@@ -1,0 +1,129 @@
+"""What is kept online for a view, and the SQL that computes it from the offline sources.
+
+Aggregation view, per entity: one value holding, per hop group, the tiles that a window can
+still reach (tile start, then the group's partial aggregates), and one cumulative partial row
+for unbounded windows. Snapshot view, per entity: the latest row with its timestamps.
+Values are msgpack lists in the order this layout fixes; the layout is derived from the
+definition alone, so writer and reader agree without storing any schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+from feature_store.identifiers import quote
+from feature_store.offline.sql import FeatureRequest, ViewQuery, events_sql, floor_sql
+
+_LAST_KEY = "{'t': __ts, 'c': __cr}"
+
+
+def partials_for(request: FeatureRequest) -> list[str]:
+    feature = request.feature
+    column = getattr(feature, "column", None) or ""
+    names: list[str] = ["maxts__"]
+    if isinstance(feature, Count):
+        names.append(f"n__{column}")
+    elif isinstance(feature, Sum):
+        names.append(f"sum__{column}")
+    elif isinstance(feature, Mean):
+        names += [f"n__{column}", f"sum__{column}"]
+    elif isinstance(feature, Min):
+        names.append(f"min__{column}")
+    elif isinstance(feature, Max):
+        names.append(f"max__{column}")
+    elif isinstance(feature, StdDev):
+        names += [f"n__{column}", f"mean__{column}", f"m2__{column}"]
+    elif isinstance(feature, Last):
+        names += [f"last__{column}", f"lastt__{column}", f"lastc__{column}"]
+    elif isinstance(feature, CountDistinct):
+        names.append(f"set__{column}")
+    return names
+
+
+def partial_sql(name: str, output_type: str) -> str:
+    kind, _, column = name.partition("__")
+    c = quote(column) if column else ""
+    return {
+        "maxts": "max(__ts)",
+        "n": f"count({c})" if column else "count(*)",
+        "sum": f"CAST(sum({c}) AS {'BIGINT' if output_type == 'BIGINT' else 'DOUBLE'})",
+        "min": f"min({c})",
+        "max": f"max({c})",
+        "mean": f"avg({c})",
+        "m2": f"var_pop({c}) * count({c})",
+        "last": f"arg_max({c}, {_LAST_KEY})",
+        "lastt": f"(max({_LAST_KEY}) FILTER (WHERE {c} IS NOT NULL)).t",
+        "lastc": f"(max({_LAST_KEY}) FILTER (WHERE {c} IS NOT NULL)).c",
+        "set": f"list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)",
+    }[kind]
+
+
+@dataclass(frozen=True)
+class Group:
+    hop: int  # microseconds; 0 for the cumulative (unbounded) group
+    window: int | None  # the widest window of the group; None for the cumulative group
+    partials: tuple[str, ...]
+    types: tuple[str, ...]  # output type per partial, for sums
+
+
+@dataclass(frozen=True)
+class Layout:
+    groups: tuple[Group, ...]  # bounded hop groups in hop order, then the cumulative group if any
+
+    @classmethod
+    def of(cls, view: ViewQuery) -> Layout:
+        bounded: dict[int, list[FeatureRequest]] = {}
+        unbounded: list[FeatureRequest] = []
+        for request in view.features:
+            (unbounded if request.window is None else bounded.setdefault(request.hop, [])).append(request)
+        groups = [cls._group(hop, reqs) for hop, reqs in sorted(bounded.items())]
+        if unbounded:
+            groups.append(cls._group(0, unbounded))
+        return cls(tuple(groups))
+
+    @staticmethod
+    def _group(hop: int, requests: list[FeatureRequest]) -> Group:
+        names: dict[str, str] = {}
+        for request in requests:
+            for name in partials_for(request):
+                names.setdefault(name, request.output_type)
+        windows = [r.window for r in requests]
+        window = None if hop == 0 else max(w for w in windows if w is not None)
+        return Group(hop, window, tuple(names), tuple(names.values()))
+
+    def group_of(self, request: FeatureRequest) -> int:
+        for i, group in enumerate(self.groups):
+            if (group.hop == 0) == (request.window is None) and (group.hop == 0 or group.hop == request.hop):
+                return i
+        raise KeyError(request.output)
+
+
+def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None = None) -> str:
+    """Partial aggregates of every event available before ``end``: per (key, tile) the window can still
+    reach, or per key for the cumulative group."""
+    keys = ", ".join(quote(k) for k in view.keys)
+    aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.types, strict=True))
+    where = [f"__cr < {end}", f"__ts < {end}"]
+    if keys_filter:
+        where.append(keys_filter)
+    if group.hop == 0:
+        return f"SELECT {keys}, {aggs} FROM ({events_sql(view)}) WHERE {' AND '.join(where)} GROUP BY ALL"
+    assert group.window is not None
+    reach = floor_sql(f"{end} - {group.window}", group.hop)
+    tile = floor_sql("__ts", group.hop)
+    return (
+        f"SELECT {keys}, {tile} AS __pos, {aggs} FROM ({events_sql(view)}) "
+        f"WHERE {' AND '.join(where)} AND __ts >= {reach} GROUP BY ALL ORDER BY {keys}, __pos"
+    )
+
+
+def snapshot_sql(view: ViewQuery, end: int, keys_filter: str | None = None) -> str:
+    """The latest row per key among rows available before ``end``."""
+    keys = ", ".join(quote(k) for k in view.keys)
+    columns = ", ".join(quote(c) for c in view.columns)
+    where = f"greatest(__ts, __cr) < {end}" + (f" AND {keys_filter}" if keys_filter else "")
+    return (
+        f"SELECT {keys}, __ts, __cr, {columns} FROM ({events_sql(view)}) WHERE {where} "
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __ts DESC, __cr DESC) = 1"
+    )

@@ -1,0 +1,193 @@
+"""Online stores behind one small protocol: Redis (production) and SQLite (embedded default).
+
+A store only keeps opaque values under binary keys, each with an expiry; everything it holds
+is written by materialization and read back by the reader. Keys carry the project name and a
+layout version, so projects can share one Redis and a new layout never misreads an old one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import ClassVar, Protocol
+
+import redis
+from redis.exceptions import RedisError
+
+from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
+from feature_store.errors import OnlineStoreUnavailable
+
+LAYOUT_VERSION = 1
+
+Item = tuple[bytes, bytes, int | None]  # key, value, expire at (epoch ms) or None
+
+
+class OnlineStore(Protocol):
+    name: ClassVar[str]
+    one_round_trip_reads: ClassVar[bool]
+
+    def write(self, items: Sequence[Item]) -> None: ...
+
+    def read(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def delete_prefix(self, prefix: bytes) -> int: ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def key_prefix(store_prefix: str, project: str, view: str) -> bytes:
+    return f"{store_prefix}:v{LAYOUT_VERSION}:{project}:{view}:".encode()
+
+
+class RedisOnlineStore:
+    """Values in Redis strings: a read is one MGET (one round trip) whatever the number of keys."""
+
+    name: ClassVar[str] = "redis"
+    one_round_trip_reads: ClassVar[bool] = True
+
+    def __init__(self, config: RedisOnlineConfig) -> None:
+        self.config = config
+        self.url = _safe_url(config.url)
+        self.client = redis.Redis.from_url(
+            config.url, socket_timeout=config.timeout_seconds, socket_connect_timeout=config.timeout_seconds,
+            retry_on_timeout=False, health_check_interval=30,
+        )
+
+    def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
+        return OnlineStoreUnavailable(
+            f"the Redis online store at {self.url} is unavailable ({type(exc).__name__}: {exc}); check that it "
+            "runs and that online_store.url in feature_store.yaml is right.", url=self.url,
+        )
+
+    def write(self, items: Sequence[Item]) -> None:
+        try:
+            with self.client.pipeline(transaction=False) as pipe:
+                for key, value, expire_at in items:
+                    if expire_at is None:
+                        pipe.set(key, value)
+                    else:
+                        pipe.set(key, value, pxat=expire_at)
+                pipe.execute()
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        try:
+            values: list[bytes | None] = self.client.mget(keys)  # type: ignore[assignment]
+            return values
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            for key in self.client.scan_iter(match=prefix + b"*", count=1000):
+                batch.append(key)
+                if len(batch) >= 1000:
+                    deleted += int(self.client.unlink(*batch))
+                    batch = []
+            if batch:
+                deleted += int(self.client.unlink(*batch))
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        return deleted
+
+    def ping(self) -> None:
+        try:
+            self.client.ping()
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
+    def close(self) -> None:
+        self.client.close()
+
+
+class SqliteOnlineStore:
+    """Values in one SQLite table; a read is one SELECT ... WHERE key IN (...)."""
+
+    name: ClassVar[str] = "sqlite"
+    one_round_trip_reads: ClassVar[bool] = True
+
+    def __init__(self, config: SqliteOnlineConfig, repo: Path) -> None:
+        self.path = resolve_path(repo, config.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._connection() as con:
+            con.execute("CREATE TABLE IF NOT EXISTS fs_online (key BLOB PRIMARY KEY, value BLOB NOT NULL, "
+                        "expire_at INTEGER) WITHOUT ROWID")
+
+    def _connection(self) -> sqlite3.Connection:
+        con = getattr(self._local, "con", None)
+        if con is None:
+            try:
+                con = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise OnlineStoreUnavailable(f"cannot open the SQLite online store {self.path}: {exc}") from exc
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute("PRAGMA synchronous=NORMAL")
+            self._local.con = con
+        return con
+
+    def write(self, items: Sequence[Item]) -> None:
+        con = self._connection()
+        try:
+            with con:
+                con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)", items)
+        except sqlite3.Error as exc:
+            raise OnlineStoreUnavailable(f"writing the SQLite online store {self.path} failed: {exc}") from exc
+
+    def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        if not keys:
+            return []
+        now_ms = int(time.time() * 1000)
+        found: dict[bytes, bytes] = {}
+        con = self._connection()
+        try:
+            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+                chunk = keys[start:start + 900]
+                rows = con.execute(
+                    f"SELECT key, value FROM fs_online WHERE key IN ({','.join('?' * len(chunk))}) "
+                    "AND (expire_at IS NULL OR expire_at > ?)", [*chunk, now_ms],
+                ).fetchall()
+                found.update((bytes(k), bytes(v)) for k, v in rows)
+        except sqlite3.Error as exc:
+            raise OnlineStoreUnavailable(f"reading the SQLite online store {self.path} failed: {exc}") from exc
+        return [found.get(key) for key in keys]
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        con = self._connection()
+        upper = prefix[:-1] + bytes([prefix[-1] + 1])
+        with con:
+            cur = con.execute("DELETE FROM fs_online WHERE key >= ? AND key < ?", [prefix, upper])
+        return int(cur.rowcount)
+
+    def ping(self) -> None:
+        self._connection().execute("SELECT 1")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+
+def open_online_store(config: RedisOnlineConfig | SqliteOnlineConfig, repo: Path) -> OnlineStore:
+    if isinstance(config, RedisOnlineConfig):
+        return RedisOnlineStore(config)
+    return SqliteOnlineStore(config, repo)
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    if "@" not in url:
+        return url
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
