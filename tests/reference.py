@@ -12,7 +12,8 @@ This module has two parts:
    the public API.  It is shared by ``test_semantics_property.py`` and
    ``test_semantics_cases.py``.  Nothing in part 1 uses it.
 
-The contract (query row = key k at time t):
+The contract (query row = key k at time t; time is UTC, naive timestamps are UTC,
+precision is one microsecond):
 
 * Aggregation with window W (None = unbounded) and hop H aggregates the events
   e with key k and a non-null timestamp such that
@@ -126,7 +127,8 @@ class SnapshotView:
 def to_micros(value) -> int | None:
     """A timestamp as integer microseconds since the Unix epoch; None for null.
 
-    Naive datetimes are UTC; aware ones are converted to UTC.
+    Naive datetimes are UTC; aware ones are converted to UTC.  Digits finer than a
+    microsecond (pandas Timestamps carry nanoseconds) are dropped by rounding down.
     """
     if value is None:
         return None
@@ -308,6 +310,26 @@ def aggregation_candidates(view: AggregationView, agg: Agg, key: tuple, t: int) 
     return aggregate_candidates(agg.function, agg.column, selected, view.created_field is not None)
 
 
+RELATIVE_TOLERANCE = 1e-9
+
+
+def float_tolerance(function: str, column: str | None, selected: list) -> float:
+    """Absolute slack for a floating-point result: 1e-9 relative to the magnitude of the values in
+    the window (the largest |value| for Mean and StdDev, the sum of |value| for Sum); 0 otherwise.
+
+    It only matters under cancellation (e.g. a tiny StdDev of large values); elsewhere the
+    1e-9 relative tolerance on the result itself is the tighter bound.
+    """
+    if function not in ("sum", "mean", "stddev"):
+        return 0.0
+    magnitudes = [abs(row.get(column)) for _ts, _created, row in selected if not is_null(row.get(column))]
+    if not magnitudes:
+        return 0.0
+    if function == "sum":
+        return RELATIVE_TOLERANCE * float(sum(magnitudes))
+    return RELATIVE_TOLERANCE * float(max(magnitudes))
+
+
 # --------------------------------------------------------------------------
 # Snapshot
 # --------------------------------------------------------------------------
@@ -365,11 +387,11 @@ def _parse_refs(views, feature_refs):
 
 def expected_constraints(entity_rows, views, feature_refs, full_feature_names=False,
                          timestamp_column="event_timestamp"):
-    """For each entity row: a list of (output column names, acceptable value tuples).
+    """For each entity row: a list of (output column names, acceptable value tuples, float slack).
 
     An aggregation feature is one constraint over its own column; the requested
     fields of one snapshot view form one constraint, so they must all come from
-    one source row.
+    one source row.  The slack is the absolute tolerance of ``float_tolerance``.
     """
     grouped = _parse_refs(views, feature_refs)
     result = []
@@ -381,13 +403,13 @@ def expected_constraints(entity_rows, views, feature_refs, full_feature_names=Fa
             if isinstance(view, AggregationView):
                 aggs = {a.name: a for a in view.features}
                 for name in names:
-                    if key is None:
-                        acceptable = aggregate_candidates(aggs[name].function, aggs[name].column, [],
-                                                          view.created_field is not None)
-                    else:
-                        acceptable = aggregation_candidates(view, aggs[name], key, t)
+                    agg = aggs[name]
+                    selected = [] if key is None else events_in_window(view, agg, key, t)
+                    acceptable = aggregate_candidates(agg.function, agg.column, selected,
+                                                      view.created_field is not None)
                     constraints.append(((output_name(view.name, name, full_feature_names),),
-                                        [(v,) for v in acceptable]))
+                                        [(v,) for v in acceptable],
+                                        float_tolerance(agg.function, agg.column, selected)))
             else:
                 columns = tuple(names)
                 if key is None:
@@ -395,7 +417,7 @@ def expected_constraints(entity_rows, views, feature_refs, full_feature_names=Fa
                 else:
                     acceptable = snapshot_candidates(view, columns, key, t)
                 constraints.append((tuple(output_name(view.name, n, full_feature_names) for n in names),
-                                    acceptable))
+                                    acceptable, 0.0))
         result.append(constraints)
     return result
 
@@ -407,7 +429,7 @@ def get_historical_features(entity_rows, views, feature_refs, full_feature_names
     output = []
     for entity_row, row_constraints in zip(entity_rows, constraints, strict=True):
         out = dict(entity_row)
-        for columns, acceptable in row_constraints:
+        for columns, acceptable, _slack in row_constraints:
             for column, value in zip(columns, acceptable[0], strict=True):
                 out[column] = value
         output.append(out)
@@ -436,7 +458,7 @@ def normalize_value(value):
     return value
 
 
-def values_match(got, expected, rel_tol=1e-9) -> bool:
+def values_match(got, expected, rel_tol=RELATIVE_TOLERANCE, abs_tol=0.0) -> bool:
     got = normalize_value(got)
     if expected is None:
         return got is None
@@ -445,15 +467,15 @@ def values_match(got, expected, rel_tol=1e-9) -> bool:
     if isinstance(expected, str) or isinstance(got, str):
         return got == expected
     if isinstance(expected, float) or isinstance(got, float):
-        return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=0.0)
+        return math.isclose(got, expected, rel_tol=rel_tol, abs_tol=abs_tol)
     return got == expected
 
 
-def tuple_matches(got: tuple, acceptable: list, rel_tol=1e-9) -> bool:
+def tuple_matches(got: tuple, acceptable: list, abs_tol=0.0) -> bool:
     for candidate in acceptable:
         if len(candidate) != len(got):
             continue
-        if all(values_match(g, e, rel_tol) for g, e in zip(got, candidate, strict=True)):
+        if all(values_match(g, e, abs_tol=abs_tol) for g, e in zip(got, candidate, strict=True)):
             return True
     return False
 
@@ -619,10 +641,7 @@ def entity_rows_of(entity_df):
     for values in entity_df.itertuples(index=False, name=None):
         row = {}
         for column, value in zip(columns, values, strict=True):
-            if hasattr(value, "to_pydatetime"):
-                value = None if value != value else value.to_pydatetime()
-            else:
-                value = normalize_value(value)
+            value = normalize_value(value)  # timestamps stay pandas Timestamps (datetimes, ns kept)
             row[column] = value
         rows.append(row)
     return rows
@@ -635,12 +654,12 @@ def mismatches(out_df, entity_rows, views, feature_refs, full_feature_names=Fals
         return [f"engine returned {len(out_df)} rows for {len(entity_rows)} entity rows"]
     constraints = expected_constraints(entity_rows, views, feature_refs, full_feature_names)
     for i, (entity_row, row_constraints) in enumerate(zip(entity_rows, constraints, strict=True)):
-        for columns, acceptable in row_constraints:
+        for columns, acceptable, slack in row_constraints:
             missing = [c for c in columns if c not in out_df.columns]
             if missing:
                 return [f"engine output lacks columns {missing}; has {list(out_df.columns)}"]
             got = tuple(normalize_value(out_df[c].iloc[i]) for c in columns)
-            if not tuple_matches(got, acceptable):
+            if not tuple_matches(got, acceptable, slack):
                 problems.append(
                     f"row {i} {entity_row}: {columns} got {got!r}, expected one of {acceptable!r}")
                 if len(problems) >= limit:

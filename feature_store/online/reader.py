@@ -93,7 +93,8 @@ def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
         raise EntityDataFrameError("entity_rows must be a list of {join_key: value} dicts or {join_key: [values]}.")
     lengths = {len(v) for v in columns.values()}
     if len(lengths) > 1:
-        raise EntityDataFrameError(f"entity columns have different lengths: { {k: len(v) for k, v in columns.items()} }.")
+        sizes = {k: len(v) for k, v in columns.items()}
+        raise EntityDataFrameError(f"entity columns have different lengths: {sizes}.")
     return columns
 
 
