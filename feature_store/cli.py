@@ -226,6 +226,69 @@ def materialize(ctx: click.Context, end: datetime | None, views: str | None, ful
     console.print(table)
 
 
+@main.command("get-online")
+@click.option("--entities", required=True,
+              help="Join-key values: 'customer_id=1,2,3' (several keys: separate with ';').")
+@click.option("--features", help="Comma-separated 'view:feature' references.")
+@click.option("--service", help="A feature service name (instead of --features).")
+@click.option("--now", type=click.DateTime(), help="Read as of this time (UTC; default now).")
+@click.pass_context
+def get_online(ctx: click.Context, entities: str, features: str | None, service: str | None,
+               now: datetime | None) -> None:
+    """Read features of entities from the online store, with statuses."""
+    with _errors():
+        if bool(features) == bool(service):
+            raise click.UsageError("give exactly one of --features or --service")
+        store = _store(ctx)
+        refs: Any = store.get_feature_service(service) if service else [f.strip() for f in str(features).split(",")]
+        rows: dict[str, list[str]] = {}
+        for part in entities.split(";"):
+            key, _, given = part.partition("=")
+            rows[key.strip()] = [v.strip() for v in given.split(",")]
+        response = store.get_online_features(refs, rows, now=now.replace(tzinfo=UTC) if now else None)
+        table = _table("Online features", "feature", *(f"{k}={v}" for k, v in _entity_labels(rows)))
+        for name, values in response.values.items():
+            cells = [f"{_cell(v)} [dim]{s}[/]" for v, s in zip(values, response.statuses[name], strict=True)]
+            table.add_row(name, *cells)
+        console.print(table)
+
+
+def _entity_labels(rows: dict[str, list[str]]) -> list[tuple[str, str]]:
+    keys = list(rows)
+    return [("/".join(keys), "/".join(rows[k][i] for k in keys)) for i in range(len(rows[keys[0]]))]
+
+
+@main.command("verify")
+@click.option("--sample", default=1000, show_default=True, help="Entities sampled per view.")
+@click.option("--views", help="Comma-separated view names (default: all).")
+@click.pass_context
+def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
+    """Prove serving equals training: compare online values with offline ones at the same time.
+
+    Exits with status 1 when any feature differs or a view has no online data.
+    """
+    with _errors():
+        names = [v.strip() for v in views.split(",")] if views else None
+        with console.status("Reading online and computing offline..."):
+            report = _store(ctx).verify(sample=sample, views=names)
+    table = _table(f"Online vs offline at {report.now:%Y-%m-%d %H:%M:%S} UTC", "view", "feature", "compared",
+                   "mismatches", "null mismatches", "mean rel. diff", "example")
+    for c in report.checks:
+        style = "" if c.ok else "[red]"
+        table.add_row(c.view, c.feature, f"{c.compared:,}", f"{style}{c.mismatches}", f"{style}{c.null_mismatches}",
+                      f"{c.mean_relative_difference:.2e}", c.example)
+    console.print(table)
+    for view, count in report.not_found.items():
+        if count:
+            console.print(f"[yellow]{view}: {count} sampled entities are not in the online store.[/]")
+    for view in report.not_materialized:
+        console.print(f"[red]{view}: not materialized online (or its definition or data changed since); "
+                      "run feature-store materialize.[/]")
+    if not report.ok:
+        sys.exit(1)
+    console.print("[green]Online values equal offline values.[/]")
+
+
 @contextmanager
 def _progress() -> Iterator[Progress]:
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),

@@ -15,6 +15,7 @@ from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetri
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.online.reader import OnlineResponse
 from feature_store.online.service import OnlineService
+from feature_store.online.verify import VerifyReport, verify
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
 from feature_store.registry import Registry
@@ -80,12 +81,17 @@ class FeatureStore:
     # --- training sets ------------------------------------------------------------------------
 
     def get_historical_features(
-        self, entity_df: Any, features: FeatureRefs, full_feature_names: bool = False
+        self, entity_df: Any, features: FeatureRefs, full_feature_names: bool = False,
+        available_before: datetime | None = None,
     ) -> DuckDBRetrievalJob:
-        """Point-in-time-correct feature values for each entity row, as of its event_timestamp."""
+        """Point-in-time-correct feature values for each entity row, as of its event_timestamp.
+
+        ``available_before`` computes them over the data as it was at that time: only source rows whose
+        timestamp and created time are earlier count (what an online store materialized then holds).
+        """
         catalog = self.catalog()
         resolved = resolve_features(catalog, features, full_feature_names)
-        return self.offline.historical_features(catalog, entity_df, resolved)
+        return self.offline.historical_features(catalog, entity_df, resolved, available_before)
 
     # --- materialization ----------------------------------------------------------------------
 
@@ -121,6 +127,11 @@ class FeatureStore:
         if version == 0:
             self.catalog()  # raises the 'run apply first' error
         return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+
+    def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
+               now: datetime | None = None) -> VerifyReport:
+        """Prove serving equals training: sampled entities read online vs computed offline at ``now``."""
+        return verify(self, sample, views, now)
 
     def close(self) -> None:
         self.online.close()

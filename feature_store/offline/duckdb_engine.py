@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -24,7 +25,7 @@ from feature_store.offline import entity_input
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
-from feature_store.offline.materialize import Materializer
+from feature_store.offline.materialize import Materializer, to_us
 from feature_store.offline.sources import relation_sql, source_fingerprint
 from feature_store.offline.sql import (
     ENTITY_TABLE,
@@ -244,7 +245,8 @@ class DuckDBOfflineEngine:
     # --- training sets -----------------------------------------------------------------------
 
     def historical_features(
-        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature]
+        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
+        available_before: datetime | None = None,
     ) -> DuckDBRetrievalJob:
         by_view: dict[str, list[ResolvedFeature]] = {}
         for item in features:
@@ -261,7 +263,7 @@ class DuckDBOfflineEngine:
         for name, items in by_view.items():
             self.check_view(catalog, name)
             self._check_key_types(catalog, catalog.view(name), table)
-            queries.append(self.view_query(catalog, catalog.view(name), items))
+            queries.append(self.view_query(catalog, catalog.view(name), items, available_before))
         passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
         return DuckDBRetrievalJob(self, table, queries, passthrough)
 
@@ -277,8 +279,10 @@ class DuckDBOfflineEngine:
                     column=key, view=view.name,
                 )
 
-    def view_query(self, catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature]) -> ViewQuery:
+    def view_query(self, catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature],
+                   available_before: datetime | None = None) -> ViewQuery:
         source = catalog.source_of(view)
+        cutoff = None if available_before is None else to_us(available_before)
         schema = self.source_schema(catalog, source.name)
         requests = tuple(self._request(view, view.feature(i.feature), i.output, schema) for i in items)
         return ViewQuery(
@@ -291,7 +295,9 @@ class DuckDBOfflineEngine:
             is_aggregation=view.is_aggregation,
             ttl=None if view.ttl is None else to_micros(view.ttl),
             column_types=schema,
-            materialized=self.materialized_tables(catalog, view),
+            # Materialized tiles hold everything available at their watermark: unusable for an earlier cutoff.
+            materialized=self.materialized_tables(catalog, view) if cutoff is None else {},
+            available_before=cutoff,
         )
 
     @staticmethod

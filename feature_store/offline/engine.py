@@ -45,7 +45,8 @@ class OfflineEngine(Protocol):
     def check_view(self, catalog: Catalog, view_name: str) -> None: ...
 
     def historical_features(
-        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature]
+        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
+        available_before: datetime | None = None,
     ) -> RetrievalJob: ...
 
     def materialize(

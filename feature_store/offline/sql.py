@@ -65,6 +65,7 @@ class ViewQuery:
     ttl: int | None = None  # microseconds, snapshot views
     column_types: Mapping[str, str] = field(default_factory=dict)
     materialized: Mapping[int, TileTable] = field(default_factory=dict)  # hop (us) -> table; 0 for snapshots
+    available_before: int | None = None  # only rows with ts and created before this (data as it was then)
 
     @property
     def columns(self) -> list[str]:
@@ -112,6 +113,8 @@ def events_sql(view: ViewQuery, columns: Sequence[str] | None = None) -> str:
         [f"{quote(k)} IS NOT NULL" for k in view.keys]
         + [f"{quote(view.timestamp_field)} IS NOT NULL"]
         + ([f"{quote(view.created_field)} IS NOT NULL"] if view.created_field else [])
+        + ([f"{ts} < {view.available_before}", f"{created} < {view.available_before}"]
+           if view.available_before is not None else [])
     )
     return f"SELECT {keys}, {ts} AS __ts, {created} AS __cr{cols} FROM {view.source_sql} WHERE {where}"
 
