@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +22,8 @@ from feature_store.references import FeatureRefs, resolve_features
 from feature_store.registry import Registry
 from feature_store.repo import load_repo
 
+REGISTRY_REFRESH_SECONDS = 2.0
+
 
 class FeatureStore:
     """A feature repo: its config, its registry, and the engines behind them.
@@ -34,6 +37,7 @@ class FeatureStore:
         self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
         self.offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
         self.online = OnlineService(self.config, self.repo_path, self.registry, self.offline)
+        self._serving: tuple[float, int, Catalog] | None = None
 
     @property
     def project(self) -> str:
@@ -58,6 +62,7 @@ class FeatureStore:
         plan = objects if isinstance(objects, Plan) else self.plan(objects)
         if not plan.is_empty:
             self.registry.apply(plan)
+            self._serving = None
         return plan
 
     def catalog(self) -> Catalog:
@@ -122,11 +127,21 @@ class FeatureStore:
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
         now: datetime | None = None,
     ) -> OnlineResponse:
-        """Feature values for entity rows at ``now`` (default: the current time), from the online store."""
-        version, catalog = self.registry.catalog()
-        if version == 0:
-            self.catalog()  # raises the 'run apply first' error
+        """Feature values for entity rows at ``now`` (default: the current time), from the online store.
+
+        The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
+        """
+        version, catalog = self._serving_catalog()
         return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+
+    def _serving_catalog(self) -> tuple[int, Catalog]:
+        clock = time.monotonic()
+        if self._serving is None or clock - self._serving[0] > REGISTRY_REFRESH_SECONDS:
+            version, catalog = self.registry.catalog()
+            if version == 0:
+                self.catalog()  # raises the 'run apply first' error
+            self._serving = (clock, version, catalog)
+        return self._serving[1], self._serving[2]
 
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:

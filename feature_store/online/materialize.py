@@ -28,8 +28,11 @@ BATCH = 5_000  # entities per pipelined write
 CHANGED = "__fs_changed_keys"
 
 
+_PACK = msgpack.Packer(autoreset=True).pack
+
+
 def encode_key(prefix: bytes, key: tuple[Any, ...]) -> bytes:
-    return prefix + msgpack.packb(list(key))
+    return prefix + _PACK(list(key))
 
 
 def materialize_view(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,

@@ -23,6 +23,7 @@ from feature_store.online.layout import Layout
 from feature_store.online.materialize import encode_key
 from feature_store.online.stores import OnlineStore
 
+_unpack = msgpack.unpackb
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 
 
@@ -54,7 +55,12 @@ class OnlineResponse:
     entity_columns: dict[str, list[Any]]
     values: dict[str, list[Any]] = field(default_factory=dict)
     statuses: dict[str, list[str]] = field(default_factory=dict)
-    event_timestamps: dict[str, list[datetime | None]] = field(default_factory=dict)
+    stamps_us: dict[str, list[int | None]] = field(default_factory=dict)  # latest event time, epoch us
+
+    @property
+    def event_timestamps(self) -> dict[str, list[datetime | None]]:
+        """Per feature, the time of the latest event (aggregations) or of the row (snapshots) it used."""
+        return {name: [_dt(us) for us in stamps] for name, stamps in self.stamps_us.items()}
 
     def to_dict(self) -> dict[str, list[Any]]:
         return {**self.entity_columns, **self.values}
@@ -131,54 +137,64 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
     raw = store.read(keys)  # one round trip for every view and entity
     response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})
     for v, plan in enumerate(plans):
-        blobs = raw[v * n:(v + 1) * n]
-        decoded = [None if b is None else msgpack.unpackb(b) for b in blobs]
-        for feature in plan.features:
-            _fill(response, plan, feature, decoded, now_us)
+        decoded = [None if b is None else _unpack(b, use_list=False) for b in raw[v * n:(v + 1) * n]]
+        if plan.is_aggregation:
+            _fill_aggregation(response, plan, decoded, now_us)
+        else:
+            _fill_snapshot(response, plan, decoded, now_us)
     return response
 
 
-def _fill(response: OnlineResponse, plan: ViewPlan, feature: FeaturePlan, decoded: list[Any], now_us: int) -> None:
-    values: list[Any] = []
-    statuses: list[str] = []
-    stamps: list[datetime | None] = []
-    for value in decoded:
-        if value is None:
-            values.append(feature.empty)
-            statuses.append(NOT_FOUND)
-            stamps.append(None)
-            continue
-        if not plan.is_aggregation:
-            ts = value[0]
-            if plan.ttl is not None and ts < now_us - plan.ttl:
-                values.append(None)
-                statuses.append(OUTSIDE_MAX_AGE)
-            else:
-                result = feature.finish([value])
-                values.append(result)
-                statuses.append(PRESENT if result is not None else NULL_VALUE)
-            stamps.append(_dt(ts))
-            continue
-        rows = _in_window(value[1 + feature.group], feature, now_us)
-        result = feature.finish(rows) if rows else feature.empty
-        values.append(result)
-        statuses.append(PRESENT if result is not None else NULL_VALUE)
-        at = 0 if feature.window is None else 1  # maxts comes first among the partials, after a tile's position
-        stamps.append(_dt(max((r[at] for r in rows if r[at] is not None), default=None)))
-    response.values[feature.output] = values
-    response.statuses[feature.output] = statuses
-    response.event_timestamps[feature.output] = stamps
+def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any], now_us: int) -> None:
+    alive = [value is not None and (plan.ttl is None or value[0] >= now_us - plan.ttl) for value in decoded]
+    stamps = [None if value is None else value[0] for value in decoded]
+    for feature in plan.features:
+        values = [feature.finish([value]) if ok else None for value, ok in zip(decoded, alive, strict=True)]
+        response.values[feature.output] = values
+        response.statuses[feature.output] = [
+            NOT_FOUND if value is None else (OUTSIDE_MAX_AGE if not ok else (PRESENT if x is not None else NULL_VALUE))
+            for value, ok, x in zip(decoded, alive, values, strict=True)
+        ]
+        response.stamps_us[feature.output] = stamps
 
 
-def _in_window(group_value: Any, feature: FeaturePlan, now_us: int) -> list[Any]:
-    if group_value is None:
-        return []
-    if feature.window is None:
-        return [group_value]
-    hop = feature.hop
+def _fill_aggregation(response: OnlineResponse, plan: ViewPlan, decoded: list[Any], now_us: int) -> None:
+    # Features that share a group and a window read the same tiles: select them once per entity.
+    selections: dict[tuple[int, int | None], tuple[list[Any], list[int | None]]] = {}
+    for feature in plan.features:
+        key = (feature.group, feature.window)
+        if key not in selections:
+            selections[key] = _select(decoded, feature, now_us)
+        rows_per_entity, stamps = selections[key]
+        finish, empty = feature.finish, feature.empty
+        values = [empty if not rows else finish(rows) for rows in rows_per_entity]
+        response.values[feature.output] = values
+        response.statuses[feature.output] = [
+            NOT_FOUND if blob is None else (PRESENT if x is not None else NULL_VALUE)
+            for blob, x in zip(decoded, values, strict=True)
+        ]
+        response.stamps_us[feature.output] = stamps
+
+
+def _select(decoded: list[Any], feature: FeaturePlan, now_us: int) -> tuple[list[Any], list[int | None]]:
+    """Per entity: the group's rows in the window at now, and the latest event time among them."""
+    rows_per_entity: list[Any] = []
+    stamps: list[int | None] = []
+    index = 1 + feature.group
+    if feature.window is None:  # the cumulative row: [maxts, ...]
+        for blob in decoded:
+            row = None if blob is None else blob[index]
+            rows_per_entity.append([row] if row else None)
+            stamps.append(row[0] if row else None)
+        return rows_per_entity, stamps
     start = now_us - feature.window
-    start -= start % hop
-    return [row for row in group_value if row[0] >= start]
+    start -= start % feature.hop
+    for blob in decoded:
+        tiles = None if blob is None else blob[index]
+        rows = [row for row in tiles if row[0] >= start] if tiles else None
+        rows_per_entity.append(rows)
+        stamps.append(max(row[1] for row in rows) if rows else None)  # maxts follows the tile position
+    return rows_per_entity, stamps
 
 
 def _dt(micros: int | None) -> datetime | None:
