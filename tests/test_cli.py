@@ -130,3 +130,22 @@ def test_entry_points(command: list[str], example_repo: Path) -> None:
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert "customer_spend" in result.stdout
+
+
+def test_get_online_and_verify(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    assert run(example_repo, "materialize").exit_code == 0
+    online = run(example_repo, "get-online", "--entities", "customer_id=1,2,999999",
+                 "--features", "customer_spend:txn_count_30d,customer_profile:age")
+    assert online.exit_code == 0, online.output
+    assert "NOT_FOUND" in online.output and "customer_id=999999" in online.output
+    verified = run(example_repo, "verify", "--sample", "50")
+    assert verified.exit_code == 0, verified.output
+    assert "Online values equal offline values" in verified.output
+
+
+def test_verify_fails_when_not_materialized(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "verify", "--sample", "10"])
+    assert result.exit_code == 1
+    assert "not materialized online" in result.output

@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import ClassVar, Protocol
 
 import redis
+from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
+from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
 from feature_store.errors import OnlineStoreUnavailable
@@ -55,7 +57,8 @@ class RedisOnlineStore:
         self.url = _safe_url(config.url)
         self.client = redis.Redis.from_url(
             config.url, socket_timeout=config.timeout_seconds, socket_connect_timeout=config.timeout_seconds,
-            retry_on_timeout=False, health_check_interval=30,
+            retry=Retry(NoBackoff(), 0),  # fail within the timeout; the next call reconnects by itself
+            health_check_interval=30,
         )
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
