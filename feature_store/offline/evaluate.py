@@ -264,25 +264,35 @@ class HopGroup:
         return pc.take(dictionary, pa.array(np.where(missing, 0, best), mask=missing))
 
     def _last(self, request: FeatureRequest, t_lo: np.ndarray, rq: np.ndarray, re: np.ndarray) -> pa.Array:
+        """The value of the latest event by (ts, created); among events tied on both, the greatest value,
+        so that results never depend on how the data happened to be grouped into tiles."""
         column = self._column(request)
         key_t, key_c = self.tile(f"lastt__{column}"), self.tile(f"lastc__{column}")
+        (tile_code, raw_code), dictionary = ordinal_codes([self.tile(f"last__{column}"), self.events[column]])
+        # Tile part: the last tile with a value in [t_lo, t_hi), then the best value of its run of ties.
         prev = last_valid_before(key_t != I64_MIN)
         end = np.maximum(self.t_hi - 1, 0)
-        tile_idx = np.where((self.t_hi > t_lo) & (len(prev) > 0), prev[end] if len(prev) else -1, -1)
+        tile_idx = np.where(self.t_hi > t_lo, prev[end], -1) if len(prev) else np.full(self.n, -1)
         tile_idx = np.where(tile_idx >= t_lo, tile_idx, -1)
-        keep = self.valid(column)[re]
-        rq, re = rq[keep], re[keep]
-        pick = group_last(rq, self.ev_ts[re], self.ev_cr[re], self.n)
-        raw_idx = np.where(pick >= 0, re[np.maximum(pick, 0)] if len(re) else -1, -1)
         safe_tile = np.maximum(tile_idx, 0)
+        tile_best = range_reduce(np.maximum, tile_code, np.maximum(_tie_run_start(self.t_kid, key_t, key_c)[
+            safe_tile] if len(key_t) else safe_tile, t_lo), safe_tile + 1, -1) if len(key_t) else np.full(self.n, -1)
+        tile_best = np.where(tile_idx >= 0, tile_best, -1)
         tile_t = np.where(tile_idx >= 0, key_t[safe_tile] if len(key_t) else I64_MIN, I64_MIN)
         tile_c = np.where(tile_idx >= 0, key_c[safe_tile] if len(key_c) else I64_MIN, I64_MIN)
-        raw_t = np.where(raw_idx >= 0, self.ev_ts[np.maximum(raw_idx, 0)] if len(self.ev_ts) else I64_MIN, I64_MIN)
-        raw_c = np.where(raw_idx >= 0, self.ev_cr[np.maximum(raw_idx, 0)] if len(self.ev_cr) else I64_MIN, I64_MIN)
-        use_raw = (raw_idx >= 0) & ((raw_t > tile_t) | ((raw_t == tile_t) & (raw_c > tile_c)) | (tile_idx < 0))
-        from_tile = pc.take(self.tile(f"last__{column}"), pa.array(safe_tile, mask=tile_idx < 0))
-        from_raw = pc.take(self.events[column], pa.array(np.maximum(raw_idx, 0), mask=raw_idx < 0))
-        return pc.if_else(pa.array(use_raw), from_raw, from_tile.cast(from_raw.type))
+        # Raw part: the best visible event per query, by (ts, created, value).
+        keep = self.valid(column)[re]
+        rq, re = rq[keep], re[keep]
+        pick = group_last(rq, self.ev_ts[re], self.ev_cr[re], self.n, raw_code[re])
+        raw_idx = np.where(pick >= 0, re[np.maximum(pick, 0)] if len(re) else -1, -1)
+        safe_raw = np.maximum(raw_idx, 0)
+        raw_t = np.where(raw_idx >= 0, self.ev_ts[safe_raw] if len(self.ev_ts) else I64_MIN, I64_MIN)
+        raw_c = np.where(raw_idx >= 0, self.ev_cr[safe_raw] if len(self.ev_cr) else I64_MIN, I64_MIN)
+        raw_best = np.where(raw_idx >= 0, raw_code[safe_raw] if len(raw_code) else -1, -1)
+        use_raw = (raw_idx >= 0) & ((tile_idx < 0) | (raw_t > tile_t) | ((raw_t == tile_t) & (
+            (raw_c > tile_c) | ((raw_c == tile_c) & (raw_best > tile_best)))))
+        best = np.where(use_raw, raw_best, tile_best)
+        return pc.take(dictionary, pa.array(np.maximum(best, 0), mask=best < 0))
 
     def _stddev(self, request: FeatureRequest, t_lo: np.ndarray, rq: np.ndarray, re: np.ndarray) -> pa.Array:
         column = self._column(request)
@@ -337,7 +347,10 @@ def evaluate_snapshot(q_kid: np.ndarray, q_t: np.ndarray, rows: pa.Table, ttl: i
     row_code = kid * width + np.searchsorted(times, avail)
     by_avail = np.argsort(row_code, kind="stable")
     rank = np.empty(len(kid), dtype=np.int64)
-    by_recency = np.lexsort((cr, ts, kid))  # key-major, so ranks of a key exceed those of earlier keys
+    # Key-major, so ranks of a key exceed those of earlier keys; rows tied on (ts, created) are ordered by
+    # their values, so the pick never depends on how rows were stored or materialized.
+    ties = [ordinal_codes([rows.column(r.feature.name)])[0][0] for r in reversed(requests)]
+    by_recency = np.lexsort((*ties, cr, ts, kid))
     rank[by_recency] = np.arange(len(kid))
     best_so_far = np.maximum.accumulate(rank[by_avail]) if len(kid) else rank
     idx = np.searchsorted(row_code[by_avail], q_kid * width + np.searchsorted(times, q_t), "left") - 1
@@ -356,3 +369,12 @@ def _arrow_type(duckdb_type: str) -> pa.DataType:
         "FLOAT": pa.float32(), "DOUBLE": pa.float64(), "VARCHAR": pa.string(), "BOOLEAN": pa.bool_(),
         "TIMESTAMP WITH TIME ZONE": pa.timestamp("us", tz="UTC"), "DATE": pa.date32(),
     }[duckdb_type]
+
+
+def _tie_run_start(kid: np.ndarray, key_t: np.ndarray, key_c: np.ndarray) -> np.ndarray:
+    """For each tile, the first index of the run of adjacent tiles with the same (key, ts, created)."""
+    if len(kid) == 0:
+        return np.zeros(0, dtype=np.int64)
+    change = np.ones(len(kid), dtype=bool)
+    change[1:] = (kid[1:] != kid[:-1]) | (key_t[1:] != key_t[:-1]) | (key_c[1:] != key_c[:-1])
+    return np.maximum.accumulate(np.where(change, np.arange(len(kid)), 0))

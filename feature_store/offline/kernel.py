@@ -101,12 +101,14 @@ def ordinal_codes(arrays: Sequence[pa.Array]) -> tuple[list[np.ndarray], pa.Arra
     return out, dictionary.take(pa.array(order))
 
 
-def group_last(query: np.ndarray, ts: np.ndarray, cr: np.ndarray, n_queries: int) -> np.ndarray:
-    """Per query, the position (into the given pair arrays) with the greatest (ts, cr), or -1."""
+def group_last(query: np.ndarray, ts: np.ndarray, cr: np.ndarray, n_queries: int,
+               tie_break: np.ndarray | None = None) -> np.ndarray:
+    """Per query, the position (into the given pair arrays) with the greatest (ts, cr[, tie_break]), or -1."""
     best = np.full(n_queries, -1, dtype=np.int64)
     if len(query) == 0:
         return best
-    order = np.lexsort((cr, ts, query))
+    keys = (cr, ts, query) if tie_break is None else (tie_break, cr, ts, query)
+    order = np.lexsort(keys)
     q_sorted = query[order]
     ends = np.flatnonzero(np.append(q_sorted[1:] != q_sorted[:-1], True))
     best[q_sorted[ends]] = order[ends]

@@ -188,7 +188,7 @@ def tile_partials(requests: Sequence[FeatureRequest]) -> dict[str, str]:
             out[f"mean__{col}"] = f"avg({c})"
             out[f"m2__{col}"] = f"var_pop({c}) * count({c})"
         if isinstance(feature, Last):
-            out[f"last__{col}"] = f"arg_max({c}, {_LAST_KEY})"
+            out[f"last__{col}"] = f"arg_max({c}, {{'t': __ts, 'c': __cr, 'v': {c}}})"  # ties: greatest value
             out[f"lastk__{col}"] = f"max({_LAST_KEY}) FILTER (WHERE {c} IS NOT NULL)"
         if isinstance(feature, CountDistinct):
             out["n__"] = "count(*)"  # distinct counts read events; the tile only marks presence

@@ -52,7 +52,7 @@ def partial_sql(name: str, output_type: str) -> str:
         "max": f"max({c})",
         "mean": f"avg({c})",
         "m2": f"var_pop({c}) * count({c})",
-        "last": f"arg_max({c}, {_LAST_KEY})",
+        "last": f"arg_max({c}, {{'t': __ts, 'c': __cr, 'v': {c}}})",  # ties on (ts, created): greatest value
         "lastt": f"(max({_LAST_KEY}) FILTER (WHERE {c} IS NOT NULL)).t",
         "lastc": f"(max({_LAST_KEY}) FILTER (WHERE {c} IS NOT NULL)).c",
         "set": f"list(DISTINCT {c}) FILTER (WHERE {c} IS NOT NULL)",
@@ -118,6 +118,11 @@ def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None =
     )
 
 
+def _desc(view: ViewQuery) -> str:
+    """Rows tied on (ts, created): the greatest values win, column by column, as offline."""
+    return ", ".join(f"{quote(c)} DESC NULLS LAST" for c in view.columns)
+
+
 def snapshot_sql(view: ViewQuery, end: int, keys_filter: str | None = None) -> str:
     """The latest row per key among rows available before ``end``."""
     keys = ", ".join(quote(k) for k in view.keys)
@@ -125,5 +130,5 @@ def snapshot_sql(view: ViewQuery, end: int, keys_filter: str | None = None) -> s
     where = f"greatest(__ts, __cr) < {end}" + (f" AND {keys_filter}" if keys_filter else "")
     return (
         f"SELECT {keys}, __ts, __cr, {columns} FROM ({events_sql(view)}) WHERE {where} "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __ts DESC, __cr DESC) = 1"
+        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __ts DESC, __cr DESC, {_desc(view)}) = 1"
     )
