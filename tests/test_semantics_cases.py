@@ -638,5 +638,5 @@ def test_float_sum_agrees_to_rounding_with_and_without_materialization(tmp_path)
     got_before = (float(before["s"].iloc[0]), float(before["m"].iloc[0]))
     got_after = (float(after["s"].iloc[0]), float(after["m"].iloc[0]))
     assert ref.values_match(got_before[0], 0.6) and ref.values_match(got_before[1], 0.2)
-    assert all(abs(a - b) <= 1e-12 * max(abs(a), abs(b)) for a, b in zip(got_after, got_before)), (
+    assert all(abs(a - b) <= 1e-12 * max(abs(a), abs(b)) for a, b in zip(got_after, got_before, strict=True)), (
         f"float results changed with materialization: {got_before!r} -> {got_after!r}")

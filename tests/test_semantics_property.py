@@ -310,7 +310,8 @@ def assert_identical(before, after):
     for column in before.columns:
         a = [ref.normalize_value(v) for v in before[column]]
         b = [ref.normalize_value(v) for v in after[column]]
-        assert all(_same(x, y) for x, y in zip(a, b)), f"column {column} changed by materialize:\nbefore {a}\nafter  {b}"
+        assert all(_same(x, y) for x, y in zip(a, b, strict=True)), (
+            f"column {column} changed by materialize:\nbefore {a}\nafter  {b}")
 
 
 class SharedRepo:
