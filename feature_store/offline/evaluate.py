@@ -104,7 +104,7 @@ class HopGroup:
             if self._mat is None:
                 value = single
             else:
-                mat = self._materialized_partial(name)
+                mat = self._materialized_partial(self._mat, name)
                 if isinstance(single, np.ndarray):
                     value = np.concatenate([np.asarray(mat), single])[self._perm]
                 else:
@@ -131,13 +131,13 @@ class HopGroup:
             return np.where(valid, times[idx], I64_MIN)
         return pc.take(values, pa.array(idx))  # min, max, last: any type
 
-    def _materialized_partial(self, name: str) -> np.ndarray | pa.Array:
-        assert self._mat is not None
+    @staticmethod
+    def _materialized_partial(mat: dict[str, pa.Array], name: str) -> np.ndarray | pa.Array:
         kind, _, column = name.partition("__")
         if kind in ("lastt", "lastc"):
-            key = self._mat[f"lastk__{column}"]
+            key = mat[f"lastk__{column}"]
             return _np(pc.struct_field(key, "t" if kind == "lastt" else "c"), I64_MIN).astype(np.int64)
-        values = self._mat[name]
+        values = mat[name]
         if kind in ("min", "max", "last"):
             return values
         if kind == "sum" and _is_int(values.type):

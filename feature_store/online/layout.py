@@ -62,7 +62,7 @@ def partial_sql(name: str, output_type: str) -> str:
 @dataclass(frozen=True)
 class Group:
     hop: int  # microseconds; 0 for the cumulative (unbounded) group
-    window: int | None  # the widest window of the group; None for the cumulative group
+    window: int  # the widest window of the group; 0 for the cumulative group
     partials: tuple[str, ...]
     types: tuple[str, ...]  # output type per partial, for sums
 
@@ -89,7 +89,7 @@ class Layout:
             for name in partials_for(request):
                 names.setdefault(name, request.output_type)
         windows = [r.window for r in requests]
-        window = None if hop == 0 else max(w for w in windows if w is not None)
+        window = 0 if hop == 0 else max(w for w in windows if w is not None)
         return Group(hop, window, tuple(names), tuple(names.values()))
 
     def group_of(self, request: FeatureRequest) -> int:
@@ -109,7 +109,6 @@ def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None =
         where.append(keys_filter)
     if group.hop == 0:
         return f"SELECT {keys}, {aggs} FROM ({events_sql(view)}) WHERE {' AND '.join(where)} GROUP BY ALL"
-    assert group.window is not None
     reach = floor_sql(f"{end} - {group.window}", group.hop)
     tile = floor_sql("__ts", group.hop)
     return (

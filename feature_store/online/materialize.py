@@ -86,7 +86,6 @@ def _write_aggregation(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefi
                 value[1 + g] = []
             value[1 + g].append(list(row))
             if key not in expire or expire[key] is not None:
-                assert group.window is not None
                 expire[key] = max(expire.get(key) or 0, _expiry(row[0] + group.hop + group.window, end))
     _write(store, prefix, values, expire, view.name, progress)
     return len(values), tiles
