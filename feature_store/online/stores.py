@@ -92,7 +92,7 @@ class RedisOnlineStore:
         deleted = 0
         try:
             batch: list[bytes] = []
-            for key in self.client.scan_iter(match=prefix + b"*", count=1000):
+            for key in self.client.scan_iter(match=_glob_escape(prefix) + b"*", count=1000):
                 batch.append(key)
                 if len(batch) >= 1000:
                     deleted += int(self.client.unlink(*batch))
@@ -167,9 +167,12 @@ class SqliteOnlineStore:
 
     def delete_prefix(self, prefix: bytes) -> int:
         con = self._connection()
-        upper = prefix[:-1] + bytes([prefix[-1] + 1])
+        upper = _prefix_end(prefix)
         with con:
-            cur = con.execute("DELETE FROM fs_online WHERE key >= ? AND key < ?", [prefix, upper])
+            if upper is None:
+                cur = con.execute("DELETE FROM fs_online WHERE key >= ?", [prefix])
+            else:
+                cur = con.execute("DELETE FROM fs_online WHERE key >= ? AND key < ?", [prefix, upper])
         return int(cur.rowcount)
 
     def ping(self) -> None:
@@ -186,6 +189,24 @@ def open_online_store(config: RedisOnlineConfig | SqliteOnlineConfig, repo: Path
     if isinstance(config, RedisOnlineConfig):
         return RedisOnlineStore(config)
     return SqliteOnlineStore(config, repo)
+
+
+def _glob_escape(prefix: bytes) -> bytes:
+    """A SCAN MATCH pattern matching the prefix literally."""
+    out = bytearray()
+    for byte in prefix:
+        if byte in b"*?[]\\":
+            out += b"\\"
+        out.append(byte)
+    return bytes(out)
+
+
+def _prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest byte string greater than every string starting with prefix (None: there is none)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
 
 
 def _safe_url(url: str) -> str:
