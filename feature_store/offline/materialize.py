@@ -93,8 +93,9 @@ class Materializer:
 
     def _part(self, query: ViewQuery, signature: str, part: int, table: str, watermark: int, full: bool,
               progress: ProgressCallback | None, make: RowsSql, label: str) -> MaterializeResult:
-        row = self.con.execute(f"SELECT signature, watermark, files FROM {META} WHERE view = ? AND part = ?",
-                               [query.name, part]).fetchone()
+        rows = self.con.execute(f"SELECT signature, watermark, files FROM {META} WHERE view = ? AND part = ?",
+                               [query.name, part]).fetchall()
+        row = rows[0] if rows else None
         usable = row is not None and row[0] == signature and still_valid(json.loads(row[2] or "{}"),
                                                                           json.loads(self.files))
         previous = int(row[1]) if row and usable and not full else None
@@ -118,15 +119,14 @@ class Materializer:
                                  from_us(watermark), written, previous is None)
 
     def _first_time(self, query: ViewQuery, hop: int) -> int | None:
-        first = self.con.execute(f"SELECT min(__ts) FROM ({events_sql(query, [])})").fetchone()
-        if first is None or first[0] is None:
+        first = self.con.execute(f"SELECT min(__ts) FROM ({events_sql(query, [])})").fetchall()[0][0]
+        if first is None:
             return None
-        value = int(first[0])
+        value = int(first)
         return value - value % hop if hop else value
 
     def _chunks(self, query: ViewQuery, start: int, end: int, hop: int) -> list[tuple[int, int]]:
-        total = self.con.execute(f"SELECT count(*) FROM {query.source_sql}").fetchone()
-        count = int(total[0]) if total else 0
+        count = int(self.con.execute(f"SELECT count(*) FROM {query.source_sql}").fetchall()[0][0])
         pieces = max(1, math.ceil(count / ROWS_PER_CHUNK))
         step = max(hop or 1, math.ceil((end - start) / pieces))
         if hop:
@@ -143,8 +143,8 @@ class Materializer:
             con.execute("BEGIN TRANSACTION")
             written = 0
             if rows is not None:
-                result = con.execute(f"INSERT INTO {quote(table)} BY NAME {rows}").fetchone()
-                written = int(result[0]) if result else 0
+                result = con.execute(f"INSERT INTO {quote(table)} BY NAME {rows}").fetchall()
+                written = int(result[0][0]) if result else 0
             con.execute(
                 f"INSERT OR REPLACE INTO {META} VALUES (?, ?, ?, ?, ?, ?, now())",
                 [view, part, table, signature, mark, self.files],

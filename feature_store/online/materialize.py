@@ -9,6 +9,7 @@ ever added on top of a stored value, so nothing can be counted twice. A changed 
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -25,6 +26,7 @@ from feature_store.online.layout import Layout, snapshot_sql, tiles_sql
 from feature_store.online.stores import OnlineStore
 
 BATCH = 5_000  # entities per pipelined write
+ENTITIES_PER_CHUNK = 200_000  # entities computed and held in memory at once
 CHANGED = "__fs_changed_keys"
 
 
@@ -37,19 +39,53 @@ def encode_key(prefix: bytes, key: tuple[Any, ...]) -> bytes:
 
 def materialize_view(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,
                      end: int, since: int | None, progress: ProgressCallback | None) -> tuple[int, int]:
-    """Write the view's online values for entities with rows available in [since, end) (all when since is None)."""
+    """Write the view's online values for entities with rows available in [since, end) (all when since is None).
+
+    Entities are processed in hash buckets of about ENTITIES_PER_CHUNK, so memory stays bounded.
+    """
+    keys = ", ".join(quote(k) for k in view.keys)
     if since is None:
         store.delete_prefix(prefix)
-        keys_filter = None
+        changed = None
+        row = con.execute(
+            f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({events_sql(view, [])}))").fetchall()
     else:
         _changed_keys(con, view, since, end)
-        keys_filter = f"({', '.join(quote(k) for k in view.keys)}) IN (SELECT * FROM {CHANGED})"
-    if view.is_aggregation:
-        entities, tiles = _write_aggregation(con, store, prefix, view, end, keys_filter, progress)
-    else:
-        entities = _write_snapshot(con, store, prefix, view, end, keys_filter, progress)
-        tiles = entities
+        changed = f"({keys}) IN (SELECT * FROM {CHANGED})"
+        row = con.execute(f"SELECT count(*) FROM {CHANGED}").fetchall()
+    expected = int(row[0][0]) if row else 0
+    buckets = max(1, math.ceil(expected / ENTITIES_PER_CHUNK))
+    counter = _Progress(f"{view.name} online", expected, progress)
+    entities = tiles = 0
+    for bucket in range(buckets):
+        parts = [changed] if changed else []
+        if buckets > 1:
+            parts.append(f"hash({keys}) % {buckets} = {bucket}")
+        keys_filter = " AND ".join(parts) or None
+        if view.is_aggregation:
+            written, tiles_written = _write_aggregation(con, store, prefix, view, end, keys_filter, counter)
+        else:
+            written = tiles_written = _write_snapshot(con, store, prefix, view, end, keys_filter, counter)
+        entities += written
+        tiles += tiles_written
+    counter.finish()
     return entities, tiles
+
+
+class _Progress:
+    """Entities written so far, reported as (what, done, total) to the caller's progress callback."""
+
+    def __init__(self, what: str, total: int, callback: ProgressCallback | None) -> None:
+        self.what, self.total, self.callback, self.done = what, total, callback, 0
+
+    def add(self, count: int) -> None:
+        self.done += count
+        if self.callback:
+            self.callback(self.what, min(self.done, self.total), self.total)
+
+    def finish(self) -> None:
+        if self.callback:
+            self.callback(self.what, self.total, self.total)
 
 
 def _changed_keys(con: duckdb.DuckDBPyConnection, view: ViewQuery, since: int, end: int) -> None:
@@ -68,7 +104,7 @@ def _rows(table: pa.Table, keys: tuple[str, ...]) -> Iterator[tuple[tuple[Any, .
 
 
 def _write_aggregation(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,
-                       end: int, keys_filter: str | None, progress: ProgressCallback | None) -> tuple[int, int]:
+                       end: int, keys_filter: str | None, progress: _Progress) -> tuple[int, int]:
     layout = Layout.of(view)
     values: dict[tuple[Any, ...], list[Any]] = {}
     expire: dict[tuple[Any, ...], int | None] = {}
@@ -87,19 +123,19 @@ def _write_aggregation(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefi
             value[1 + g].append(list(row))
             if key not in expire or expire[key] is not None:
                 expire[key] = max(expire.get(key) or 0, _expiry(row[0] + group.hop + group.window, end))
-    _write(store, prefix, values, expire, view.name, progress)
+    _write(store, prefix, values, expire, progress)
     return len(values), tiles
 
 
 def _write_snapshot(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,
-                    end: int, keys_filter: str | None, progress: ProgressCallback | None) -> int:
+                    end: int, keys_filter: str | None, progress: _Progress) -> int:
     table = fetch_arrow(con.sql(snapshot_sql(view, end, keys_filter)))
     values: dict[tuple[Any, ...], list[Any]] = {}
     expire: dict[tuple[Any, ...], int | None] = {}
     for key, row in _rows(table, view.keys):
         values[key] = [_plain(v) for v in row]  # ts, created, columns...
         expire[key] = None if view.ttl is None else _expiry(row[0] + view.ttl, end)
-    _write(store, prefix, values, expire, view.name, progress)
+    _write(store, prefix, values, expire, progress)
     return len(values)
 
 
@@ -122,16 +158,12 @@ def _plain(value: Any) -> Any:
 
 
 def _write(store: OnlineStore, prefix: bytes, values: dict[tuple[Any, ...], list[Any]],
-           expire: dict[tuple[Any, ...], int | None], label: str, progress: ProgressCallback | None) -> None:
+           expire: dict[tuple[Any, ...], int | None], progress: _Progress) -> None:
     items = list(values.items())
-    total = len(items)
-    for start in range(0, total, BATCH):
+    for start in range(0, len(items), BATCH):
         batch = [
             (encode_key(prefix, key), msgpack.packb(value, default=_plain), expire.get(key))
             for key, value in items[start:start + BATCH]
         ]
         store.write(batch)
-        if progress:
-            progress(f"{label} online", min(start + BATCH, total), total)
-    if progress and total == 0:
-        progress(f"{label} online", 0, 0)
+        progress.add(len(batch))
