@@ -13,7 +13,7 @@ exactly on the boundary the rule talks about, next to one just across it).
 
 The last tests run the engine before and after materialize() in one store: results
 must be identical even where the contract accepts several answers (ties for Last and
-snapshots) or rounding (float sums).
+snapshots), and float sums may differ only by rounding (1e-12 relative).
 
 Set SEMANTICS_REFERENCE_ONLY=1 to run only the reference mode.
 """

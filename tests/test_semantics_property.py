@@ -14,8 +14,9 @@ The base date 2024-03-10 is the day New York switches to daylight saving time.
 Amounts are mostly multiples of 0.25 in [-1000, 1000], so sums are exact in binary
 floating point and a relative tolerance of 1e-9 is meaningful; one test uses
 two-decimal amounts (inexact in binary) to check that materialization changes
-results not even in the last bit.  Float results must be within 1e-9 of exact,
-relative to the result or to the magnitude of the values in the window.
+float results by no more than rounding (1e-12 relative; everything else must be
+exactly equal).  Float results must be within 1e-9 of exact, relative to the
+result or to the magnitude of the values in the window.
 """
 
 import math

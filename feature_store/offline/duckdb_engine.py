@@ -143,7 +143,7 @@ def _evaluate_chunk(cur: duckdb.DuckDBPyConnection, view: ViewQuery, q_kid: np.n
                     kids: tuple[int, int]) -> dict[str, pa.Array]:
     events = fetch_arrow(cur.sql(keyed_events_sql(view, kids)))
     if not view.is_aggregation:
-        return evaluate_snapshot(q_kid, q_t, events, view.ttl, view.features)
+        return evaluate_snapshot(q_kid, q_t, events, view.ttl, view.features, view.field_order)
     outputs: dict[str, pa.Array] = {}
     groups: dict[int, list[FeatureRequest]] = {}
     for request in view.features:
@@ -298,6 +298,7 @@ class DuckDBOfflineEngine:
             # Materialized tiles hold everything available at their watermark: unusable for an earlier cutoff.
             materialized=self.materialized_tables(catalog, view) if cutoff is None else {},
             available_before=cutoff,
+            field_order=() if view.is_aggregation else view.feature_names,
         )
 
     @staticmethod

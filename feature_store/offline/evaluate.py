@@ -338,7 +338,7 @@ def evaluate_group(q_kid: np.ndarray, q_t: np.ndarray, events: pa.Table, hop: in
 
 
 def evaluate_snapshot(q_kid: np.ndarray, q_t: np.ndarray, rows: pa.Table, ttl: int | None,
-                      requests: Sequence[FeatureRequest]) -> dict[str, pa.Array]:
+                      requests: Sequence[FeatureRequest], field_order: Sequence[str]) -> dict[str, pa.Array]:
     """Per query, the row with the greatest (ts, created) among rows available before t, within ttl."""
     kid, ts, cr = _np(rows["__kid"]), _np(rows["__ts"]), _np(rows["__cr"])
     avail = np.maximum(ts, cr)
@@ -349,7 +349,7 @@ def evaluate_snapshot(q_kid: np.ndarray, q_t: np.ndarray, rows: pa.Table, ttl: i
     rank = np.empty(len(kid), dtype=np.int64)
     # Key-major, so ranks of a key exceed those of earlier keys; rows tied on (ts, created) are ordered by
     # their values, so the pick never depends on how rows were stored or materialized.
-    ties = [ordinal_codes([rows.column(r.feature.name)])[0][0] for r in reversed(requests)]
+    ties = [ordinal_codes([rows.column(name)])[0][0] for name in reversed(field_order)]
     by_recency = np.lexsort((*ties, cr, ts, kid))
     rank[by_recency] = np.arange(len(kid))
     best_so_far = np.maximum.accumulate(rank[by_avail]) if len(kid) else rank
@@ -372,9 +372,17 @@ def _arrow_type(duckdb_type: str) -> pa.DataType:
 
 
 def _tie_run_start(kid: np.ndarray, key_t: np.ndarray, key_c: np.ndarray) -> np.ndarray:
-    """For each tile, the first index of the run of adjacent tiles with the same (key, ts, created)."""
-    if len(kid) == 0:
-        return np.zeros(0, dtype=np.int64)
-    change = np.ones(len(kid), dtype=bool)
-    change[1:] = (kid[1:] != kid[:-1]) | (key_t[1:] != key_t[:-1]) | (key_c[1:] != key_c[:-1])
-    return np.maximum.accumulate(np.where(change, np.arange(len(kid)), 0))
+    """For each tile, the first index of its run of tiles with a value and the same (key, ts, created).
+
+    Tiles without a value (null) in between do not break a run: they never win a max anyway.
+    """
+    start = np.zeros(len(kid), dtype=np.int64)
+    valid = np.flatnonzero(key_t != I64_MIN)
+    if len(valid) == 0:
+        return start
+    k, t, c = kid[valid], key_t[valid], key_c[valid]
+    change = np.ones(len(valid), dtype=bool)
+    change[1:] = (k[1:] != k[:-1]) | (t[1:] != t[:-1]) | (c[1:] != c[:-1])
+    run_first = valid[np.maximum.accumulate(np.where(change, np.arange(len(valid)), 0))]
+    start[valid] = run_first
+    return start

@@ -66,12 +66,13 @@ class ViewQuery:
     column_types: Mapping[str, str] = field(default_factory=dict)
     materialized: Mapping[int, TileTable] = field(default_factory=dict)  # hop (us) -> table; 0 for snapshots
     available_before: int | None = None  # only rows with ts and created before this (data as it was then)
+    field_order: tuple[str, ...] = ()  # a snapshot view's fields in declaration order: they break ties
 
     @property
     def columns(self) -> list[str]:
         """Source columns the requested features read."""
         names = [getattr(r.feature, "column", None) if self.is_aggregation else r.feature.name for r in self.features]
-        return sorted({n for n in names if n})
+        return sorted({n for n in [*names, *self.field_order] if n})
 
 
 def floor_sql(expr: str, hop: int) -> str:

@@ -119,7 +119,7 @@ def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None =
 
 def _desc(view: ViewQuery) -> str:
     """Rows tied on (ts, created): the greatest values win, column by column, as offline."""
-    return ", ".join(f"{quote(c)} DESC NULLS LAST" for c in view.columns)
+    return ", ".join(f"{quote(c)} DESC NULLS LAST" for c in view.field_order)
 
 
 def snapshot_sql(view: ViewQuery, end: int, keys_filter: str | None = None) -> str:

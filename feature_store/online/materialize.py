@@ -27,6 +27,7 @@ from feature_store.online.stores import OnlineStore
 
 BATCH = 5_000  # entities per pipelined write
 ENTITIES_PER_CHUNK = 200_000  # entities computed and held in memory at once
+EXPIRY_GRACE_MS = 3_600_000
 CHANGED = "__fs_changed_keys"
 
 
@@ -45,7 +46,7 @@ def materialize_view(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix:
     """
     keys = ", ".join(quote(k) for k in view.keys)
     if since is None:
-        store.delete_prefix(prefix)
+        store.delete_prefix(prefix)  # a rebuild leaves nothing behind
         changed = None
         row = con.execute(
             f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({events_sql(view, [])}))").fetchall()
@@ -143,9 +144,10 @@ def _expiry(unreachable_at: int, end: int) -> int:
     """Wall-clock expiry (epoch ms) of a value no read can use from ``unreachable_at`` (data time, us) on.
 
     The remaining lifetime is measured from the materialization's end and applied from now, so a
-    backfill materialized for a past ``end`` still serves reads replayed at that time.
+    backfill materialized for a past ``end`` still serves reads replayed at that time; a grace period
+    keeps values for reads a little after that (reads enforce windows and ttl themselves).
     """
-    return int(time.time() * 1000) + max(1, (unreachable_at - end) // 1000)
+    return int(time.time() * 1000) + max(0, (unreachable_at - end) // 1000) + EXPIRY_GRACE_MS
 
 
 def _plain(value: Any) -> Any:

@@ -69,12 +69,14 @@ class OnlineResponse:
         return pd.DataFrame(self.to_dict())
 
 
-def compile_view(view: ViewQuery, prefix: bytes, key_types: Mapping[str, str]) -> ViewPlan:
-    layout = Layout.of(view) if view.is_aggregation else None
+def compile_view(full: ViewQuery, view: ViewQuery, prefix: bytes, key_types: Mapping[str, str]) -> ViewPlan:
+    """A read plan for the requested features (``view``) of a view stored with the layout of all of its
+    features (``full``): the stored layout is the definition's, whatever subset a request asks for."""
+    layout = Layout.of(full) if view.is_aggregation else None
     features = []
     for request in view.features:
         if layout is None:
-            index = view.columns.index(request.feature.name)
+            index = full.columns.index(request.feature.name)
             features.append(FeaturePlan(request.output, -1, 0, None, _column(index), None))
             continue
         group = layout.group_of(request)

@@ -32,9 +32,10 @@ class OnlineService:
             self._store = open_online_store(self.config.online_store, self.repo)
         return self._store
 
-    def prefix(self, view: str) -> bytes:
+    def prefix(self, view: str, signature: str = "") -> bytes:
+        """The view's keys; with a signature, those of one definition of it."""
         store_prefix = getattr(self.config.online_store, "key_prefix", "fs")
-        return key_prefix(store_prefix, self.config.project, view)
+        return key_prefix(store_prefix, self.config.project, view, signature)
 
     def materialize(self, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,
                     progress: ProgressCallback | None) -> list[MaterializeResult]:
@@ -51,8 +52,10 @@ class OnlineService:
                 continue
             query = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
             with self.offline.cursor() as con:
-                entities, _tiles = materialize_view(con, self.store, self.prefix(name), query, end_us, previous,
-                                                    progress)
+                if previous is None:  # values of any earlier definition of the view go
+                    self.store.delete_prefix(self.prefix(name))
+                entities, _tiles = materialize_view(con, self.store, self.prefix(name, signature), query, end_us,
+                                                    previous, progress)
             self.registry.set_online_watermark(name, signature, end_us, files)  # only after every write landed
             results.append(MaterializeResult(name, "online", self.store.name,
                                              None if previous is None else from_us(previous), from_us(end_us),
@@ -71,8 +74,10 @@ class OnlineService:
             for name, items in by_view.items():
                 view = catalog.view(name)
                 query = self.offline.view_query(catalog, view, items)
+                full = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
                 schema = self.offline.source_schema(catalog, view.source_name)
-                plans.append(compile_view(query, self.prefix(name), schema))
+                prefix = self.prefix(name, view_signature(catalog, name))
+                plans.append(compile_view(full, query, prefix, schema))
             self._plans[cache_key] = plans
         return self._plans[cache_key]
 

@@ -42,8 +42,10 @@ class OnlineStore(Protocol):
     def close(self) -> None: ...
 
 
-def key_prefix(store_prefix: str, project: str, view: str) -> bytes:
-    return f"{store_prefix}:v{LAYOUT_VERSION}:{project}:{view}:".encode()
+def key_prefix(store_prefix: str, project: str, view: str, signature: str = "") -> bytes:
+    """Keys of a view's values; with the definition's signature, so a changed definition never reads old values."""
+    base = f"{store_prefix}:v{LAYOUT_VERSION}:{project}:{view}:"
+    return (base + (f"{signature}:" if signature else "")).encode()
 
 
 class RedisOnlineStore:

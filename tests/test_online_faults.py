@@ -1,0 +1,214 @@
+"""Online store faults with a throwaway redis-server of the test's own: down, hung, back, flushed.
+
+The server is this test's alone (its own port), so stopping, restarting and flushing it touches no one else.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+import redis
+
+import feature_store as fs
+from feature_store.errors import OnlineStoreUnavailable
+from feature_store.store import FeatureStore
+from tests.conftest import _free_port, start_redis
+
+TIMEOUT = 0.5  # online_store.timeout_seconds
+_NOW = datetime.now(UTC)
+DAY = datetime(_NOW.year, _NOW.month, _NOW.day, tzinfo=UTC) - timedelta(days=3)
+END = DAY + timedelta(hours=6)
+FEATURES = ["spend:n", "spend:total", "profile:tier"]
+KEYS = [1, 2]
+VALUES = {"n": [2, 1], "total": [30.0, 5.0], "tier": ["gold", "silver"]}
+
+
+def definitions() -> list[Any]:
+    customer = fs.Entity(name="customer", join_keys=["customer_id"])
+    tx = fs.FileSource(name="tx", path="data/tx.parquet")
+    spend = fs.FeatureView(name="spend", entities=[customer], source=tx, features=[
+        fs.Count(window="1d", name="n"), fs.Sum("amount", window="1d", name="total")])
+    profiles = fs.FileSource(name="profiles", path="data/profiles.parquet", timestamp_field="updated_at")
+    profile = fs.FeatureView(name="profile", entities=[customer], source=profiles,
+                             features=[fs.Field("tier", "string")], ttl="2d")
+    return [customer, tx, spend, profiles, profile]
+
+
+class Server:
+    """A redis-server on a fixed port that the test can stop, freeze and start again."""
+
+    def __init__(self) -> None:
+        self.port = _free_port()
+        self.proc: subprocess.Popen[bytes] | None = start_redis(self.port)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGCONT)  # a frozen server cannot handle SIGTERM
+                self.proc.terminate()
+            self.proc.wait(timeout=10)
+            self.proc = None
+
+    def start(self) -> None:
+        assert self.proc is None
+        self.proc = start_redis(self.port)
+
+    def freeze(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGSTOP)  # the port still accepts connections; nothing ever answers
+
+    def thaw(self) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGCONT)
+
+    def flush(self) -> None:
+        client = redis.Redis(host="127.0.0.1", port=self.port)
+        try:
+            client.flushdb()  # this server is the test's alone
+        finally:
+            client.close()
+
+
+@pytest.fixture
+def server() -> Iterator[Server]:
+    started = Server()
+    yield started
+    started.stop()
+
+
+def make_repo(url: str) -> Path:
+    repo = Path(tempfile.mkdtemp(prefix="online_faults_"))
+    (repo / "data").mkdir()
+    (repo / "feature_store.yaml").write_text(
+        f"project: faults\nonline_store: {{type: redis, url: '{url}', key_prefix: faults, "
+        f"timeout_seconds: {TIMEOUT}}}\n")
+    pd.DataFrame({
+        "customer_id": pd.array([1, 1, 2], dtype="int64"),
+        "event_timestamp": [DAY + timedelta(hours=1), DAY + timedelta(hours=2), DAY + timedelta(hours=3)],
+        "amount": [10.0, 20.0, 5.0],
+    }).to_parquet(repo / "data" / "tx.parquet", index=False)
+    pd.DataFrame({
+        "customer_id": pd.array([1, 2], dtype="int64"),
+        "updated_at": [DAY, DAY + timedelta(hours=1)],
+        "tier": ["gold", "silver"],
+    }).to_parquet(repo / "data" / "profiles.parquet", index=False)
+    return repo
+
+
+@pytest.fixture
+def repo(server: Server) -> Iterator[Path]:
+    path = make_repo(server.url)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def store(repo: Path) -> Iterator[FeatureStore]:
+    opened = FeatureStore(repo)
+    opened.apply(definitions())
+    opened.materialize(end=END)
+    yield opened
+    opened.close()
+
+
+def read(store: FeatureStore) -> Any:
+    return store.get_online_features(FEATURES, {"customer_id": KEYS}, now=END)
+
+
+def assert_served(store: FeatureStore) -> None:
+    response = read(store)
+    assert response.values == VALUES
+    assert all(s == "PRESENT" for statuses in response.statuses.values() for s in statuses)
+
+
+def assert_unavailable(call: Callable[[], object], port: int) -> OnlineStoreUnavailable:
+    started = time.monotonic()
+    with pytest.raises(OnlineStoreUnavailable) as caught:
+        call()
+    elapsed = time.monotonic() - started
+    assert elapsed < 5, f"took {elapsed:.1f} s"
+    assert elapsed < TIMEOUT * 4 + 1, f"took {elapsed:.1f} s with timeout_seconds={TIMEOUT}"
+    assert f"redis://127.0.0.1:{port}/0" in str(caught.value)
+    assert caught.value.http_status == 503
+    return caught.value
+
+
+def test_down_then_back_then_flushed(server: Server, store: FeatureStore) -> None:
+    assert_served(store)
+
+    # (a) the server stops: a clear error naming the URL, fast, every time
+    server.stop()
+    for _ in range(3):
+        error = assert_unavailable(lambda: read(store), server.port)
+    assert error.details.get("url") == server.url
+
+    # (b) a new (empty) server on the same port: the same FeatureStore works again, no restart needed
+    server.start()
+    response = read(store)
+    assert all(s == "NOT_FOUND" for statuses in response.statuses.values() for s in statuses)
+    store.materialize(end=END, full=True)
+    assert_served(store)
+
+    # (c) the server is flushed: NOT_FOUND (the empty-window values), and a full materialize rebuilds
+    server.flush()
+    lost = read(store)
+    assert lost.values == {"n": [0, 0], "total": [0, 0], "tier": [None, None]}
+    assert all(s == "NOT_FOUND" for statuses in lost.statuses.values() for s in statuses)
+    results = [r for r in store.materialize(end=END, full=True) if r.part == "online"]
+    assert results and all(r.rebuilt and r.rows_written == 2 for r in results)
+    assert_served(store)
+
+
+def test_hung_server_times_out(server: Server, store: FeatureStore) -> None:
+    """A server that accepts connections but never answers (SIGSTOP): the read gives up after the timeout."""
+    assert_served(store)
+    server.freeze()
+    try:
+        assert_unavailable(lambda: read(store), server.port)
+        assert_unavailable(lambda: read(store), server.port)
+    finally:
+        server.thaw()
+    assert_served(store)
+
+
+def test_materialize_while_down_raises_and_keeps_the_watermark(server: Server, repo: Path) -> None:
+    with FeatureStore(repo) as store:
+        store.apply(definitions())
+        server.stop()
+        assert_unavailable(lambda: store.materialize(end=END), server.port)
+        server.start()
+        # the failed run moved no online watermark: the next plain (incremental) run writes everything
+        results = [r for r in store.materialize(end=END) if r.part == "online"]
+        assert all(r.rows_written == 2 for r in results), results
+        assert_served(store)
+
+
+def test_store_never_reachable() -> None:
+    port = _free_port()  # nothing listens there
+    repo = make_repo(f"redis://:s3cret@127.0.0.1:{port}/0")
+    try:
+        with FeatureStore(repo) as store:
+            store.apply(definitions())
+            started = time.monotonic()
+            with pytest.raises(OnlineStoreUnavailable) as caught:
+                store.get_online_features(FEATURES, {"customer_id": KEYS}, now=END)
+            assert time.monotonic() - started < 5
+            message = str(caught.value)
+            assert f"127.0.0.1:{port}/0" in message
+            assert "s3cret" not in message and "s3cret" not in repr(caught.value.details)  # password hidden
+    finally:
+        shutil.rmtree(repo, ignore_errors=True)

@@ -1,0 +1,283 @@
+"""One conformance suite for every online store: SQLite (embedded file) and Redis (a real server).
+
+A store keeps opaque values under binary keys, each with an optional expiry (epoch ms). Redis tests
+write only under the test's own ``key_prefix`` and delete only those keys afterwards.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
+from feature_store.online.stores import OnlineStore, open_online_store
+from feature_store.online.stores import key_prefix as layout_prefix
+
+STORES = ["sqlite", "redis"]
+
+
+REDIS_DB = 13
+
+
+def own_database(url: str) -> str:
+    """The redis_url server, in logical database 13 when it has one.
+
+    RedisOnlineStore.delete_prefix (every full materialization) SCANs the whole database, so on a machine
+    Redis whose database 0 holds millions of unrelated keys it takes many seconds. Keys stay under the test's
+    own key_prefix and only those are deleted, whatever the database."""
+    base, _, db = url.rpartition("/")
+    if not db.isdigit():
+        return url
+    candidate = f"{base}/{REDIS_DB}"
+    client = redis.Redis.from_url(candidate)
+    try:
+        client.ping()
+        return candidate
+    except redis.RedisError:
+        return url
+    finally:
+        client.close()
+
+
+@pytest.fixture(params=STORES)
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def config(kind: str, request: pytest.FixtureRequest,
+           key_prefix: str) -> Iterator[RedisOnlineConfig | SqliteOnlineConfig]:
+    if kind == "sqlite":
+        yield SqliteOnlineConfig(path="data/online.db")
+        return
+    url = own_database(request.getfixturevalue("redis_url"))
+    yield RedisOnlineConfig(url=url, key_prefix=key_prefix)
+    client = redis.Redis.from_url(url)
+    try:  # delete only this test's keys; never FLUSHDB a shared server
+        keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def store(config: RedisOnlineConfig | SqliteOnlineConfig, tmp_path: Path) -> Iterator[OnlineStore]:
+    opened = open_online_store(config, tmp_path)
+    yield opened
+    opened.close()
+
+
+@pytest.fixture
+def prefix(key_prefix: str) -> bytes:
+    """The prefix every key of a test starts with (the layout's own prefix, under the test's key_prefix)."""
+    return key_prefix_for(key_prefix, "view")
+
+
+def key_prefix_for(store_prefix: str, view: str) -> bytes:
+    return layout_prefix(store_prefix, "proj", view)
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def test_class_attributes(kind: str, store: OnlineStore) -> None:
+    assert store.name == kind
+    assert type(store).name == kind
+    assert type(store).one_round_trip_reads is True
+    store.ping()
+
+
+def test_key_prefix_carries_store_prefix_layout_version_project_and_view() -> None:
+    assert layout_prefix("fs", "demo", "spend") == b"fs:v1:demo:spend:"
+    assert not layout_prefix("fs", "demo", "spend2").startswith(layout_prefix("fs", "demo", "spend"))
+
+
+def test_round_trip_of_many_keys_in_one_read(store: OnlineStore, prefix: bytes) -> None:
+    n = 2500  # more than SQLite's bound-parameter chunk
+    items = [(prefix + f"k{i}".encode(), f"value-{i}".encode() * (1 + i % 3), None) for i in range(n)]
+    store.write(items)
+    keys = [prefix + f"k{i}".encode() for i in range(n)] + [prefix + f"missing{i}".encode() for i in range(300)]
+    random.Random(7).shuffle(keys)
+    got = store.read(keys)
+    assert len(got) == len(keys)
+    expected = {k: v for k, v, _ in items}
+    assert got == [expected.get(k) for k in keys]  # input order, None for missing keys
+
+
+def test_read_with_repeated_and_only_missing_keys(store: OnlineStore, prefix: bytes) -> None:
+    store.write([(prefix + b"a", b"1", None)])
+    assert store.read([prefix + b"a", prefix + b"zz", prefix + b"a"]) == [b"1", None, b"1"]
+    assert store.read([prefix + b"nope"]) == [None]
+
+
+@pytest.mark.parametrize("kind", ["redis"])  # round trips are a network property
+def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    store.write([(prefix + f"k{i}".encode(), b"v", None) for i in range(500)])
+    client = store.client  # type: ignore[attr-defined]
+    calls: list[object] = []
+    original = client.execute_command
+
+    def counting(*args: object, **kwargs: object) -> object:
+        calls.append(args[0])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(client, "execute_command", counting)
+    got = store.read([prefix + f"k{i}".encode() for i in range(500)] + [prefix + b"missing"])
+    assert got == [b"v"] * 500 + [None]
+    assert calls == ["MGET"]
+
+
+def test_empty_reads_and_writes(store: OnlineStore, prefix: bytes) -> None:
+    assert store.read([]) == []
+    store.write([])
+    assert store.read([prefix + b"x"]) == [None]
+    assert store.delete_prefix(prefix) == 0
+
+
+def test_overwrite(store: OnlineStore, prefix: bytes) -> None:
+    key = prefix + b"k"
+    store.write([(key, b"first", None)])
+    store.write([(key, b"second", None)])
+    assert store.read([key]) == [b"second"]
+    # an expiring value overwritten by a persistent one persists
+    store.write([(key, b"third", now_ms() + 150)])
+    store.write([(key, b"fourth", None)])
+    time.sleep(0.3)
+    assert store.read([key]) == [b"fourth"]
+    # a persistent value overwritten with an expiry in the past is gone
+    store.write([(key, b"fifth", now_ms() - 1000)])
+    assert store.read([key]) == [None]
+
+
+def test_last_write_of_a_key_in_one_batch_wins(store: OnlineStore, prefix: bytes) -> None:
+    key = prefix + b"k"
+    store.write([(key, b"one", None), (key, b"two", None)])
+    assert store.read([key]) == [b"two"]
+
+
+def test_expiry(store: OnlineStore, prefix: bytes) -> None:
+    past, soon, later, forever = (prefix + name for name in (b"past", b"soon", b"later", b"forever"))
+    store.write([(past, b"p", now_ms() - 5), (soon, b"s", now_ms() + 400), (later, b"l", now_ms() + 60_000),
+                 (forever, b"f", None)])
+    assert store.read([past, soon, later, forever]) == [None, b"s", b"l", b"f"]
+    time.sleep(0.6)
+    assert store.read([past, soon, later, forever]) == [None, None, b"l", b"f"]
+
+
+def test_expiry_a_few_ms_ahead(store: OnlineStore, prefix: bytes) -> None:
+    key = prefix + b"k"
+    store.write([(key, b"v", now_ms() + 5)])
+    time.sleep(0.05)
+    assert store.read([key]) == [None]
+
+
+def test_expired_key_can_be_written_again(store: OnlineStore, prefix: bytes) -> None:
+    key = prefix + b"k"
+    store.write([(key, b"old", now_ms() - 1)])
+    store.write([(key, b"new", now_ms() + 60_000)])
+    assert store.read([key]) == [b"new"]
+
+
+def test_delete_prefix_deletes_only_that_prefix(store: OnlineStore, key_prefix: str) -> None:
+    spend = key_prefix_for(key_prefix, "spend")
+    spend2 = key_prefix_for(key_prefix, "spend2")  # shares "spend" but not "spend:"
+    other = layout_prefix(key_prefix, "other_project", "spend")
+    store.write([(spend + f"{i}".encode(), b"x", None) for i in range(1500)])
+    store.write([(spend + b"\xff\xfe", b"x", None), (spend + b"\x00", b"x", now_ms() + 60_000)])
+    store.write([(spend2 + b"1", b"keep", None), (other + b"1", b"keep", None),
+                 (spend[:-1], b"keep", None),  # the prefix without its last byte is not under it
+                 (spend[:-1] + b";", b"keep", None)])  # the byte after ':' sorts right after the prefix
+    deleted = store.delete_prefix(spend)
+    assert deleted == 1502
+    assert store.read([spend + b"1", spend + b"1499", spend + b"\xff\xfe", spend + b"\x00"]) == [None] * 4
+    assert store.read([spend2 + b"1", other + b"1", spend[:-1], spend[:-1] + b";"]) == [b"keep"] * 4
+    assert store.delete_prefix(spend) == 0
+    # the deleted prefix can be written again
+    store.write([(spend + b"1", b"again", None)])
+    assert store.read([spend + b"1"]) == [b"again"]
+
+
+@pytest.mark.parametrize("suffix", [b"a*b:", b"a?b:", b"[ab]:", b"a\\b:"], ids=["star", "question", "brackets",
+                                                                               "backslash"])
+def test_delete_prefix_is_literal_not_a_pattern(store: OnlineStore, key_prefix: str, suffix: bytes) -> None:
+    """A store prefix can hold any character (key_prefix in feature_store.yaml is free text)."""
+    base = f"{key_prefix}:".encode()
+    prefix = base + suffix
+    look_alikes = [base + b"aXb:1", base + b"a:b:1", base + b"ab:1", base + b"a:1", base + b"b:1",
+                   base + b"a\\\\b:1", base + b"ab:1"]
+    look_alikes = [k for k in look_alikes if not k.startswith(prefix)]
+    store.write([(prefix + b"1", b"gone", None), *((k, b"keep", None) for k in look_alikes)])
+    assert store.delete_prefix(prefix) == 1
+    assert store.read([prefix + b"1", *look_alikes]) == [None] + [b"keep"] * len(look_alikes)
+
+
+def test_delete_prefix_ending_in_ff(store: OnlineStore, key_prefix: str) -> None:
+    """Binary prefixes: one ending in 0xff has no simple 'next' byte string."""
+    prefix = f"{key_prefix}:".encode() + b"\x01\xff"
+    store.write([(prefix + b"\x00", b"gone", None), (prefix, b"gone", None),
+                 (f"{key_prefix}:".encode() + b"\x02", b"keep", None)])
+    assert store.delete_prefix(prefix) == 2
+    assert store.read([prefix + b"\x00", prefix, f"{key_prefix}:".encode() + b"\x02"]) == [None, None, b"keep"]
+
+
+def test_binary_keys_and_values(store: OnlineStore, prefix: bytes) -> None:
+    keys = [prefix + bytes([b]) for b in range(256)] + [prefix + b"\x00\x00", prefix + b"\xff" * 40,
+                                                         prefix + "é€😀".encode(), prefix + b"\x80\x81 \t\n"]
+    values = [bytes([i % 256]) * (i % 5) + b"\x00\xff" for i in range(len(keys))]
+    store.write([(k, v, None) for k, v in zip(keys, values, strict=True)])
+    assert store.read(keys) == values
+    assert store.read(list(reversed(keys))) == list(reversed(values))
+    assert store.read([prefix]) == [None]  # the bare prefix is another key
+
+
+def test_large_value(store: OnlineStore, prefix: bytes) -> None:
+    value = bytes(range(256)) * 4096  # 1 MiB
+    store.write([(prefix + b"big", value, None)])
+    assert store.read([prefix + b"big"]) == [value]
+
+
+def test_a_second_instance_sees_the_writes(config: RedisOnlineConfig | SqliteOnlineConfig, tmp_path: Path,
+                                           store: OnlineStore, prefix: bytes) -> None:
+    store.write([(prefix + b"k", b"v", None)])
+    other = open_online_store(config, tmp_path)
+    try:
+        assert other.read([prefix + b"k"]) == [b"v"]
+        other.write([(prefix + b"k", b"w", None)])
+        assert store.read([prefix + b"k"]) == [b"w"]
+    finally:
+        other.close()
+
+
+def test_reads_and_writes_from_threads(store: OnlineStore, prefix: bytes) -> None:
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        try:
+            keys = [prefix + f"t{t}-{i}".encode() for i in range(50)]
+            store.write([(k, k, None) for k in keys])
+            assert store.read(keys) == keys
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+def test_close_then_use_again(config: RedisOnlineConfig | SqliteOnlineConfig, tmp_path: Path, prefix: bytes) -> None:
+    opened = open_online_store(config, tmp_path)
+    opened.write([(prefix + b"k", b"v", None)])
+    opened.close()
+    assert opened.read([prefix + b"k"]) == [b"v"]  # a closed store reconnects on its next use
+    opened.close()
