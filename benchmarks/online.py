@@ -335,20 +335,20 @@ def worker_materialize(spec: dict, result: dict) -> None:
         # MEMORY USAGE of sampled keys per view: robust against other clients using the same server.
         sample: dict[str, Any] = {}
         rng = np.random.default_rng(spec["seed"])
-        from feature_store.online.materialize import encode_key
-
         n_cust = spec["customers"]
         ids = rng.choice(np.arange(1, n_cust + 1), size=min(500, n_cust), replace=False)
+        keys = captured_keys(store, FEATURES_1X10, {"customer_id": [int(i) for i in ids]})
         for view in VIEWS_1X10:
-            pfx = store.online.prefix(view)
+            base = store.online.prefix(view)
+            view_keys = [k for k in keys if k.startswith(base)]
             pipe = rc.pipeline(transaction=False)
-            for i in ids:
-                pipe.memory_usage(encode_key(pfx, (int(i),)), samples=0)
+            for k in view_keys:
+                pipe.memory_usage(k, samples=0)
             sizes = [s for s in pipe.execute() if s is not None]
-            vals = rc.mget([encode_key(pfx, (int(i),)) for i in ids])
+            vals = rc.mget(view_keys) if view_keys else []
             value_bytes = [len(v) for v in vals if v is not None]
             sample[view] = {
-                "keys_sampled": len(ids),
+                "keys_sampled": len(view_keys),
                 "keys_found": len(sizes),
                 "memory_usage_mean": float(np.mean(sizes)) if sizes else None,
                 "value_bytes_mean": float(np.mean(value_bytes)) if value_bytes else None,
@@ -358,6 +358,25 @@ def worker_materialize(spec: dict, result: dict) -> None:
         db = repo / "data" / "online.db"
         result["sqlite_bytes"] = sum(p.stat().st_size for p in (db, db.with_name(db.name + "-wal")) if p.exists())
     store.close()
+
+
+def captured_keys(store, features: list[str], entity_rows: Any) -> list[bytes]:
+    """The keys one get_online_features call reads from the online store (spied, not rebuilt here, so the
+    benchmark follows the library's key layout whatever it is)."""
+    ostore = store.online.store
+    seen: list[list[bytes]] = []
+    real = type(ostore).read.__get__(ostore)
+
+    def spy(keys):
+        seen.append(list(keys))
+        return real(keys)
+
+    ostore.read = spy
+    try:
+        store.get_online_features(features, entity_rows)
+    finally:
+        del ostore.read
+    return seen[-1] if seen else []
 
 
 def _entity_rows(ids: np.ndarray, fmt: str) -> Any:
@@ -412,7 +431,6 @@ def worker_read(spec: dict, result: dict) -> None:
 
     import feature_store
     from feature_store import FeatureStore
-    from feature_store.online.materialize import encode_key
 
     result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
     store = FeatureStore(Path(spec["repo"]))
@@ -442,27 +460,24 @@ def worker_read(spec: dict, result: dict) -> None:
             "statuses_first_call": statuses,
         }
 
-    # -- the bare store round trip for the same keys (no decoding, no finishing): a floor
+    # -- the bare store round trip for the same keys (no decoding, no finishing): a floor. The keys are
+    #    the ones get_online_features reads (captured outside the timed region).
     ostore = store.online.store
-    prefixes = [store.online.prefix(v) for v in VIEWS_1X10]
-    key_sets = [[encode_key(p, (int(i),)) for p in prefixes] for i in rng.integers(1, n_cust + 1, 5_000)]
-    for keys in key_sets[:warmup]:
-        ostore.read(keys)
-    cases["store round trip only: 3 keys"] = {
-        **latency_stats(_time_calls(ostore.read, key_sets, max_calls, max_seconds)),
-        "entities": 1,
-        "features": 0,
-    }
-    key_sets = [
-        [encode_key(p, (int(i),)) for p in prefixes for i in rng.integers(1, n_cust + 1, 100)] for _ in range(500)
-    ]
-    for keys in key_sets[:warmup]:
-        ostore.read(keys)
-    cases["store round trip only: 300 keys"] = {
-        **latency_stats(_time_calls(ostore.read, key_sets, max_calls, max_seconds)),
-        "entities": 100,
-        "features": 0,
-    }
+    for n_ent, n_sets in ((1, 2_000), (100, 200)):
+        key_sets = [
+            captured_keys(store, FEATURES_1X10, _entity_rows(rng.integers(1, n_cust + 1, n_ent), fmt))
+            for _ in range(n_sets)
+        ]
+        found = sum(v is not None for v in ostore.read(key_sets[0]))
+        for keys in key_sets[:warmup]:
+            ostore.read(keys)
+        n_keys = len(key_sets[0])
+        cases[f"store round trip only: {n_keys} keys"] = {
+            **latency_stats(_time_calls(ostore.read, key_sets, max_calls, max_seconds)),
+            "entities": n_ent,
+            "features": 0,
+            "keys_found_first_call": f"{found}/{n_keys}",
+        }
     result["cases"] = cases
 
     # -- correctness: online == offline at the same instant, for a sample of customers
@@ -783,6 +798,7 @@ def report_read(size: str, store: str, r: dict, lat_rows: list, label: str) -> N
             f"    {case}: {s['calls']:,} calls in {s['total_s']:.2f} s; ms p50 {fmt_ms(s['p50'])} "
             f"p95 {fmt_ms(s['p95'])} p99 {fmt_ms(s['p99'])} mean {fmt_ms(s['mean'])} max {fmt_ms(s['max'])}"
             + (f"; statuses of one call: {s['statuses_first_call']}" if s.get("statuses_first_call") else "")
+            + (f"; keys found in one call: {s['keys_found_first_call']}" if s.get("keys_found_first_call") else "")
         )
         target, feast = case_target(case, s)
         lat_rows.append(

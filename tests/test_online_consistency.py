@@ -101,8 +101,8 @@ FEATURES = (
     Agg("cd_all", "count_distinct", "qty", None),
 )
 EMPTY = {"count": 0, "sum": 0, "count_distinct": 0}  # the value of an unknown key; None for the others
-# in alphabetical order: snapshot ties in another declaration order are test_snapshot_rows_tied_online_equals_offline
-SNAPSHOT_FIELDS = (("age", "int64"), ("segment", "string"))
+# declared out of alphabetical order: rows tied on (ts, created) are ordered by value in declaration order
+SNAPSHOT_FIELDS = (("segment", "string"), ("age", "int64"))
 TTLS = [None, 2 * H, 6 * H, D]
 KNOWN_KEYS = [1, 2, 3]
 UNKNOWN_KEY = 4
@@ -320,7 +320,16 @@ def draw_keys(data: Any) -> tuple[list[int], list[Any]]:
 # --------------------------------------------------------------------------
 
 AGG_REFS = [f"spend:{a.name}" for a in FEATURES]
-SNAPSHOT_REFS = ["profile:age", "profile:segment"]
+SNAPSHOT_REFS = [f"profile:{name}" for name, _type in SNAPSHOT_FIELDS]  # declaration order
+
+
+@st.composite
+def feature_refs(draw: Any) -> list[str]:
+    """Any non-empty subset of the two views' features, in any order (mostly all of them)."""
+    everything = [*AGG_REFS, *SNAPSHOT_REFS]
+    if draw(st.booleans()):
+        return list(draw(st.permutations(everything)))
+    return list(draw(st.lists(st.sampled_from(everything), min_size=1, max_size=6, unique=True)))
 
 
 def describe(spend: AggregationView, profile: SnapshotView, ends: list[int]) -> str:
@@ -329,6 +338,12 @@ def describe(spend: AggregationView, profile: SnapshotView, ends: list[int]) -> 
     for view in (spend, profile):
         lines += [f"  {view.name}: {row}" for row in view.rows]
     return "\n".join(lines)
+
+
+def output_order(refs: list[str]) -> list[str]:
+    """Output columns: per view in order of first mention, its features in request order (as offline)."""
+    views = list(dict.fromkeys(r.split(":")[0] for r in refs))
+    return [r.split(":")[1] for v in views for r in refs if r.split(":")[0] == v]
 
 
 def greatest(acceptable: list[tuple[Any, ...]]) -> tuple[Any, ...]:
@@ -347,11 +362,14 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
     for now, _keys, sent in reads:
         response = store.get_online_features(refs, {"customer_id": sent}, now=dt(now))
         assert response.to_dict()["customer_id"] == sent
-        assert list(response.values) == [r.split(":")[1] for r in refs]
+        assert list(response.values) == output_order(refs)
         responses.append(response)
     rows = [(now, key, i, j) for i, (now, keys, _sent) in enumerate(reads) for j, key in enumerate(keys)]
     entity_rows = [{"customer_id": key, "event_timestamp": dt(now)} for now, key, _i, _j in rows]
-    constraints = ref.expected_constraints(entity_rows, [available(spend, end), available(profile, end)], refs)
+    # the reference over every snapshot field in declaration order: which of several tied rows wins depends on
+    # all of its values, also those of fields not requested
+    full_refs = [r for r in refs if r.startswith("spend:")] + SNAPSHOT_REFS
+    constraints = ref.expected_constraints(entity_rows, [available(spend, end), available(profile, end)], full_refs)
     entity_df = pd.DataFrame({"customer_id": np.array([key for _now, key, _i, _j in rows], dtype="int64"),
                               "event_timestamp": pd.to_datetime([now for now, *_ in rows], unit="us", utc=True)})
     cutoff = None if available_before is None else dt(available_before)
@@ -360,24 +378,25 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
     for r, ((now, key, i, j), row_constraints) in enumerate(zip(rows, constraints, strict=True)):
         response, sent = responses[i], reads[i][2][j]
         where = f"key {sent!r} at {dt(now)}"
+        expected: dict[str, tuple[Any, float, list[Any]]] = {}  # column -> (value, float slack, tied candidates)
         for columns, acceptable, slack in row_constraints:
-            got = tuple(ref.normalize_value(response.values[c][j]) for c in columns)
-            engine = tuple(ref.normalize_value(offline[c].iloc[r]) for c in columns)
-            expected = greatest(acceptable)
-            if not ref.tuple_matches(got, [expected], slack):
-                problems.append(f"{where}: {columns} online {got!r}, reference {expected!r} of {acceptable!r} "
-                                f"(engine offline {engine!r})")
-            # on ties the engine's offline value is checked by test_last_of_tied_events_online_equals_offline
-            elif len(acceptable) == 1 and not ref.tuple_matches(got, [engine], slack):
-                problems.append(f"{where}: {columns} online {got!r}, engine offline {engine!r} "
-                                f"(reference {acceptable!r})")
+            best = greatest(acceptable)
+            for n, column in enumerate(columns):
+                expected[column] = (best[n], slack, sorted({repr(a[n]) for a in acceptable}))
         for name in response.values:
             value, status = response.values[name][j], response.statuses[name][j]
+            want, slack, candidates = expected[name]
+            got, engine = ref.normalize_value(value), ref.normalize_value(offline[name].iloc[r])
+            if not ref.values_match(got, want, abs_tol=slack):
+                problems.append(f"{where}: {name} online {got!r}, reference {want!r} (tied: {candidates}; engine "
+                                f"offline {engine!r})")
+            elif not ref.values_match(got, engine, abs_tol=slack):
+                problems.append(f"{where}: {name} online {got!r}, engine offline {engine!r} (reference {want!r})")
             if key == UNKNOWN_KEY:
                 function = next((a.function for a in FEATURES if a.name == name), None)
-                expected = EMPTY.get(function) if function else None
-                if status != NOT_FOUND or value != expected or type(value) is not type(expected):
-                    problems.append(f"{where}: {name} = {value!r} ({status}), expected {expected!r} (NOT_FOUND)")
+                empty = EMPTY.get(function) if function else None
+                if status != NOT_FOUND or value != empty or type(value) is not type(empty):
+                    problems.append(f"{where}: {name} = {value!r} ({status}), expected {empty!r} (NOT_FOUND)")
             elif status not in (PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE):
                 problems.append(f"{where}: {name}: unknown status {status!r}")
             elif status != NOT_FOUND and (value is None) == (status == PRESENT):  # PRESENT exactly with a value
@@ -398,9 +417,7 @@ def test_online_equals_offline_over_the_data_available_at_the_last_materializati
     store, repo = open_repo([spend, profile], online_store)
     try:
         critical = critical_times(spend, profile)
-        # every feature of both views (see test_a_subset_of_a_views_features for subsets)
-        refs = [*AGG_REFS, *SNAPSHOT_REFS] if data.draw(st.booleans(), label="spend first") else [
-            *SNAPSHOT_REFS, *AGG_REFS]
+        refs = data.draw(feature_refs(), label="features")
         ends: list[int] = []
         end = us(SPAN) - us(D)
         for _ in range(data.draw(st.integers(1, 2), label="materializations")):

@@ -275,9 +275,12 @@ class HopGroup:
         tile_idx = np.where(self.t_hi > t_lo, prev[end], -1) if len(prev) else np.full(self.n, -1)
         tile_idx = np.where(tile_idx >= t_lo, tile_idx, -1)
         safe_tile = np.maximum(tile_idx, 0)
-        tile_best = range_reduce(np.maximum, tile_code, np.maximum(_tie_run_start(self.t_kid, key_t, key_c)[
-            safe_tile] if len(key_t) else safe_tile, t_lo), safe_tile + 1, -1) if len(key_t) else np.full(self.n, -1)
-        tile_best = np.where(tile_idx >= 0, tile_best, -1)
+        tile_best = np.where(tile_idx >= 0, tile_code[safe_tile] if len(tile_code) else -1, -1)
+        if len(key_t):  # ties on (ts, created) within the range: the greatest value (rare: only those queries)
+            run_start = np.maximum(_tie_run_start(self.t_kid, key_t, key_c)[safe_tile], t_lo)
+            tied = np.flatnonzero((tile_idx >= 0) & (run_start < safe_tile))
+            if len(tied):
+                tile_best[tied] = range_reduce(np.maximum, tile_code, run_start[tied], safe_tile[tied] + 1, -1)
         tile_t = np.where(tile_idx >= 0, key_t[safe_tile] if len(key_t) else I64_MIN, I64_MIN)
         tile_c = np.where(tile_idx >= 0, key_c[safe_tile] if len(key_c) else I64_MIN, I64_MIN)
         # Raw part: the best visible event per query, by (ts, created, value).
