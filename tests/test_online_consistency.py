@@ -100,7 +100,7 @@ FEATURES = (
     Agg("cd_3h", "count_distinct", "category", 3 * H, H),
     Agg("cd_all", "count_distinct", "qty", None),
 )
-EMPTY = {"count": 0, "sum": 0, "count_distinct": 0}  # the value of an unknown key; None for the others
+EMPTY = {"count": 0, "sum": 0.0, "count_distinct": 0}  # the value of an unknown key (float sums: 0.0); None otherwise
 # declared out of alphabetical order: rows tied on (ts, created) are ordered by value in declaration order
 SNAPSHOT_FIELDS = (("segment", "string"), ("age", "int64"))
 TTLS = [None, 2 * H, 6 * H, D]
@@ -393,8 +393,10 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
             elif not ref.values_match(got, engine, abs_tol=slack):
                 problems.append(f"{where}: {name} online {got!r}, engine offline {engine!r} (reference {want!r})")
             if key == UNKNOWN_KEY:
-                function = next((a.function for a in FEATURES if a.name == name), None)
-                empty = EMPTY.get(function) if function else None
+                agg = next((a for a in FEATURES if a.name == name), None)
+                empty = EMPTY.get(agg.function) if agg else None
+                if agg is not None and agg.function == "sum" and isinstance(engine, int):
+                    empty = 0  # a sum of integers is an integer; of floats, 0.0 (as offline)
                 if status != NOT_FOUND or value != empty or type(value) is not type(empty):
                     problems.append(f"{where}: {name} = {value!r} ({status}), expected {empty!r} (NOT_FOUND)")
             elif status not in (PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE):

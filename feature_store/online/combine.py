@@ -19,7 +19,10 @@ Finisher = Callable[[Sequence[Sequence[Any]]], Any]
 
 
 def empty_value(request: FeatureRequest) -> Any:
-    return 0 if isinstance(request.feature, Count | Sum | CountDistinct) else None
+    """What an empty window gives, typed like the feature: 0 for counts, 0 or 0.0 for sums, else null."""
+    if isinstance(request.feature, Sum):
+        return 0 if request.output_type == "BIGINT" else 0.0
+    return 0 if isinstance(request.feature, Count | CountDistinct) else None
 
 
 def finisher(request: FeatureRequest, group: Group) -> Finisher:
