@@ -156,11 +156,11 @@ def write_config(repo: Path, project: str, online: dict[str, str]) -> None:
 _projects = itertools.count()
 
 
-def open_repo(views: list[Any], online: dict[str, str]) -> tuple[FeatureStore, str]:
+def open_repo(repo: str, views: list[Any], online: dict[str, str]) -> FeatureStore:
     """A fresh repo (own project, so Redis keys never meet another example's) with the views applied."""
-    repo = scratch_dir("online_consistency_")
     write_config(Path(repo), f"p{next(_projects)}", online)
-    return ref.open_store(repo, views), repo
+    store: FeatureStore = ref.open_store(repo, views)
+    return store
 
 
 # --------------------------------------------------------------------------
@@ -416,8 +416,10 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
 def test_online_equals_offline_over_the_data_available_at_the_last_materialization(
         online_store: dict[str, str], scenario: tuple[AggregationView, SnapshotView], data: Any) -> None:
     spend, profile = scenario
-    store, repo = open_repo([spend, profile], online_store)
+    repo = scratch_dir("online_consistency_")
+    store = None
     try:
+        store = open_repo(repo, [spend, profile], online_store)
         critical = critical_times(spend, profile)
         refs = data.draw(feature_refs(), label="features")
         ends: list[int] = []
@@ -436,7 +438,8 @@ def test_online_equals_offline_over_the_data_available_at_the_last_materializati
         reads = [(draw_read_time(data, us(LAST_END), critical), keys, keys) for _ in range(2)]
         check_phase(store, spend, profile, us(LAST_END), reads, refs, describe(spend, profile, ends), None)
     finally:
-        store.close()
+        if store is not None:
+            store.close()
         shutil.rmtree(repo, ignore_errors=True)
 
 
