@@ -155,7 +155,7 @@ class Registry:
                             spec=json.dumps(plan.desired[key], sort_keys=True), updated_at=now,
                         ))
         except IntegrityError as exc:
-            raise self._conflict(plan) from exc
+            raise self._conflict_error(plan.base_version) from exc
         except SQLAlchemyError as exc:
             raise RegistryError(f"apply failed, the registry is unchanged: {exc}") from exc
         self._cache = None
@@ -172,9 +172,6 @@ class Registry:
         )
         if result.rowcount != 1:
             raise self._conflict_error(base)
-
-    def _conflict(self, plan: Plan) -> ConcurrentApplyError:
-        return self._conflict_error(plan.base_version)
 
     def _conflict_error(self, base: int) -> ConcurrentApplyError:
         return ConcurrentApplyError(

@@ -55,6 +55,7 @@ class Materializer:
     def __init__(self, engine: DuckDBOfflineEngine) -> None:
         self.engine = engine
         self.con = engine.con
+        self.files = "{}"  # JSON fingerprint of the source files of the view being materialized
         self.con.execute(
             f"CREATE TABLE IF NOT EXISTS {META} (view VARCHAR, part BIGINT, tbl VARCHAR, signature VARCHAR, "
             "watermark BIGINT, files VARCHAR, updated_at TIMESTAMPTZ, PRIMARY KEY (view, part))"
