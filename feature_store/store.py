@@ -38,6 +38,9 @@ class FeatureStore:
         self.offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
         self.online = OnlineService(self.config, self.repo_path, self.registry, self.offline)
         self._serving: tuple[float, int, Catalog] | None = None
+        # How stale the serving catalog may get before a read reloads it; a server that refreshes in the
+        # background (refresh_serving) sets this to math.inf so that no request ever touches the registry.
+        self.registry_refresh_seconds = REGISTRY_REFRESH_SECONDS
 
     @property
     def project(self) -> str:
@@ -135,13 +138,26 @@ class FeatureStore:
         return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
-        clock = time.monotonic()
-        if self._serving is None or clock - self._serving[0] > REGISTRY_REFRESH_SECONDS:
-            version, catalog = self.registry.catalog()
-            if version == 0:
-                self.catalog()  # raises the 'run apply first' error
-            self._serving = (clock, version, catalog)
+        if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
+            self.refresh_serving()
+        if self._serving is None:  # refresh_serving raised or set it
+            raise NotAppliedError(f"project {self.project!r} has no registered definitions.")
         return self._serving[1], self._serving[2]
+
+    def refresh_serving(self) -> int:
+        """Reload the catalog that serving uses from the registry now; returns the registry version.
+
+        Raises NotAppliedError when nothing is applied (and keeps the previous catalog, if any).
+        """
+        version, catalog = self.registry.catalog()
+        if version == 0:
+            self.catalog()  # raises the 'run apply first' error
+        self._serving = (time.monotonic(), version, catalog)
+        return version
+
+    def serving_catalog(self) -> tuple[int, Catalog]:
+        """The (version, catalog) that online reads use, reloaded as ``registry_refresh_seconds`` says."""
+        return self._serving_catalog()
 
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:
