@@ -9,6 +9,7 @@ from feature_store.definitions import (
     FeatureViewProjection,
     Field,
     FileSource,
+    PushSource,
 )
 from feature_store.errors import FeatureStoreError
 from feature_store.store import FeatureStore
@@ -30,6 +31,7 @@ __all__ = [
     "Max",
     "Mean",
     "Min",
+    "PushSource",
     "StdDev",
     "Sum",
 ]

@@ -13,12 +13,20 @@ from feature_store.definitions import (
     FeatureService,
     FeatureView,
     FileSource,
+    PushSource,
     kind_of,
     to_spec,
 )
-from feature_store.errors import DuplicateObjectError, FeatureNotFoundError, UnknownReferenceError, closest
+from feature_store.errors import (
+    DuplicateObjectError,
+    FeatureNotFoundError,
+    PushSourceNotFoundError,
+    UnknownReferenceError,
+    closest,
+)
 
-SourceDef = FileSource | DuckDBSource
+BatchSource = FileSource | DuckDBSource
+SourceDef = FileSource | DuckDBSource | PushSource
 _PLURAL = {"entity": "entities", "source": "sources", "feature_view": "feature views",
            "feature_service": "feature services"}
 SpecKey = tuple[str, str]  # (kind, name)
@@ -68,11 +76,26 @@ class Catalog:
                         add(entity, where)
                 if not isinstance(obj.source, str):
                     add(obj.source, where)
+                    if isinstance(obj.source, PushSource) and not isinstance(obj.source.batch_source, str):
+                        add(obj.source.batch_source, where)
+            if isinstance(obj, PushSource) and not isinstance(obj.batch_source, str):
+                add(obj.batch_source, where)
         catalog = cls(found["entity"], found["source"], found["feature_view"], found["feature_service"])
         catalog.check_references()
         return catalog
 
     def check_references(self) -> None:
+        for source in self.sources.values():
+            if isinstance(source, PushSource):
+                batch = self.sources.get(source.batch_source_name)
+                if batch is None or isinstance(batch, PushSource):
+                    hint = closest(source.batch_source_name, self.sources)
+                    raise UnknownReferenceError(
+                        f"push source {source.name!r} reads batch source {source.batch_source_name!r}, which is "
+                        f"{'a push source' if batch else 'not defined'}.{hint}"
+                        " Give batch_source= a FileSource or DuckDBSource (the object, or the name of one defined in "
+                        "the repo).", source=source.name, batch_source=source.batch_source_name,
+                    )
         for view in self.views.values():
             for name in view.entity_names:
                 if name not in self.entities:
@@ -129,6 +152,28 @@ class Catalog:
 
     def source_of(self, view: FeatureView) -> SourceDef:
         return self.sources[view.source_name]
+
+    def batch_source(self, source: SourceDef) -> BatchSource:
+        """The source whose files or table hold the rows: itself, or a push source's batch source."""
+        if isinstance(source, PushSource):
+            batch = self.sources[source.batch_source_name]
+            if isinstance(batch, PushSource):  # check_references rules this out
+                raise UnknownReferenceError(f"push source {source.name!r} reads another push source.")
+            return batch
+        return source
+
+    def push_source(self, name: str) -> PushSource:
+        source = self.sources.get(name)
+        if not isinstance(source, PushSource):
+            pushes = [n for n, s in self.sources.items() if isinstance(s, PushSource)]
+            raise PushSourceNotFoundError(
+                f"no push source named {name!r}.{closest(name, pushes)} Registered push sources: {sorted(pushes)}; "
+                "define PushSource(name=..., batch_source=...) in the repo and apply.", push_source=name,
+            )
+        return source
+
+    def views_over(self, source_name: str) -> list[FeatureView]:
+        return [v for v in self.views.values() if v.source_name == source_name]
 
     def join_keys(self, view: FeatureView) -> tuple[str, ...]:
         keys: list[str] = []

@@ -19,7 +19,7 @@ from rich.table import Table
 
 from feature_store import example
 from feature_store.aggregations import Aggregation
-from feature_store.definitions import DuckDBSource, Entity, FeatureService, FeatureView, FileSource
+from feature_store.definitions import FileSource, kind_of, to_spec
 from feature_store.durations import format_duration
 from feature_store.errors import FeatureStoreError
 from feature_store.plan import Plan
@@ -146,8 +146,11 @@ def list_(ctx: click.Context) -> None:
             entities.add_row(e.name, ", ".join(e.join_keys), e.description)
         sources = _table("Sources", "name", "reads", "timestamp", "created")
         for s in catalog.sources.values():
-            reads = s.path if isinstance(s, FileSource) else (s.table or "query")
-            sources.add_row(s.name, reads, s.timestamp_field, s.created_timestamp_field or "")
+            b = catalog.batch_source(s)
+            reads = b.path if isinstance(b, FileSource) else (b.table or "query")
+            if b is not s:
+                reads = f"pushed events + {b.name} ({reads})"
+            sources.add_row(s.name, reads, b.timestamp_field, b.created_timestamp_field or "")
         views = _table("Feature views", "name", "kind", "entities", "source", "features", "ttl")
         features = _table("Features", "reference", "function", "column", "window", "hop")
         for v in catalog.views.values():
@@ -180,10 +183,9 @@ def describe(ctx: click.Context, name: str) -> None:
     """Show one registered object (view, service, entity or source) in full."""
     with _errors():
         obj = _store(ctx).catalog().find(name)
-        kind = {Entity: "entity", FileSource: "source", DuckDBSource: "source", FeatureView: "feature view",
-                FeatureService: "feature service"}[type(obj)]
+        kind = kind_of(obj).replace("_", " ")
         table = _table(f"{kind} {name!r}", "field", "value")
-        spec = obj.to_spec() if isinstance(obj, FeatureView | FeatureService) else obj.model_dump(mode="json")
+        spec = to_spec(obj)
         for key, value in spec.items():
             if key == "features" and isinstance(value, list):
                 value = "\n".join(_describe_feature(item) for item in value)

@@ -141,6 +141,35 @@ class DuckDBSource(_Source):
         return self
 
 
+class PushSource(_Frozen):
+    """Events pushed at run time (``store.push`` / ``POST /push``), read together with a batch source.
+
+    Its columns and timestamp fields are the batch source's; views over it see the batch rows plus
+    every pushed event, each available from the moment the push arrived.
+    """
+
+    type: Literal["push"] = "push"
+    name: str
+    batch_source: FileSource | DuckDBSource | str
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check(self) -> PushSource:
+        validate_identifier(self.name, "push source name")
+        if self.batch_source_name == self.name:
+            raise DefinitionError(f"push source {self.name!r} cannot be its own batch source; name them apart.")
+        return self
+
+    @property
+    def batch_source_name(self) -> str:
+        return self.batch_source if isinstance(self.batch_source, str) else self.batch_source.name
+
+    def to_spec(self) -> dict[str, Any]:
+        spec = self.model_dump(mode="json", exclude={"batch_source"})
+        spec["batch_source"] = self.batch_source_name
+        return spec
+
+
 Source = Annotated[FileSource | DuckDBSource, Discriminator("type")]
 
 
@@ -153,7 +182,7 @@ class FeatureView(_Frozen):
 
     name: str
     entities: tuple[Entity | str, ...]
-    source: FileSource | DuckDBSource | str
+    source: FileSource | DuckDBSource | PushSource | str
     features: tuple[AnyAggregation, ...] | tuple[Field, ...]
     hop: timedelta | None = None
     ttl: timedelta | None = None
@@ -297,10 +326,10 @@ class FeatureService(_Frozen):
         )
 
 
-Definition = Entity | FileSource | DuckDBSource | FeatureView | FeatureService
+Definition = Entity | FileSource | DuckDBSource | PushSource | FeatureView | FeatureService
 
 KINDS: dict[type, str] = {
-    Entity: "entity", FileSource: "source", DuckDBSource: "source",
+    Entity: "entity", FileSource: "source", DuckDBSource: "source", PushSource: "source",
     FeatureView: "feature_view", FeatureService: "feature_service",
 }
 
@@ -313,7 +342,7 @@ def kind_of(obj: object) -> str:
 
 
 def to_spec(obj: Definition) -> dict[str, Any]:
-    if isinstance(obj, FeatureView | FeatureService):
+    if isinstance(obj, FeatureView | FeatureService | PushSource):
         return obj.to_spec()
     return obj.model_dump(mode="json")
 
@@ -322,7 +351,9 @@ def from_spec(kind: str, spec: dict[str, Any]) -> Definition:
     if kind == "entity":
         return Entity(**spec)
     if kind == "source":
-        return DuckDBSource(**spec) if spec.get("type") == "duckdb" else FileSource(**spec)
+        kinds: dict[str, type[FileSource | DuckDBSource | PushSource]] = {
+            "duckdb": DuckDBSource, "push": PushSource, "file": FileSource}
+        return kinds.get(spec.get("type", "file"), FileSource)(**spec)
     if kind == "feature_view":
         return FeatureView.from_spec(spec)
     if kind == "feature_service":

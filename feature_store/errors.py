@@ -135,6 +135,27 @@ class OnlineStoreUnavailable(FeatureStoreError):
     http_status = 503
 
 
+class OnlineStoreConflict(OnlineStoreUnavailable):
+    """An atomic update kept losing to concurrent writers of the same entities; retrying later succeeds."""
+
+    http_status = 503
+
+
+# --- push -----------------------------------------------------------------------------------
+
+
+class PushSourceNotFoundError(FeatureStoreError):
+    """A push names no registered PushSource."""
+
+    http_status = 404
+
+
+class PushDataError(FeatureStoreError):
+    """Pushed rows do not fit the push source's columns (missing, unknown or mistyped values)."""
+
+    http_status = 422
+
+
 def validation_problems(exc: Any) -> str:
     """'field: message; ...' from a pydantic ValidationError."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())
@@ -144,3 +165,60 @@ def closest(name: str, candidates: Iterable[str]) -> str:
     """' Did you mean X?' for the nearest candidate, or '' when nothing is close."""
     matches = difflib.get_close_matches(name, list(candidates), n=1, cutoff=0.5)
     return f" Did you mean {matches[0]!r}?" if matches else ""
+
+
+# --- feature server -------------------------------------------------------------------------
+
+
+class AuthenticationError(FeatureStoreError):
+    """A feature server request has no API key, or a key the server does not know."""
+
+    http_status = 401
+
+
+class PermissionDeniedError(FeatureStoreError):
+    """The request's API key lacks the scope (read, write) the endpoint needs."""
+
+    http_status = 403
+
+
+class RouteNotFoundError(FeatureStoreError):
+    """No feature server endpoint has this path."""
+
+    http_status = 404
+
+
+class MethodNotAllowedError(FeatureStoreError):
+    """The endpoint exists but not for this HTTP method."""
+
+    http_status = 405
+
+
+class RequestTooLargeError(FeatureStoreError):
+    """A request body, or its number of entities, exceeds the server's limits."""
+
+    http_status = 413
+
+
+class UnsupportedMediaTypeError(FeatureStoreError):
+    """A request body is not sent as application/json."""
+
+    http_status = 415
+
+
+class InvalidRequestError(FeatureStoreError):
+    """A request body is not valid JSON or does not match the endpoint's schema."""
+
+    http_status = 422
+
+
+class OfflineStoreBusyError(FeatureStoreError):
+    """Another process (a materialize, another server worker) holds the offline DuckDB file right now."""
+
+    http_status = 503
+
+
+class ServerNotReadyError(FeatureStoreError):
+    """The feature server cannot serve yet: no registry loaded, or the online store is unreachable."""
+
+    http_status = 503

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from feature_store.catalog import Catalog, SpecKey
+from feature_store.definitions import to_spec
 
 Action = Literal["add", "change", "remove"]
 _COSMETIC = {"description", "tags"}
@@ -67,7 +68,8 @@ def view_signature(catalog: Catalog, view_name: str) -> str:
     source = catalog.source_of(view)
     payload = {
         "view": _without_cosmetics(view.to_spec()),
-        "source": _without_cosmetics(source.model_dump(mode="json")),
+        "source": _without_cosmetics(to_spec(source)),
+        "batch": _without_cosmetics(to_spec(catalog.batch_source(source))),
         "keys": catalog.join_keys(view),
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
@@ -27,6 +28,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from feature_store.catalog import Catalog
@@ -79,6 +81,9 @@ class Registry:
     def engine(self) -> Engine:
         if self._engine is None:
             try:
+                url = make_url(self.url)
+                if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+                    Path(url.database).parent.mkdir(parents=True, exist_ok=True)  # a new repo has no data/ yet
                 self._engine = create_engine(self.url, future=True, pool_pre_ping=True)
                 metadata.create_all(self._engine)
             except SQLAlchemyError as exc:

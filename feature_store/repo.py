@@ -10,7 +10,15 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from feature_store.catalog import Catalog
-from feature_store.definitions import Definition, DuckDBSource, Entity, FeatureService, FeatureView, FileSource
+from feature_store.definitions import (
+    Definition,
+    DuckDBSource,
+    Entity,
+    FeatureService,
+    FeatureView,
+    FileSource,
+    PushSource,
+)
 from feature_store.errors import DefinitionError, FeatureStoreError, RepoLoadError, validation_problems
 
 _SKIP_DIRS = {"data", "__pycache__", "node_modules", "venv", "site-packages"}
@@ -39,7 +47,7 @@ def load_repo(repo: Path) -> Catalog:
         for path in repo_files(repo):
             relative = str(path.relative_to(repo))
             for value in _import(path, relative).__dict__.values():
-                if isinstance(value, Entity | FileSource | DuckDBSource | FeatureView | FeatureService) \
+                if isinstance(value, Entity | FileSource | DuckDBSource | PushSource | FeatureView | FeatureService) \
                         and id(value) not in origins:
                     objects.append(value)
                     origins[id(value)] = relative

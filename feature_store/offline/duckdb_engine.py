@@ -15,9 +15,9 @@ import pandas as pd
 import pyarrow as pa
 
 from feature_store.aggregations import ORDERABLE_TYPES, Aggregation, base_type
-from feature_store.catalog import Catalog
+from feature_store.catalog import BatchSource, Catalog, SourceDef
 from feature_store.config import DuckDBOfflineConfig, resolve_path
-from feature_store.definitions import FIELD_TYPES, FeatureView
+from feature_store.definitions import FIELD_TYPES, DuckDBSource, FeatureView, PushSource
 from feature_store.durations import to_micros
 from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError, closest
 from feature_store.identifiers import quote_literal
@@ -26,6 +26,7 @@ from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
 from feature_store.offline.materialize import Materializer, to_us
+from feature_store.offline.push_log import CREATED, PushLog
 from feature_store.offline.sources import relation_sql, source_fingerprint
 from feature_store.offline.sql import (
     ENTITY_TABLE,
@@ -165,6 +166,8 @@ class DuckDBOfflineEngine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
         self._schemas: dict[str, dict[str, str]] = {}
+        self._scratch: duckdb.DuckDBPyConnection | None = None
+        self.push_log = PushLog(resolve_path(repo, config.path).parent / "push_log")
 
     # --- connection --------------------------------------------------------------------------
 
@@ -194,27 +197,55 @@ class DuckDBOfflineEngine:
         if self._con is not None:
             self._con.close()
             self._con = None
+        if self._scratch is not None:
+            self._scratch.close()
+            self._scratch = None
+        self.push_log.close()
+
+    def _describe_con(self, source: BatchSource) -> duckdb.DuckDBPyConnection:
+        """Where a source's schema is read: files need no database file, so serving never locks it."""
+        if isinstance(source, DuckDBSource):
+            return self.con
+        with self._lock:
+            if self._scratch is None:
+                self._scratch = duckdb.connect(":memory:")
+                self._scratch.execute("SET TimeZone = 'UTC'")
+            return self._scratch.cursor()
 
     # --- sources -----------------------------------------------------------------------------
 
     def source_schema(self, catalog: Catalog, source_name: str) -> dict[str, str]:
+        """Column types of a source; a push source's are its batch source's plus the availability time."""
         source = catalog.sources[source_name]
-        key = source.model_dump_json()
+        batch = catalog.batch_source(source)
+        key = batch.model_dump_json()
         if key not in self._schemas:
-            relation = relation_sql(source, self.repo)
+            relation = relation_sql(batch, self.repo)
             try:
-                rows = self.con.execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
+                rows = self._describe_con(batch).execute(f"DESCRIBE SELECT * FROM {relation}").fetchall()
             except duckdb.Error as exc:
                 raise SchemaError(
-                    f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name
+                    f"source {batch.name!r} cannot be read by DuckDB: {exc}", source=batch.name
                 ) from exc
             self._schemas[key] = {str(r[0]): str(r[1]) for r in rows}
-        return self._schemas[key]
+        schema = self._schemas[key]
+        return {**schema, CREATED: "BIGINT"} if isinstance(source, PushSource) else schema
+
+    def relation(self, catalog: Catalog, source: SourceDef) -> str:
+        """A FROM-clause expression reading a source; for a push source, its batch rows and pushed events."""
+        batch = catalog.batch_source(source)
+        if not isinstance(source, PushSource):
+            return relation_sql(batch, self.repo)
+        schema = self.source_schema(catalog, batch.name)
+        created = batch.created_timestamp_field or batch.timestamp_field
+        rows = f"SELECT *, {epoch_sql(created, schema[created])} AS {CREATED} FROM {relation_sql(batch, self.repo)}"
+        pushed = self.push_log.relation_sql(source.name, schema)
+        return f"({rows})" if pushed is None else f"({rows} UNION ALL BY NAME {pushed})"
 
     def check_view(self, catalog: Catalog, view_name: str) -> None:
         """Raise a SchemaError naming the view, column and fix when the source cannot feed the view."""
         view = catalog.view(view_name)
-        source = catalog.source_of(view)
+        source = catalog.batch_source(catalog.source_of(view))
         schema = self.source_schema(catalog, source.name)
         where = f"source {source.name!r} (used by feature view {view.name!r})"
         for field_name in filter(None, [source.timestamp_field, source.created_timestamp_field]):
@@ -280,23 +311,25 @@ class DuckDBOfflineEngine:
                 )
 
     def view_query(self, catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature],
-                   available_before: datetime | None = None) -> ViewQuery:
-        source = catalog.source_of(view)
+                   available_before: datetime | None = None, materialized: bool = True) -> ViewQuery:
+        """How to compute ``items`` of a view; ``materialized=False`` never opens the database file."""
+        declared = catalog.source_of(view)
+        source = catalog.batch_source(declared)
         cutoff = None if available_before is None else to_us(available_before)
-        schema = self.source_schema(catalog, source.name)
+        schema = self.source_schema(catalog, declared.name)
         requests = tuple(self._request(view, view.feature(i.feature), i.output, schema) for i in items)
         return ViewQuery(
             name=view.name,
             keys=catalog.join_keys(view),
-            source_sql=relation_sql(source, self.repo),
+            source_sql=self.relation(catalog, declared),
             timestamp_field=source.timestamp_field,
-            created_field=source.created_timestamp_field,
+            created_field=CREATED if isinstance(declared, PushSource) else source.created_timestamp_field,
             features=requests,
             is_aggregation=view.is_aggregation,
             ttl=None if view.ttl is None else to_micros(view.ttl),
             column_types=schema,
             # Materialized tiles hold everything available at their watermark: unusable for an earlier cutoff.
-            materialized=self.materialized_tables(catalog, view) if cutoff is None else {},
+            materialized=self.materialized_tables(catalog, view) if cutoff is None and materialized else {},
             available_before=cutoff,
             field_order=() if view.is_aggregation else view.feature_names,
         )
@@ -315,7 +348,7 @@ class DuckDBOfflineEngine:
     # --- offline materialization -------------------------------------------------------------
 
     def materialized_tables(self, catalog: Catalog, view: FeatureView) -> dict[int, TileTable]:
-        files = source_fingerprint(catalog.source_of(view), self.repo)
+        files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), self.repo)
         return Materializer(self).tables(view.name, view_signature(catalog, view.name), files)
 
     def materialize(
@@ -329,7 +362,7 @@ class DuckDBOfflineEngine:
             view = catalog.view(name)
             all_features = [ResolvedFeature(view, f, f) for f in view.feature_names]
             query = self.view_query(catalog, view, all_features)
-            files = source_fingerprint(catalog.source_of(view), self.repo)
+            files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), self.repo)
             results.extend(materializer.run(query, view_signature(catalog, name), files, end, full, progress))
         return results
 

@@ -96,6 +96,8 @@ def epoch_sql(column: str, duckdb_type: str) -> str:
     time-zone rules and cost ten times as much.
     """
     kind = duckdb_type.upper()
+    if kind == "BIGINT":  # only the push sources' availability column: already epoch us (sources are checked)
+        return quote(column)
     if kind in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "TIMESTAMPTZ", "DATE"):
         return f"epoch_us({quote(column)})"
     if base_type(kind) == "TIMESTAMP WITH TIME ZONE":  # e.g. nanosecond instants: keep them instants

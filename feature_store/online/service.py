@@ -44,7 +44,7 @@ class OnlineService:
         for name in views:
             view = catalog.view(name)
             signature = view_signature(catalog, name)
-            files = source_fingerprint(catalog.source_of(view), self.repo)
+            files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), self.repo)
             previous = None if full else self.registry.online_watermark(name, signature, files)
             if previous is not None and previous >= end_us:
                 results.append(MaterializeResult(name, "online", self.store.name, from_us(previous),

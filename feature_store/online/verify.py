@@ -65,7 +65,7 @@ def verify(store: FeatureStore, sample: int = 1000, views: Sequence[str] | None 
     not_found: dict[str, int] = {}
     for name in views or list(catalog.views):
         view = catalog.view(name)
-        files = source_fingerprint(catalog.source_of(view), store.repo_path)
+        files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), store.repo_path)
         watermark = store.registry.online_watermark(name, view_signature(catalog, name), files)
         if watermark is None:
             missing.append(name)

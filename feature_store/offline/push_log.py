@@ -1,0 +1,80 @@
+"""The durable log of pushed events, which training sets read together with a push source's batch data.
+
+Each writing process appends to a newline-delimited JSON file of its own per push source, and
+flushes it to disk before a push is acknowledged, so several server workers push without locks and
+an acknowledged event is never lost. Every event carries the time its push arrived
+(``__fs_pushed_at``): that is when it became available, for training sets as for serving.
+
+Values are written as text (timestamps as ISO-8601 in UTC, floats in their shortest exact form)
+and cast back to the batch source's column types when read, so a pushed value reads back exactly.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import socket
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+from feature_store.identifiers import quote, quote_literal
+
+PUSHED_AT = "__fs_pushed_at"  # epoch microseconds at which the push arrived
+CREATED = "__fs_created"  # availability time of every row of a push source (epoch us): created, or pushed at
+
+
+class PushLog:
+    """The push log files under one directory: ``<dir>/<push source>/<host>-<pid>-<start>.jsonl``."""
+
+    def __init__(self, directory: Path, fsync: bool = True) -> None:
+        self.directory = directory
+        self.fsync = fsync
+        self._lock = threading.Lock()
+        self._files: dict[tuple[int, str], IO[bytes]] = {}  # (pid, source): after a fork, a new file
+
+    def append(self, source: str, lines: bytes) -> None:
+        """Append complete lines and make them durable before returning."""
+        with self._lock:
+            handle = self._handle(source)
+            handle.write(lines)
+            handle.flush()
+            if self.fsync:
+                os.fdatasync(handle.fileno())
+
+    def _handle(self, source: str) -> IO[bytes]:
+        key = (os.getpid(), source)
+        handle = self._files.get(key)
+        if handle is None:
+            folder = self.directory / source
+            folder.mkdir(parents=True, exist_ok=True)
+            name = f"{socket.gethostname()}-{os.getpid()}-{time.time_ns() // 1000}.jsonl"
+            handle = open(folder / name, "ab")  # noqa: SIM115 - kept open for the process's lifetime
+            self._files[key] = handle
+        return handle
+
+    def files(self, source: str) -> list[str]:
+        return sorted(glob.glob(str(self.directory / glob.escape(source) / "*.jsonl")))
+
+    def relation_sql(self, source: str, column_types: Mapping[str, str]) -> str | None:
+        """A SELECT of the logged events with the batch source's column types (None: nothing was pushed)."""
+        files = self.files(source)
+        if not files:
+            return None
+        listed = "[" + ", ".join(quote_literal(f) for f in files) + "]"
+        declared = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in column_types)
+        columns = ", ".join(f"CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in column_types.items())
+        # A line torn by a crash was never acknowledged: skipping it loses nothing that was promised.
+        return (
+            f"SELECT {columns}, {quote(PUSHED_AT)} AS {quote(CREATED)} FROM read_json({listed}, "
+            f"format = 'newline_delimited', columns = {{{declared}, {quote_literal(PUSHED_AT)}: 'BIGINT'}}, "
+            "ignore_errors = true)"
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            for handle in self._files.values():
+                handle.close()
+            self._files.clear()
