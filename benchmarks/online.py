@@ -21,6 +21,14 @@ on loopback and the embedded SQLite store), measures:
                        ``get_historical_features`` for one entity row per call (on the materialized
                        repo, so the offline engine reads tiles), on a few hundred calls
 
+With ``--feast-venv PATH``, Feast runs side by side on the same data: a worker exports, per view,
+the values our store serves for every customer to parquet files (Feast cannot compute windowed
+aggregations, so it gets them precomputed, with one event timestamp), and ``benchmarks/feast_side.py``,
+run by ``PATH/bin/python`` (Feast is never imported here), builds a Feast repo on them (Redis online
+store on the same server in a dedicated db, file offline store), times ``feast apply``/``materialize``
+and the same read cases, and answers in JSON; the summary then has one table with both stores'
+figures and the ratio ours/Feast.
+
 Every step runs in its own subprocess (this script re-invoked with the internal ``--_worker``
 flag) so that peak RSS figures never mix. Redis keys are written under a key prefix unique to
 the run (``key_prefix`` in the repo's feature_store.yaml); at the end only keys under that prefix
@@ -94,6 +102,24 @@ FEAST = {
     "1x3_p99_ms": 0.61,
     "100_p50_ms": 6.1,
 }
+
+# --feast-venv: every feature of the example repo's three views with the parquet/Feast type of the value
+# our store serves, exported per view for Feast (which serves precomputed values only).
+FEAST_VIEWS: dict[str, dict[str, str]] = {
+    "customer_spend": {
+        "avg_spend_90d": "float64",
+        "spend_7d": "float64",
+        "txn_count_30d": "int64",
+        "max_spend_30d": "float64",
+        "last_category": "string",
+        "lifetime_spend": "float64",
+    },
+    "customer_habits": {"spend_stddev_30d": "float64", "categories_30d": "int64", "txn_count_1h": "int64"},
+    "customer_profile": {"age": "int64", "segment": "string"},
+}
+FEAST_SIDE = Path(__file__).resolve().parent / "feast_side.py"
+FEAST_REDIS_DB = 12  # Feast's keys go to their own db of the same Redis server
+EXPORT_CHUNK = 10_000  # entities per get_online_features call of the export
 
 
 # --------------------------------------------------------------------------
@@ -601,11 +627,63 @@ def worker_baseline(spec: dict, result: dict) -> None:
     store.close()
 
 
+def worker_export(spec: dict, result: dict) -> None:
+    """Per view, the values our store serves at one instant for every customer it holds data for, as a
+    parquet file with an event timestamp: Feast's input, so both stores serve the same values."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import feature_store
+    from feature_store import FeatureStore
+
+    result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
+    store = FeatureStore(Path(spec["repo"]))
+    out_dir = Path(spec["out_dir"])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    now = datetime.fromisoformat(spec["event_time"])
+    refs = [f"{view}:{name}" for view, cols in FEAST_VIEWS.items() for name in cols]
+    columns: dict[str, dict[str, list[Any]]] = {
+        view: {"customer_id": [], **{name: [] for name in cols}} for view, cols in FEAST_VIEWS.items()
+    }
+    t0 = time.perf_counter()
+    n_cust = spec["customers"]
+    for lo in range(1, n_cust + 1, EXPORT_CHUNK):
+        ids = list(range(lo, min(lo + EXPORT_CHUNK, n_cust + 1)))
+        resp = store.get_online_features(refs, {"customer_id": ids}, now=now)
+        for view, cols in FEAST_VIEWS.items():
+            # Only the entities our store holds for this view (not NOT_FOUND), so that both stores write
+            # the same entity rows per view.
+            found = [j for j in range(len(ids)) if any(resp.statuses[name][j] != "NOT_FOUND" for name in cols)]
+            out = columns[view]
+            out["customer_id"].extend(ids[j] for j in found)
+            for name in cols:
+                values = resp.values[name]
+                out[name].extend(_norm(values[j]) for j in found)
+    result["seconds"] = time.perf_counter() - t0
+    views: dict[str, Any] = {}
+    for view, cols in FEAST_VIEWS.items():
+        data = columns[view]
+        n = len(data["customer_id"])
+        arrays = [pa.array(data["customer_id"], pa.int64())]
+        arrays += [
+            pa.array(data[name], {"float64": pa.float64(), "int64": pa.int64(), "string": pa.string()}[t])
+            for name, t in cols.items()
+        ]
+        arrays.append(pa.array([now] * n, pa.timestamp("us", tz="UTC")))
+        table = pa.Table.from_arrays(arrays, names=["customer_id", *cols, "event_timestamp"])
+        path = out_dir / f"{view}.parquet"
+        pq.write_table(table, path)
+        views[view] = {"path": str(path), "features": cols, "rows": n}
+    result["views"] = views
+    store.close()
+
+
 WORKERS = {
     "generate": worker_generate,
     "materialize": worker_materialize,
     "read": worker_read,
     "baseline": worker_baseline,
+    "export": worker_export,
 }
 
 
@@ -772,6 +850,9 @@ def report_materialize(size: str, store: str, r: dict, mat_rows: list) -> None:
             "target >=100k/s": verdict(None if rate is None else rate >= TARGET_MAT_ROWS_S),
             "Feast 0.67": f"{FEAST['materialize_rows_s']:,}/s",
             "load": f"{r.get('loadavg_start')}",
+            "_rate": rate,
+            "_total_rate": ents / r["total_seconds"] if r["total_seconds"] else None,
+            "_b_customer": sample_per_customer if store == "redis" else None,
         }
     )
 
@@ -814,6 +895,7 @@ def report_read(size: str, store: str, r: dict, lat_rows: list, label: str) -> N
                 "target": target,
                 "Feast 0.67": feast,
                 "_p50": s["p50"],
+                "_stats": s,
             }
         )
     c = r.get("check")
@@ -865,27 +947,233 @@ def git_state() -> str:
     return f"HEAD {head or '?'}, feature_store/ {'MODIFIED in the working tree' if dirty else 'clean'}"
 
 
-def check_feast(venv: str) -> str:
+def check_feast(venv: str) -> tuple[str | None, str]:
+    """(feast version or None, note): checked up front so that a broken venv is known before the long run."""
     py = Path(venv) / "bin" / "python"
     if not py.exists():
-        return f"not available ({py} does not exist)"
+        return None, f"not available ({py} does not exist); no Feast comparison"
     try:
         out = subprocess.run(
             [str(py), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True, timeout=120
         )
     except (OSError, subprocess.TimeoutExpired) as e:
-        return f"not available ({e})"
+        return None, f"not available ({e}); no Feast comparison"
     if out.returncode != 0:
         last = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return f"not available (feast is not importable with {py}: {last})"
-    return (
-        f"feast {out.stdout.strip()} is importable with {py}, but a same-run Feast comparison is not "
-        "implemented; the Feast 0.67 reference figures below are quoted, not measured here"
+        return None, f"not available (feast is not importable with {py}: {last}); no Feast comparison"
+    version = out.stdout.strip()
+    return version, f"feast {version} with {py}: measured in this run on the same data ({FEAST_SIDE.name})"
+
+
+def feast_redis(url: str, db: int) -> dict[str, Any]:
+    """Host, port and password of our Redis URL, for Feast's connection string, with Feast's own db."""
+    from urllib.parse import unquote, urlsplit
+
+    u = urlsplit(url)
+    return {
+        "redis_host": u.hostname or "127.0.0.1",
+        "redis_port": u.port or 6379,
+        "redis_password": unquote(u.password) if u.password else None,
+        "redis_db": db,
+    }
+
+
+def run_export(size: str, repo: Path, store: str, customers: int, size_dir: Path, args) -> dict[str, Any]:
+    spec = {
+        "repo": str(repo),
+        "store": store,
+        "customers": customers,
+        "out_dir": str(size_dir / "feast_input"),
+        # one instant for every value (windows end there) and Feast's event timestamp
+        "event_time": datetime.now(UTC).isoformat(),
+    }
+    print(f"\n  running {size}/{store} export of the served values for Feast ...", flush=True)
+    r = spawn_worker("export", spec, size_dir, args.worker_timeout)
+    print_worker_header(f"{size}/{store}: export for Feast", r)
+    if not r.get("error"):
+        r["event_time"] = spec["event_time"]
+        print(
+            f"    {len(FEAST_VIEWS)} parquet files ("
+            + ", ".join(f"{v}: {x['rows']:,} rows" for v, x in r["views"].items())
+            + f") in {fmt_secs(r['seconds'])}, values of get_online_features(now={spec['event_time']})"
+        )
+    return r
+
+
+def run_feast(size: str, export: dict[str, Any], customers: int, size_dir: Path, run_prefix: str, args) -> dict:
+    """feast_side.py with the Feast venv's python; its JSON answer on stdout, Feast's output in a log file."""
+    project = re.sub(r"\W", "_", f"{run_prefix}_{size}")  # Feast project names: letters, digits, underscores
+    work_dir = size_dir / "feast"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    spec = {
+        "work_dir": str(work_dir),
+        "project": project,
+        **feast_redis(args.redis_url, args.feast_redis_db),
+        "views": export["views"],
+        "event_time": export["event_time"],
+        "customers": customers,
+        "seed": args.seed,
+        "calls": args.calls,
+        "max_seconds": args.max_seconds,
+        "warmup": args.warmup,
+        "entity_format": args.entity_format,
+        "cases": CASES,
+        "check_entities": args.check_entities,
+        "keep_keys": args.keep_keys,
+    }
+    spec_path, log_path = work_dir / "spec.json", work_dir / "feast.log"
+    spec_path.write_text(json.dumps(spec, indent=2))
+    py = Path(args.feast_venv) / "bin" / "python"
+    print(
+        f"\n  running {size}/feast: {py} {FEAST_SIDE.name} (Redis db {args.feast_redis_db}, project {project!r}; "
+        f"Feast's output: {log_path}) ...",
+        flush=True,
     )
+    t0 = time.perf_counter()
+    try:
+        with log_path.open("w") as log:
+            proc = subprocess.run(
+                [str(py), str(FEAST_SIDE), str(spec_path)],
+                stdout=subprocess.PIPE,
+                stderr=log,
+                text=True,
+                timeout=args.worker_timeout,
+            )
+        lines = proc.stdout.strip().splitlines()
+        r: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": f"no JSON answer (exit {proc.returncode})"}
+    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
+        r = {"error": f"{type(e).__name__}: {e}"}
+    r["process_seconds"] = time.perf_counter() - t0
+    r["project"], r["redis_db"] = project, args.feast_redis_db
+    if r.get("error"):
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:] if log_path.exists() else []
+        r["error"] = r["error"].rstrip() + ("\nlast lines of Feast's output:\n" + "\n".join(tail) if tail else "")
+    return r
+
+
+def report_feast(size: str, r: dict[str, Any], customers: int) -> None:
+    print_worker_header(f"{size}/feast {r.get('feast_version', '?')}", r)
+    if r.get("cleanup_error"):
+        print(f"    !!! cleanup of Feast's redis keys failed: {r['cleanup_error']}")
+    if r.get("materialize_seconds") is None:
+        return
+    ents = r["entities_written"]
+    rate = ents / r["materialize_seconds"] if r["materialize_seconds"] else None
+    print(
+        f"    feast apply (CLI): {fmt_secs(r.get('apply_seconds'))}; materialize: {fmt_secs(r['materialize_seconds'])}"
+        f" for {ents:,} entity rows ({r['entities_by_view']}): {fmt_int(rate)} entity rows/s"
+    )
+    delta = r["redis_used_memory_after"] - r["redis_used_memory_before"]
+    s = r.get("redis_memory_usage_sample") or {}
+    mu = s.get("memory_usage_mean")
+    print(
+        f"    redis db {r.get('redis_db', FEAST_REDIS_DB)}: used_memory delta {fmt_bytes(delta)} "
+        f"({fmt_int(delta / customers)} B/customer); {fmt_int(r.get('redis_keys'))} keys (one hash per customer, "
+        f"all views); MEMORY USAGE sample: {s.get('keys_found')}/{s.get('keys_sampled')} keys found, mean "
+        f"{fmt_int(mu)} B/key"
+    )
+    for case, c in (r.get("cases") or {}).items():
+        for kind, label in (("to_dict", "get_online_features(...).to_dict()"), ("call_only", "call only")):
+            st = c[kind]
+            if st.get("calls"):
+                print(
+                    f"    {case}, {label}: {st['calls']:,} calls; ms p50 {fmt_ms(st['p50'])} p95 {fmt_ms(st['p95'])} "
+                    f"p99 {fmt_ms(st['p99'])} mean {fmt_ms(st['mean'])} max {fmt_ms(st['max'])}"
+                )
+    c = r.get("check")
+    if c:
+        if c["mismatches"]:
+            print(f"    !!! MISMATCH Feast vs the exported values: {c['mismatches']} of {c['values']}; examples:")
+            for ex in c["examples"]:
+                print(f"        {ex}")
+        else:
+            print(
+                f"    check Feast serves exactly our exported values: OK ({c['entities']} customers incl. one "
+                f"unknown, {c['values']} values)"
+            )
+    print(f"    deleted {fmt_int(r.get('redis_keys_deleted'))} Feast keys of project {r.get('project', '')!r}".rstrip())
+
+
+def ratio(ours: float | None, feast: float | None) -> str:
+    return "n/a" if not ours or not feast else f"{ours / feast:.2f}"
+
+
+def feast_comparison_rows(size: str, r: dict[str, Any], mat_rows: list, lat_rows: list) -> list[dict[str, str]]:
+    """One row per figure and per store of ours: ours, Feast, ours/Feast. For latencies Feast's figure is
+    get_online_features(...).to_dict() (our response holds decoded values already), the call alone next to it."""
+    rows: list[dict[str, str]] = []
+    if r.get("materialize_seconds") is None:
+        return rows
+    f_rate = r["entities_written"] / r["materialize_seconds"]
+    s = r.get("redis_memory_usage_sample") or {}
+    f_b = (s["memory_usage_mean"] * s["keys_found"] / s["keys_sampled"]) if s.get("memory_usage_mean") else None
+    for m in mat_rows:
+        if m.get("size") != size or m.get("_rate") is None:
+            continue
+        st = m["store"]
+        rows.append(
+            {
+                "size": size,
+                "ours": st,
+                "figure": "materialize, entity rows/s (ours: online part)",
+                "ours value": fmt_int(m["_rate"]),
+                "Feast": fmt_int(f_rate),
+                "ours/Feast": ratio(m["_rate"], f_rate),
+            }
+        )
+        rows.append(
+            {
+                "size": size,
+                "ours": st,
+                "figure": "materialize, entity rows/s (ours: total, incl. tiles)",
+                "ours value": fmt_int(m["_total_rate"]),
+                "Feast": fmt_int(f_rate),
+                "ours/Feast": ratio(m["_total_rate"], f_rate),
+            }
+        )
+        if m.get("_b_customer"):
+            rows.append(
+                {
+                    "size": size,
+                    "ours": st,
+                    "figure": "Redis bytes/customer (MEMORY USAGE sample)",
+                    "ours value": fmt_int(m["_b_customer"]),
+                    "Feast": fmt_int(f_b),
+                    "ours/Feast": ratio(m["_b_customer"], f_b),
+                }
+            )
+    for lat in lat_rows:
+        if lat.get("size") != size or lat.get("case") not in CASES or "_stats" not in lat:
+            continue
+        fc = (r.get("cases") or {}).get(lat["case"])
+        if not fc:
+            continue
+        for q in ("p50", "p95", "p99"):
+            ours, fd, fo = lat["_stats"][q], fc["to_dict"].get(q), fc["call_only"].get(q)
+            rows.append(
+                {
+                    "size": size,
+                    "ours": lat["store"],
+                    "figure": f"{lat['case']}, {q} ms",
+                    "ours value": fmt_ms(ours),
+                    "Feast": fmt_ms(fd),
+                    "ours/Feast": ratio(ours, fd),
+                    "Feast call only": fmt_ms(fo),
+                    "ours/Feast call only": ratio(ours, fo),
+                }
+            )
+    return rows
 
 
 def bench_size(
-    size: str, args, base_dir: Path, run_prefix: str, mat_rows: list, lat_rows: list, prefixes: list[str]
+    size: str,
+    args,
+    base_dir: Path,
+    run_prefix: str,
+    mat_rows: list,
+    lat_rows: list,
+    prefixes: list[str],
+    feast_rows: list | None = None,
 ) -> None:
     customers = SIZES[size]
     size_dir = base_dir / size
@@ -913,6 +1201,7 @@ def bench_size(
     )
 
     baseline_repo = None
+    export: dict[str, Any] | None = None  # our served values, Feast's input (--feast-venv)
     for store in args.stores:
         key_prefix = f"{run_prefix}:{size}"
         repo = size_dir / f"repo_{store}"
@@ -947,6 +1236,8 @@ def bench_size(
         rd = spawn_worker("read", spec, size_dir, args.worker_timeout)
         report_read(size, store, rd, lat_rows, "get_online_features")
         baseline_repo = baseline_repo or repo
+        if args.feast_venv and export is None:  # before this store's keys are deleted below
+            export = run_export(size, repo, store, customers, size_dir, args)
         if store == "redis" and not args.keep_keys:
             rc = redis_client(args.redis_url)
             t = time.perf_counter()
@@ -954,6 +1245,12 @@ def bench_size(
             print(
                 f"    deleted {n:,} redis keys under {key_prefix!r} (SCAN + UNLINK) in {time.perf_counter() - t:.1f} s"
             )
+
+    if export is not None and not export.get("error"):  # after our reads: the two never run at once
+        fr = run_feast(size, export, customers, size_dir, run_prefix, args)
+        report_feast(size, fr, customers)
+        if feast_rows is not None:
+            feast_rows.extend(feast_comparison_rows(size, fr, mat_rows, lat_rows))
 
     if baseline_repo is not None and args.baseline_calls > 0:
         spec = {
@@ -1014,7 +1311,18 @@ def main(argv=None) -> int:
         help="profile 1 entity x 10 features with pyinstrument (first store) and print the hotspots",
     )
     p.add_argument("--profile-calls", type=int, default=3_000)
-    p.add_argument("--feast-venv", default=None, help="a virtualenv with feast installed (only checked)")
+    p.add_argument(
+        "--feast-venv",
+        default=None,
+        help="a virtualenv with feast[redis] installed: run Feast side by side on the same data "
+        "(benchmarks/feast_side.py with PATH/bin/python) and print the ratio ours/Feast",
+    )
+    p.add_argument(
+        "--feast-redis-db",
+        type=int,
+        default=FEAST_REDIS_DB,
+        help=f"db number of the same Redis server for Feast's keys (default {FEAST_REDIS_DB})",
+    )
     p.add_argument("--out-dir", default=None, help="work dir (default: a temp dir, deleted at exit)")
     p.add_argument("--keep-keys", action="store_true", help="do not delete the run's Redis keys (debugging)")
     p.add_argument("--worker-timeout", type=float, default=7200.0)
@@ -1064,9 +1372,15 @@ def main(argv=None) -> int:
         except Exception as e:
             print(f"!!! redis at {args.redis_url} is unreachable ({type(e).__name__}: {e}); skipping the redis store")
             args.stores = [s for s in args.stores if s != "redis"]
-    feast_note = check_feast(args.feast_venv) if args.feast_venv else None
-    if feast_note:
+    feast_note = None
+    if args.feast_venv:
+        feast_version, feast_note = check_feast(args.feast_venv)
         print(f"feast: {feast_note}")
+        if feast_version is None:
+            args.feast_venv = None
+        elif "redis" not in args.stores:
+            print("!!! Feast's online store is Redis, which is unreachable or not selected: no Feast comparison")
+            args.feast_venv = None
 
     tmp = None
     if args.out_dir:
@@ -1080,9 +1394,10 @@ def main(argv=None) -> int:
     mat_rows: list = []
     lat_rows: list = []
     prefixes: list[str] = []
+    feast_rows: list[dict[str, str]] = []
     try:
         for size in args.sizes:
-            bench_size(size, args, base_dir, run_prefix, mat_rows, lat_rows, prefixes)
+            bench_size(size, args, base_dir, run_prefix, mat_rows, lat_rows, prefixes, feast_rows)
     finally:
         if prefixes and not args.keep_keys:  # whatever happened: only this run's keys
             try:
@@ -1154,6 +1469,33 @@ def main(argv=None) -> int:
     )
     if feast_note:
         print(f"Feast: {feast_note}")
+    if args.feast_venv:
+        print(
+            "\nours vs Feast, measured in this run on the same customers and values (Feast: Redis db "
+            f"{args.feast_redis_db} of the same server; ratio ours/Feast: for rows/s higher is better for ours, "
+            "for bytes and latencies lower is)"
+        )
+        if feast_rows:
+            print_table(
+                feast_rows,
+                [
+                    "size",
+                    "ours",
+                    "figure",
+                    "ours value",
+                    "Feast",
+                    "ours/Feast",
+                    "Feast call only",
+                    "ours/Feast call only",
+                ],
+            )
+        else:
+            print("    no Feast figures (see the errors above)")
+        print(
+            "Feast latency: get_online_features(...).to_dict(), since our response already holds decoded Python "
+            "values; 'call only' leaves Feast's values in protobuf. Feast materializes precomputed values (one row "
+            "per customer and view); ours computes windowed tiles: its online part is the comparable write path."
+        )
     if len(FINGERPRINTS) > 1:
         print("!!! the feature_store sources changed during the run (someone edited them); figures per source hash:")
         for fp, labels in FINGERPRINTS.items():
