@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from feature_store.errors import ConfigError, validation_problems
 from feature_store.identifiers import validate_identifier
 
 CONFIG_FILE = "feature_store.yaml"
 REGISTRY_ENV = "FEATURE_STORE_REGISTRY"
+API_KEYS_ENV = "FEATURE_STORE_API_KEYS"
+MIN_API_KEY_LENGTH = 16
 
 
 class _Config(BaseModel):
@@ -42,11 +45,52 @@ class RedisOnlineConfig(_Config):
 OnlineConfig = Annotated[SqliteOnlineConfig | RedisOnlineConfig, Field(discriminator="type")]
 
 
+Scope = Literal["read", "write"]
+
+
+class ApiKeyConfig(_Config):
+    """One key of the feature server: ``Authorization: Bearer <key>`` grants its scopes."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", hide_input_in_errors=True)
+
+    key: str = Field(repr=False)  # never in reprs, logs or error messages
+    scopes: tuple[Scope, ...] = ("read",)
+    name: str = ""  # a label for logs; the key itself is never logged
+
+    @field_validator("key")
+    @classmethod
+    def _check_key(cls, key: str) -> str:
+        # An unset ${VAR} is left as is by the expansion: a key anyone can read in the file is no key.
+        if re.search(r"\$\{?[A-Za-z_]", key):
+            raise ValueError("the key refers to an environment variable that is not set")
+        if len(key) < MIN_API_KEY_LENGTH:
+            raise ValueError(
+                f"API keys need at least {MIN_API_KEY_LENGTH} characters; make one with "
+                "python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+            )
+        return key
+
+
+class ServerConfig(_Config):
+    """The ``server:`` section: settings of ``feature-store serve``."""
+
+    api_keys: tuple[ApiKeyConfig, ...] = ()  # empty: no authentication
+    max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
+    max_entities: int = Field(10_000, gt=0)  # entity rows per get-online-features request
+    registry_refresh_seconds: float = Field(10.0, gt=0)
+    cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
+    allowed_hosts: tuple[str, ...] = ()  # Host headers accepted; empty: loopback names when bound to loopback
+    # Online reads run on the event loop (a thread hop costs as much as the read); True moves them to threads,
+    # so that a Redis that hangs (rather than refuses) stalls one request instead of the whole worker.
+    threadpool: bool = False
+
+
 class RepoConfig(_Config):
     project: str
     registry: str = "data/registry.db"
     offline_store: DuckDBOfflineConfig = DuckDBOfflineConfig()
     online_store: OnlineConfig = SqliteOnlineConfig()
+    server: ServerConfig = ServerConfig()
 
     def registry_url(self, repo: Path) -> str:
         """A SQLAlchemy URL; a plain path is a SQLite file relative to the repo."""
@@ -76,6 +120,9 @@ def load_config(repo: Path) -> RepoConfig:
     raw = dict(_expand_env(raw))  # type: ignore[call-overload]
     if os.environ.get(REGISTRY_ENV):  # deployments point the same repo at their registry without editing it
         raw["registry"] = os.environ[REGISTRY_ENV]
+    if os.environ.get(API_KEYS_ENV):  # and give the server its keys without writing them into the repo
+        server = raw.get("server") if isinstance(raw.get("server"), dict) else {}
+        raw["server"] = {**server, "api_keys": api_keys_from_env(os.environ[API_KEYS_ENV])}
     try:
         config = RepoConfig.model_validate(raw)
     except ValidationError as exc:
@@ -83,6 +130,20 @@ def load_config(repo: Path) -> RepoConfig:
         raise ConfigError(f"{path}: {problems}", path=str(path)) from exc
     validate_identifier(config.project, f"project in {path}")
     return config
+
+
+def api_keys_from_env(value: str) -> list[dict[str, object]]:
+    """``KEY1:read;KEY2:read,write`` (scopes default to read) as api_keys entries."""
+    keys: list[dict[str, object]] = []
+    for number, entry in enumerate(e.strip() for e in value.split(";")):
+        if not entry:
+            continue
+        key, colon, scopes = entry.rpartition(":")
+        if not colon:
+            key, scopes = entry, "read"
+        names = [s.strip() for s in scopes.split(",") if s.strip()]
+        keys.append({"key": key.strip(), "scopes": names, "name": f"{API_KEYS_ENV}[{number}]"})
+    return keys
 
 
 def _expand_env(value: object) -> object:

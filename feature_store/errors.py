@@ -222,3 +222,9 @@ class ServerNotReadyError(FeatureStoreError):
     """The feature server cannot serve yet: no registry loaded, or the online store is unreachable."""
 
     http_status = 503
+
+
+class UntrustedHostError(FeatureStoreError):
+    """The request's Host header is not one the server accepts (protection against DNS rebinding)."""
+
+    http_status = 400

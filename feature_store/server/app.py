@@ -1,0 +1,248 @@
+"""The feature server: a FastAPI app over a FeatureStore (online store and registry).
+
+Handlers are thin: they validate the body, call the SDK, and encode its answer. Feature logic stays
+in the SDK, so the server and ``store.get_online_features`` answer the same.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware.cors import CORSMiddleware
+from starlette.responses import Response
+
+from feature_store.config import ApiKeyConfig, ServerConfig
+from feature_store.errors import (
+    FeatureStoreError,
+    MethodNotAllowedError,
+    OnlineStoreUnavailable,
+    RouteNotFoundError,
+    ServerNotReadyError,
+    UnsupportedMediaTypeError,
+)
+from feature_store.server import models
+from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
+from feature_store.server.encode import JSON, datetime_z, error_response, json_response
+from feature_store.server.handlers import OnlineFeatures, invalid, parse
+from feature_store.server.metrics import Metrics
+from feature_store.server.middleware import INTERNAL_ERROR, ServerMiddleware, route_of
+from feature_store.server.runtime import RegistryDescriber, RegistryRefresher
+from feature_store.store import FeatureStore
+
+log = logging.getLogger("feature_store.server")
+M = TypeVar("M", bound=BaseModel)
+T = TypeVar("T")
+
+DESCRIPTION = """Online features over HTTP, wire-compatible with Feast's feature server (`/get-online-features`,
+`/push`). Errors are `{"error": {"type", "message", "details"}}`. With API keys configured, send
+`Authorization: Bearer <key>`: `read` for features, `write` for push; health, readiness, metrics and
+these docs need no key."""
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    api_keys: tuple[ApiKeyConfig, ...] = ()
+    max_body_bytes: int = 10 * 1024 * 1024
+    max_entities: int = 10_000
+    registry_refresh_seconds: float = 10.0
+    cors_origins: tuple[str, ...] = ()
+    allowed_hosts: tuple[str, ...] = ()  # empty: any Host header
+    threadpool: bool = False  # reads in worker threads instead of on the event loop (see ServerConfig)
+
+    @classmethod
+    def from_config(cls, config: ServerConfig, **overrides: Any) -> ServerSettings:
+        values = {name: getattr(config, name) for name in (
+            "api_keys", "max_body_bytes", "max_entities", "registry_refresh_seconds", "cors_origins",
+            "allowed_hosts", "threadpool")}
+        return cls(**{**values, **overrides})
+
+
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": models.ErrorResponse} for status in statuses}
+
+
+def create_app(store: FeatureStore, settings: ServerSettings | None = None, close_store: bool = False) -> FastAPI:
+    """The app; ``close_store`` closes the store when the app shuts down (the server owns it)."""
+    settings = settings or ServerSettings.from_config(store.config.server)
+    metrics = Metrics()
+    keys = KeyRing(settings.api_keys)
+    refresher = RegistryRefresher(store, settings.registry_refresh_seconds, metrics)
+    describer = RegistryDescriber(store)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        await run_in_threadpool(refresher.start)
+        try:
+            yield
+        finally:
+            refresher.stop()
+            if close_store:
+                store.close()
+
+    app = FastAPI(title="feature-store feature server", description=DESCRIPTION, lifespan=lifespan,
+                  redoc_url=None, openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
+
+    online = OnlineFeatures(store, settings.max_entities, metrics, settings.threadpool)
+
+    @app.post("/get-online-features", tags=["features"], response_model=None,
+              responses={200: {"model": models.GetOnlineFeaturesResponse},
+                         **_errors(400, 401, 403, 404, 413, 422, 503)},
+              openapi_extra=_body(models.GetOnlineFeaturesRequest, keys.enabled))
+    async def get_online_features(request: Request) -> Response:
+        """Feature values of entities, as Feast's feature server answers them (column-major).
+
+        The body is read as JSON whatever its Content-Type: Feast's HTTP client sends none, and Feast's
+        docs use ``curl -d`` (form-urlencoded).
+        """
+        # Answered by ServerMiddleware's fast path; this route documents it, and serves without the middleware.
+        return Response(await online(await request.body()), media_type=JSON)
+
+    @app.post("/push", tags=["push"], response_model=None,
+              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 415, 422, 503)},
+              openapi_extra=_body(models.PushRequest, keys.enabled))
+    async def push(request: Request) -> Response:
+        """Write rows of a push source to the online store, the offline store, or both (Feast's request)."""
+        arrived = time.time()
+        body = parse(models.PushRequest, await _json_body(request))
+        result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
+        metrics.push_lag.observe(max(0.0, result.pushed_at.timestamp() - arrived))
+        metrics.pushed_rows.inc(result.rows)
+        return json_response({"rows": result.rows, "entities": result.entities,
+                              "pushed_at": datetime_z(result.pushed_at)})
+
+    @app.get("/features", tags=["features"], response_model=models.RegistryResponse,
+             responses=_errors(401, 403, 503), openapi_extra=_security(keys.enabled))
+    async def features() -> Response:
+        """The registry: entities, feature views with their features and types, feature services."""
+        return json_response(await run_in_threadpool(describer.describe))
+
+    @app.get("/features/{view}", tags=["features"], response_model=models.FeatureViewInfo,
+             responses=_errors(401, 403, 404, 503), openapi_extra=_security(keys.enabled))
+    async def feature_view(view: str) -> Response:
+        """One feature view; 404 when there is none of that name."""
+        return json_response(await run_in_threadpool(describer.view, view))
+
+    @app.get("/health", tags=["operations"], response_model=models.HealthResponse)
+    async def health() -> Response:
+        """Liveness: 200 while the process runs."""
+        return json_response({"status": "ok"})
+
+    @app.get("/ready", tags=["operations"], response_model=models.ReadyResponse, responses=_errors(503))
+    async def ready() -> Response:
+        """Readiness: a registry is loaded and the online store answers; else 503 saying which."""
+        return json_response(await run_in_threadpool(_readiness, store, refresher))
+
+    @app.get("/metrics", tags=["operations"], response_class=Response,
+             responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
+    async def metrics_endpoint() -> Response:
+        """Prometheus metrics: requests, latencies, entities per request, online store errors, push lag."""
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    _install_error_handlers(app, metrics)
+    app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
+    app.add_middleware(ServerMiddleware, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                       allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online})
+    if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
+        app.add_middleware(CORSMiddleware, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])
+    app.state.store, app.state.refresher, app.state.metrics = store, refresher, metrics
+    return app
+
+
+def _readiness(store: FeatureStore, refresher: RegistryRefresher) -> dict[str, Any]:
+    if refresher.version is None:
+        cause = refresher.last_error
+        raise ServerNotReadyError(
+            "no registry loaded yet" + (f": {getattr(cause, 'message', cause)}" if cause else "."),
+            cause=type(cause).__name__ if cause else None,
+        )
+    online = store.online.store
+    try:
+        online.ping()
+    except FeatureStoreError as exc:
+        raise ServerNotReadyError(f"the online store does not answer: {exc.message}",
+                                  cause=type(exc).__name__) from exc
+    return {"status": "ready", "project": store.project, "registry_version": refresher.version,
+            "online_store": online.name}
+
+
+async def _json_body(request: Request) -> bytes:
+    """The body of a request with side effects: only as application/json, so that no web page can send it
+    with a cross-site 'simple' (text/plain or form) request."""
+    content_type = request.headers.get("content-type", "")
+    media = content_type.partition(";")[0].strip().lower()
+    if media != JSON and not media.endswith("+json"):
+        raise UnsupportedMediaTypeError(f"send the body as {JSON} (got Content-Type {content_type!r}).",
+                                        content_type=content_type)
+    return await request.body()
+
+
+def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    @app.exception_handler(FeatureStoreError)
+    async def feature_store_error(request: Request, exc: FeatureStoreError) -> Response:
+        if isinstance(exc, OnlineStoreUnavailable):
+            metrics.online_errors.labels(route_of(request.url.path)[0]).inc()
+        return error_response(exc, WWW_AUTHENTICATE if exc.http_status == 401 else None)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> Response:
+        return error_response(invalid(exc.errors()))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if exc.status_code == 404:
+            return error_response(RouteNotFoundError(f"no endpoint {request.url.path!r}; see /docs.",
+                                                     path=request.url.path))
+        if exc.status_code == 405:
+            return error_response(MethodNotAllowedError(
+                f"{request.method} is not allowed on {request.url.path!r}; see /docs.", method=request.method,
+            ), headers=dict(exc.headers or {}))
+        content = {"error": {"type": "HTTPError", "message": str(exc.detail), "details": {}}}
+        return json_response(content, exc.status_code, dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
+        return json_response(INTERNAL_ERROR, 500)
+
+
+def _security(enabled: bool) -> dict[str, Any]:
+    return {"security": [{"bearer": []}]} if enabled else {}
+
+
+def _body(model: type[BaseModel], secured: bool) -> dict[str, Any]:
+    """The request body in the OpenAPI document: handlers parse it themselves (one pass, in Rust)."""
+    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    return {"requestBody": {"required": True, "content": {JSON: {"schema": ref}}}, **_security(secured)}
+
+
+def _openapi(app: FastAPI, secured: bool) -> Callable[[], dict[str, Any]]:
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            schema = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes,
+                                 tags=app.openapi_tags)
+            _, defs = models_json_schema(
+                [(models.GetOnlineFeaturesRequest, "validation"), (models.PushRequest, "validation")],
+                ref_template="#/components/schemas/{model}",
+            )
+            components = schema.setdefault("components", {})
+            components.setdefault("schemas", {}).update(defs.get("$defs", {}))
+            if secured:
+                components["securitySchemes"] = {"bearer": {"type": "http", "scheme": "bearer"}}
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    return openapi

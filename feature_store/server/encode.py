@@ -1,0 +1,98 @@
+"""JSON bodies of the feature server: orjson, and Feast's column-major online response.
+
+Kept free of FastAPI so that the hot path is plain functions over the SDK's ``OnlineResponse``.
+"""
+
+from __future__ import annotations
+
+import decimal
+import time
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+from starlette.responses import Response
+
+from feature_store.errors import FeatureStoreError
+from feature_store.online.reader import OnlineResponse
+
+EPOCH_Z = "1970-01-01T00:00:00Z"  # what Feast answers where a value has no event time
+JSON = "application/json"
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+
+
+def _default(value: Any) -> Any:
+    """What orjson does not encode natively: decimals, sets, and anything else as its text (NaN and
+    infinities it already writes as null)."""
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, set | frozenset | tuple):
+        return list(value)
+    return str(value)
+
+
+def dumps(content: Any) -> bytes:
+    return orjson.dumps(content, default=_default, option=_OPTIONS)
+
+
+def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(content), status_code=status_code, media_type=JSON, headers=headers)
+
+
+def error_content(exc: FeatureStoreError) -> dict[str, Any]:
+    return {"error": exc.to_dict()}
+
+
+def error_response(exc: FeatureStoreError, headers: dict[str, str] | None = None) -> Response:
+    return json_response(error_content(exc), exc.http_status, headers)
+
+
+def iso_z(micros: int) -> str:
+    """Epoch microseconds as ISO-8601 UTC with a Z, fractions as protobuf's JSON writes them (0, 3 or 6
+    digits), so Feast clients parse it with ``datetime.fromisoformat(s.replace("Z", "+00:00"))``."""
+    seconds, fraction = divmod(micros, 1_000_000)
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    if fraction == 0:
+        return text + "Z"
+    if fraction % 1000 == 0:
+        return f"{text}.{fraction // 1000:03d}Z"
+    return f"{text}.{fraction:06d}Z"
+
+
+def datetime_z(value: datetime) -> str:
+    value = value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+    return iso_z(int(value.timestamp()) * 1_000_000 + value.microsecond)
+
+
+def _stamps(stamps: Sequence[int | None], cache: dict[int | None, str]) -> list[str]:
+    out = []
+    for us in stamps:
+        text = cache.get(us)
+        if text is None:
+            text = EPOCH_Z if us is None else iso_z(us)
+            cache[us] = text
+        out.append(text)
+    return out
+
+
+def online_body(response: OnlineResponse) -> bytes:
+    """Feast's response: ``metadata.feature_names`` (join keys first) and one result per name, each with
+    values, statuses and event timestamps indexed by entity row. Join-key columns are PRESENT with the
+    epoch as timestamp, as Feast's server answers them."""
+    columns = response.entity_columns
+    n = len(next(iter(columns.values()))) if columns else 0
+    key_statuses, key_stamps = ["PRESENT"] * n, [EPOCH_Z] * n
+    results: list[dict[str, Any]] = [
+        {"values": values, "statuses": key_statuses, "event_timestamps": key_stamps} for values in columns.values()
+    ]
+    # Features of one view (or one window) share their stamps list: format each list, and each time, once.
+    formatted: dict[int, list[str]] = {}
+    cache: dict[int | None, str] = {None: EPOCH_Z}
+    for name, values in response.values.items():
+        stamps = response.stamps_us[name]
+        text = formatted.get(id(stamps))
+        if text is None:
+            text = formatted[id(stamps)] = _stamps(stamps, cache)
+        results.append({"values": values, "statuses": response.statuses[name], "event_timestamps": text})
+    return dumps({"metadata": {"feature_names": [*columns, *response.values]}, "results": results})

@@ -1,0 +1,192 @@
+"""One plain ASGI middleware for what every request needs: Host check, API key, body size, metrics;
+and the fast path of the hot endpoint.
+
+A single layer, decided on the path before routing, costs a few microseconds; a stack of Starlette
+middlewares and FastAPI dependencies would cost more on every request of the hot endpoints. POST
+endpoints given in ``fast`` are answered here, without FastAPI's routing (their FastAPI routes stay,
+for the OpenAPI document, and call the same handler).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+from feature_store.errors import FeatureStoreError, OnlineStoreUnavailable, RequestTooLargeError, UntrustedHostError
+from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
+from feature_store.server.encode import JSON, dumps, error_content
+from feature_store.server.metrics import Metrics
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+FastHandler = Callable[[bytes], Awaitable[bytes]]
+log = logging.getLogger("feature_store.server")
+INTERNAL_ERROR = {"error": {"type": "InternalServerError",
+                            "message": "an unexpected error; the server log has the details.", "details": {}}}
+
+# path -> (metrics label, scope the API key needs or None). Health, readiness, metrics and docs are open:
+# orchestrators and scrapers call them without credentials, and they reveal no feature data.
+ROUTES: dict[str, tuple[str, str | None]] = {
+    "/get-online-features": ("/get-online-features", "read"),
+    "/push": ("/push", "write"),
+    "/features": ("/features", "read"),
+    "/health": ("/health", None),
+    "/ready": ("/ready", None),
+    "/metrics": ("/metrics", None),
+    "/docs": ("/docs", None),
+    "/openapi.json": ("/openapi.json", None),
+}
+VIEW_ROUTE = ("/features/{view}", "read")
+OTHER_ROUTE = ("other", None)  # one label for every unknown path, so scanners cannot blow up label counts
+LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+_JSON_BYTES = JSON.encode()
+
+
+def route_of(path: str) -> tuple[str, str | None]:
+    found = ROUTES.get(path)
+    if found is not None:
+        return found
+    if path.startswith("/features/"):
+        return VIEW_ROUTE
+    return OTHER_ROUTE
+
+
+class _Disconnected(Exception):
+    """The client went away before sending its whole body."""
+
+
+class ServerMiddleware:
+    def __init__(self, app: ASGIApp, keys: KeyRing, metrics: Metrics, max_body_bytes: int,
+                 allowed_hosts: tuple[str, ...] = (), fast: Mapping[str, FastHandler] | None = None) -> None:
+        self.app, self.keys, self.metrics = app, keys, metrics
+        self.max_body_bytes = max_body_bytes
+        self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.fast = dict(fast or {})
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        label, needed = route_of(scope["path"])
+        status = 500  # unless a response starts
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            rejection = self._reject(scope, needed)
+            handler = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
+            if rejection is not None:
+                await _send_error(send_wrapper, rejection)
+            elif handler is not None:
+                await self._answer(handler, label, receive, send_wrapper)
+            else:
+                await self.app(scope, self._limited(receive), send_wrapper)
+        except _Disconnected:
+            status = 499  # nginx's "client closed request", for the metrics only: nobody reads an answer
+        finally:
+            self.metrics.observe_request(label, scope["method"], status, time.perf_counter() - started)
+
+    async def _answer(self, handler: FastHandler, label: str, receive: Receive, send: Send) -> None:
+        """What FastAPI's exception handlers do for the other routes, for a fast-path handler."""
+        try:
+            body = await handler(await self._body(receive))
+        except FeatureStoreError as exc:
+            if isinstance(exc, OnlineStoreUnavailable):
+                self.metrics.online_errors.labels(label).inc()
+            await _send_error(send, exc)
+            return
+        except _Disconnected:
+            raise
+        except Exception:
+            log.exception("unexpected error on POST %s", label)
+            await _send(send, 500, dumps(INTERNAL_ERROR))
+            return
+        await _send(send, 200, body)
+
+    async def _body(self, receive: Receive) -> bytes:
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _Disconnected
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                raise self._too_large()
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _reject(self, scope: Scope, needed: str | None) -> FeatureStoreError | None:
+        host, authorization, length = None, None, None
+        for name, value in scope["headers"]:
+            if name == b"host":
+                host = value
+            elif name == b"authorization":
+                authorization = value
+            elif name == b"content-length":
+                length = value
+        if self.allowed_hosts and _host_name(host) not in self.allowed_hosts:
+            return UntrustedHostError(
+                "this Host header is not accepted; the server answers only to "
+                f"{sorted(self.allowed_hosts)} (server.allowed_hosts in feature_store.yaml).",
+            )
+        if needed is not None:
+            denied = self.keys.check(authorization, needed)
+            if denied is not None:
+                return denied
+        if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
+            return self._too_large()
+        return None
+
+    def _too_large(self) -> RequestTooLargeError:
+        return RequestTooLargeError(
+            f"the request body exceeds {self.max_body_bytes:,} bytes (server.max_body_bytes); send fewer rows "
+            "per request.", max_body_bytes=self.max_body_bytes,
+        )
+
+    def _limited(self, receive: Receive) -> Receive:
+        """Count the bytes of a streamed (chunked) body too: Content-Length may be absent or lie."""
+        received = 0
+
+        async def wrapped() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise self._too_large()  # answered by the app's FeatureStoreError handler
+            return message
+
+        return wrapped
+
+
+async def _send_error(send: Send, exc: FeatureStoreError) -> None:
+    extra = [(k.lower().encode(), v.encode()) for k, v in WWW_AUTHENTICATE.items()] if exc.http_status == 401 else []
+    await _send(send, exc.http_status, dumps(error_content(exc)), extra)
+
+
+async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    headers = [(b"content-type", _JSON_BYTES), (b"content-length", str(len(body)).encode()), *(extra or ())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _host_name(host: bytes | None) -> str:
+    """'example.com:6566' -> 'example.com'; '[::1]:6566' -> '::1'."""
+    if not host:
+        return ""
+    text = host.decode("latin-1").strip().lower()
+    if text.startswith("["):
+        return text[1:].partition("]")[0]
+    return text.rpartition(":")[0] if text.count(":") == 1 else text
