@@ -110,7 +110,7 @@ class Server:
     log: Path
 
     def client(self, **kwargs: Any) -> httpx.Client:
-        return httpx.Client(base_url=self.url, timeout=10, **kwargs)
+        return httpx.Client(base_url=self.url, **{"timeout": 10, **kwargs})
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
