@@ -15,7 +15,7 @@ from feature_store.errors import NotAppliedError
 from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.online.reader import OnlineResponse
-from feature_store.online.service import OnlineService
+from feature_store.online.service import OnlineService, PushResult, PushTo
 from feature_store.online.verify import VerifyReport, verify
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
@@ -158,6 +158,18 @@ class FeatureStore:
     def serving_catalog(self) -> tuple[int, Catalog]:
         """The (version, catalog) that online reads use, reloaded as ``registry_refresh_seconds`` says."""
         return self._serving_catalog()
+
+    def push(self, push_source_name: str, df: Any, to: PushTo = "online_and_offline") -> PushResult:
+        """Feed events to a PushSource: ``df`` is a DataFrame, ``{column: [values]}`` or a list of row dicts.
+
+        With ``to="online_and_offline"`` (the default) the rows are first appended durably to the offline
+        log (training sets see them at any later time), then merged into the online values of every view
+        over the source, atomically per entity: readable as soon as this returns. ``"offline"`` only
+        logs them (online at the next materialize); ``"online"`` skips the log, so training sets never
+        see them and the next materialize of their entities drops them, as Feast's online-only pushes.
+        """
+        version, catalog = self._serving_catalog()
+        return self.online.push(catalog, version, push_source_name, df, to)
 
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:

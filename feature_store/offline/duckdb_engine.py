@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -25,7 +25,7 @@ from feature_store.offline import entity_input
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.evaluate import evaluate_group, evaluate_snapshot
-from feature_store.offline.materialize import Materializer, to_us
+from feature_store.offline.materialize import Materializer, from_us, to_us
 from feature_store.offline.push_log import CREATED, PushLog
 from feature_store.offline.sources import relation_sql, source_fingerprint
 from feature_store.offline.sql import (
@@ -363,7 +363,10 @@ class DuckDBOfflineEngine:
             all_features = [ResolvedFeature(view, f, f) for f in view.feature_names]
             query = self.view_query(catalog, view, all_features)
             files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), self.repo)
-            results.extend(materializer.run(query, view_signature(catalog, name), files, end, full, progress))
+            view_end = end
+            if isinstance(catalog.source_of(view), PushSource):  # never pass an event about to land in the log
+                view_end = from_us(self.push_log.materialize_end(to_us(end), to_us(datetime.now(UTC))))
+            results.extend(materializer.run(query, view_signature(catalog, name), files, view_end, full, progress))
         return results
 
 

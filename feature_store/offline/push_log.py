@@ -16,12 +16,16 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import IO
 
 from feature_store.identifiers import quote, quote_literal
 
+# A push takes its availability time immediately before its lines are written; materialization stays
+# this far behind the clock, so it never passes an event that is about to land in the log.
+SETTLE_SECONDS = 5.0
+BUCKET_SECONDS = 60.0
 PUSHED_AT = "__fs_pushed_at"  # epoch microseconds at which the push arrived
 CREATED = "__fs_created"  # availability time of every row of a push source (epoch us): created, or pushed at
 
@@ -32,17 +36,33 @@ class PushLog:
     def __init__(self, directory: Path, fsync: bool = True) -> None:
         self.directory = directory
         self.fsync = fsync
+        self.settle_seconds = SETTLE_SECONDS  # tests that push and materialize in one thread may set 0
+        # Online values keep what was pushed per bucket of this many seconds of arrival time, so that
+        # materialization (which ends on a bucket boundary) knows which pushes it has not seen.
+        self.bucket_seconds = BUCKET_SECONDS
         self._lock = threading.Lock()
         self._files: dict[tuple[int, str], IO[bytes]] = {}  # (pid, source): after a fork, a new file
+        self._last = 0
 
-    def append(self, source: str, lines: bytes) -> None:
-        """Append complete lines and make them durable before returning."""
+    @property
+    def bucket_us(self) -> int:
+        return max(1, int(self.bucket_seconds * 1_000_000))
+
+    def materialize_end(self, end_us: int, now_us: int) -> int:
+        """The end a materialization of a push source's view uses: settled, on a bucket boundary."""
+        end_us = min(end_us, now_us - int(self.settle_seconds * 1_000_000))
+        return end_us - end_us % self.bucket_us
+
+    def append(self, source: str, lines: Callable[[int], bytes]) -> int:
+        """Write ``lines(pushed_at)`` and make them durable; returns pushed_at (epoch us, increasing)."""
         with self._lock:
             handle = self._handle(source)
-            handle.write(lines)
+            pushed_at = self._last = max(self._last + 1, time.time_ns() // 1000)
+            handle.write(lines(pushed_at))
             handle.flush()
             if self.fsync:
                 os.fdatasync(handle.fileno())
+            return pushed_at
 
     def _handle(self, source: str) -> IO[bytes]:
         key = (os.getpid(), source)

@@ -1,23 +1,39 @@
-"""The online side of a FeatureStore: materializing into the online store and reading from it."""
+"""The online side of a FeatureStore: materializing into the online store, reading from it, and pushing."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from datetime import datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
 
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig
+from feature_store.definitions import PushSource
+from feature_store.errors import OnlineStoreUnavailable, PushDataError
 from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
 from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import from_us, to_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.online.materialize import materialize_view
+from feature_store.online.push import MergingWriter, PushTarget, write_pushes
 from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read
 from feature_store.online.stores import OnlineStore, key_prefix, open_online_store
 from feature_store.plan import view_signature
+from feature_store.push_rows import PushRows, check_rows
 from feature_store.references import FeatureRefs, ResolvedFeature, resolve_features
 from feature_store.registry import Registry
+
+PushTo = Literal["online", "offline", "online_and_offline"]
+
+
+@dataclass(frozen=True)
+class PushResult:
+    rows: int
+    entities: int  # online values updated (entity x view)
+    pushed_at: datetime  # when the events became available, for training sets as for serving
+    to: PushTo
 
 
 class OnlineService:
@@ -25,6 +41,7 @@ class OnlineService:
         self.config, self.repo, self.registry, self.offline = config, repo, registry, offline
         self._store: OnlineStore | None = None
         self._plans: dict[tuple[Any, ...], list[ViewPlan]] = {}
+        self._targets: dict[tuple[int, str], list[PushTarget]] = {}
 
     @property
     def store(self) -> OnlineStore:
@@ -51,16 +68,63 @@ class OnlineService:
                                                  from_us(previous), 0, False))
                 continue
             query = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
+            view_end, target = end_us, self.store
+            if isinstance(catalog.source_of(view), PushSource):  # keep what is pushed meanwhile
+                now_us = to_us(datetime.now(UTC))
+                view_end = self.offline.push_log.materialize_end(end_us, now_us)
+                push_target = PushTarget.of(query, self.prefix(name, signature), self.offline.push_log.bucket_us)
+                target = MergingWriter(self.store, push_target, view_end, now_us)
             with self.offline.cursor() as con:
                 if previous is None:  # values of any earlier definition of the view go
                     self.store.delete_prefix(self.prefix(name))
-                entities, _tiles = materialize_view(con, self.store, self.prefix(name, signature), query, end_us,
+                entities, _tiles = materialize_view(con, target, self.prefix(name, signature), query, view_end,
                                                     previous, progress)
-            self.registry.set_online_watermark(name, signature, end_us, files)  # only after every write landed
+            self.registry.set_online_watermark(name, signature, view_end, files)  # only after every write landed
             results.append(MaterializeResult(name, "online", self.store.name,
-                                             None if previous is None else from_us(previous), from_us(end_us),
+                                             None if previous is None else from_us(previous), from_us(view_end),
                                              entities, previous is None))
         return results
+
+    # --- push ---------------------------------------------------------------------------------
+
+    def push(self, catalog: Catalog, version: int, name: str, data: Any, to: PushTo) -> PushResult:
+        """Check the rows, append them durably to the offline log, then merge them into online values."""
+        if to not in ("online", "offline", "online_and_offline"):
+            raise PushDataError(f"push 'to' must be 'online', 'offline' or 'online_and_offline', not {to!r}.")
+        source = catalog.push_source(name)
+        batch = catalog.batch_source(source)
+        targets = self.push_targets(catalog, version, name)
+        required = {batch.timestamp_field, *(k for t in targets for k in t.keys)}
+        schema = self.offline.source_schema(catalog, batch.name)
+        rows = check_rows(name, data, schema, batch.timestamp_field, required, time.time_ns() // 1000)
+        logged = to != "online"
+        pushed_at = self.offline.push_log.append(name, rows.log_lines) if logged else time.time_ns() // 1000
+        entities = self._push_online(targets, rows, pushed_at, logged) if to != "offline" else 0
+        return PushResult(rows.count, entities, from_us(pushed_at), to)
+
+    def _push_online(self, targets: list[PushTarget], rows: PushRows, pushed_at: int, logged: bool) -> int:
+        try:
+            return write_pushes(self.store, targets, rows, pushed_at, time.time_ns() // 1000)
+        except OnlineStoreUnavailable as exc:
+            if not logged:
+                raise
+            raise type(exc)(
+                f"{exc} The {rows.count} pushed row(s) are in the offline log and reach the online store at the "
+                "next materialize; pushing them again would count them twice.", **exc.details, logged_offline=True,
+            ) from exc
+
+    def push_targets(self, catalog: Catalog, version: int, source_name: str) -> list[PushTarget]:
+        """The online values a push to ``source_name`` updates: one per view over it."""
+        key = (version, source_name)
+        if key not in self._targets:
+            targets = []
+            for view in catalog.views_over(source_name):
+                items = [ResolvedFeature(view, f, f) for f in view.feature_names]
+                full = self.offline.view_query(catalog, view, items, materialized=False)
+                prefix = self.prefix(view.name, view_signature(catalog, view.name))
+                targets.append(PushTarget.of(full, prefix, self.offline.push_log.bucket_us))
+            self._targets[key] = targets
+        return self._targets[key]
 
     def plans(self, catalog: Catalog, version: int, features: FeatureRefs, full_feature_names: bool) -> list[ViewPlan]:
         cache_key = (version, features if isinstance(features, str) else
@@ -73,8 +137,9 @@ class OnlineService:
             plans = []
             for name, items in by_view.items():
                 view = catalog.view(name)
-                query = self.offline.view_query(catalog, view, items)
-                full = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
+                query = self.offline.view_query(catalog, view, items, materialized=False)
+                full = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names],
+                                               materialized=False)
                 schema = self.offline.source_schema(catalog, view.source_name)
                 prefix = self.prefix(name, view_signature(catalog, name))
                 plans.append(compile_view(full, query, prefix, schema))

@@ -7,24 +7,27 @@ layout version, so projects can share one Redis and a new layout never misreads 
 
 from __future__ import annotations
 
+import random
 import sqlite3
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, WatchError
 from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
-from feature_store.errors import OnlineStoreUnavailable
+from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
 
 LAYOUT_VERSION = 1
 
 Item = tuple[bytes, bytes, int | None]  # key, value, expire at (epoch ms) or None
+Compute = Callable[[list[bytes | None]], Sequence[Item]]
+UPDATE_ATTEMPTS = 100  # optimistic retries of an atomic update that concurrent writers keep invalidating
 
 
 class OnlineStore(Protocol):
@@ -32,6 +35,10 @@ class OnlineStore(Protocol):
     one_round_trip_reads: ClassVar[bool]
 
     def write(self, items: Sequence[Item]) -> None: ...
+
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        """Atomically: read ``keys``, then write what ``compute`` makes of their current values."""
+        ...
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
@@ -80,6 +87,31 @@ class RedisOnlineStore:
                 pipe.execute()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        """WATCH the keys, read them, and write in MULTI/EXEC; a concurrent write to any of them retries."""
+        if not keys:
+            return
+        try:
+            for attempt in range(UPDATE_ATTEMPTS):
+                with self.client.pipeline(transaction=True) as pipe:
+                    try:
+                        pipe.watch(*keys)
+                        current: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
+                        items = compute(current)
+                        pipe.multi()
+                        for key, value, expire_at in items:
+                            pipe.set(key, value, pxat=expire_at) if expire_at is not None else pipe.set(key, value)
+                        pipe.execute()
+                        return
+                    except WatchError:
+                        time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # spread the retries
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+        raise OnlineStoreConflict(
+            f"updating {len(keys)} key(s) in the Redis online store at {self.url} lost to concurrent writers "
+            f"{UPDATE_ATTEMPTS} times in a row; retry later.", url=self.url,
+        )
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -149,23 +181,42 @@ class SqliteOnlineStore:
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"writing the SQLite online store {self.path} failed: {exc}") from exc
 
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        """Read and write in one IMMEDIATE transaction: other writers (threads or processes) wait."""
+        con = self._connection()
+        try:
+            con.execute("BEGIN IMMEDIATE")
+            try:
+                current = self._select(con, keys, int(time.time() * 1000))
+                con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
+                                compute([current.get(key) for key in keys]))
+            except BaseException:
+                con.rollback()
+                raise
+            con.commit()
+        except sqlite3.Error as exc:
+            raise OnlineStoreUnavailable(f"updating the SQLite online store {self.path} failed: {exc}") from exc
+
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
             return []
-        now_ms = int(time.time() * 1000)
-        found: dict[bytes, bytes] = {}
-        con = self._connection()
         try:
-            for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
-                chunk = keys[start:start + 900]
-                rows = con.execute(
-                    f"SELECT key, value FROM fs_online WHERE key IN ({','.join('?' * len(chunk))}) "
-                    "AND (expire_at IS NULL OR expire_at > ?)", [*chunk, now_ms],
-                ).fetchall()
-                found.update((bytes(k), bytes(v)) for k, v in rows)
+            found = self._select(self._connection(), keys, int(time.time() * 1000))
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"reading the SQLite online store {self.path} failed: {exc}") from exc
         return [found.get(key) for key in keys]
+
+    @staticmethod
+    def _select(con: sqlite3.Connection, keys: Sequence[bytes], now_ms: int) -> dict[bytes, bytes]:
+        found: dict[bytes, bytes] = {}
+        for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
+            chunk = keys[start:start + 900]
+            rows = con.execute(
+                f"SELECT key, value FROM fs_online WHERE key IN ({','.join('?' * len(chunk))}) "
+                "AND (expire_at IS NULL OR expire_at > ?)", [*chunk, now_ms],
+            ).fetchall()
+            found.update((bytes(k), bytes(v)) for k, v in rows)
+        return found
 
     def delete_prefix(self, prefix: bytes) -> int:
         con = self._connection()

@@ -1,0 +1,312 @@
+"""Pushed events into online values: tiles and latest rows updated in place, atomically per entity.
+
+An aggregation view's value gains the event's single-event partials in the tile of its timestamp
+(and in the cumulative row), exactly what materialization would compute from the same events.
+The same partials are also added to a *pushed* bucket of the event's availability time (a minute by
+default). Materialization rewrites a value from the offline store, where every logged push
+available before its ``end`` already is; its ``end`` is a multiple of the bucket, so the old
+value's buckets at or after ``end`` hold exactly the pushes it has not seen, and are merged again:
+nothing is lost and nothing is counted twice, whichever finishes first. The buckets are bounded by
+the time between materializations, not by the number of pushes.
+
+Value layout (see layout.py): ``[end, group values..., pushed]``, pushed = ``[[bucket start, group
+values...], ...]`` in bucket order.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import msgpack
+
+from feature_store.offline.sql import ViewQuery
+from feature_store.online.layout import Group, Layout
+from feature_store.online.materialize import _expiry, _plain, encode_key
+from feature_store.online.stores import Compute, Item, OnlineStore
+from feature_store.push_rows import PushRows
+
+Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
+
+
+@dataclass(frozen=True)
+class PushTarget:
+    """What a push needs to update one view's online values, compiled once per registry version."""
+
+    view: str
+    prefix: bytes
+    keys: tuple[str, ...]
+    columns: tuple[str, ...]  # the stored columns, in the order snapshot values and events hold them
+    layout: Layout | None  # None for snapshot views
+    ttl: int | None
+    ties: tuple[int, ...]  # snapshot columns that break (ts, created) ties, in declaration order
+    bucket: int  # microseconds: pushed events are also kept per bucket of their availability time
+
+    @classmethod
+    def of(cls, full: ViewQuery, prefix: bytes, bucket: int) -> PushTarget:
+        columns = tuple(full.columns)
+        layout = Layout.of(full) if full.is_aggregation else None
+        ties = tuple(columns.index(c) for c in full.field_order)
+        return cls(full.name, prefix, full.keys, columns, layout, full.ttl, ties, bucket)
+
+    def events(self, rows: PushRows, pushed_at: int) -> list[tuple[bytes, Event]]:
+        """(key, event) per pushed row, keys encoded as materialization encodes them."""
+        keys = zip(*(rows.columns[k] for k in self.keys), strict=True)
+        values = zip(*(rows.columns.get(c, [None] * rows.count) for c in self.columns), strict=True)
+        return [
+            (encode_key(self.prefix, key), (ts, pushed_at, tuple(_plain(v) for v in vals)))
+            for key, ts, vals in zip(keys, rows.timestamps_us, values, strict=True)
+        ]
+
+    # --- pushes ---------------------------------------------------------------------------------
+
+    def apply(self, blob: bytes | None, events: Sequence[Event], now_us: int) -> tuple[bytes, int | None]:
+        """The stored value with the events merged in, and its expiry (epoch ms, None: never)."""
+        if self.layout is None:
+            rows = [_snapshot_row(e) for e in events]
+            if blob is not None:
+                rows.append(list(msgpack.unpackb(blob)))
+            best = max(rows, key=self._order)
+            return msgpack.packb(best, default=_plain), self._snapshot_expiry(best, now_us)
+        value = self._decode(blob)
+        for event in events:
+            self._merge_event(value, event, now_us)
+        return msgpack.packb(value, default=_plain), self._expiry(value, now_us)
+
+    def remerge(self, fresh: bytes, old: bytes, end: int, now_us: int) -> tuple[bytes, int | None] | None:
+        """A value materialized up to ``end`` (a multiple of the bucket) with what only the old one holds:
+        the buckets of events pushed at or after ``end``. None when the fresh value already holds everything."""
+        if self.layout is None:
+            old_row, new_row = list(msgpack.unpackb(old)), list(msgpack.unpackb(fresh))
+            if old_row[1] >= end and self._order(old_row) > self._order(new_row):
+                return old, self._snapshot_expiry(old_row, now_us)
+            return None
+        pending = [b for b in self._decode(old)[-1] if b[0] >= end]
+        if not pending:
+            return None
+        value = self._decode(fresh)
+        for bucket in pending:
+            self._combine(value, bucket, now_us)
+        value[-1] = pending
+        return msgpack.packb(value, default=_plain), self._expiry(value, now_us)
+
+    def _decode(self, blob: bytes | None) -> list[Any]:
+        groups = self.layout.groups if self.layout else ()
+        value = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
+        if len(value) == 1 + len(groups):  # as materialized: nothing pushed since
+            value.append([])
+        return value
+
+    def _merge_event(self, value: list[Any], event: Event, now_us: int) -> None:
+        """Into the served groups, and into the pushed-events bucket of the event's availability time."""
+        groups = self.layout.groups if self.layout else ()
+        single = [0, *(_single(group, self.columns, event) for group in groups)]
+        if group_rows := self._positioned(single, event[0], now_us):
+            self._combine(value, group_rows, now_us)
+            start = _floor(event[1], self.bucket)
+            buckets = value[-1]
+            i = bisect_left([b[0] for b in buckets], start)
+            if i == len(buckets) or buckets[i][0] != start:
+                buckets.insert(i, [start, *([None] * len(groups))])
+            self._combine(buckets[i], group_rows, now_us)
+
+    def _positioned(self, single: list[Any], ts: int, now_us: int) -> list[Any] | None:
+        """Per group, the event's partials as stored: a tile at its position, or the cumulative row;
+        None when no window can reach the event any more (the offline log alone keeps it)."""
+        groups = self.layout.groups if self.layout else ()
+        out: list[Any] = [single[0]]
+        reachable = False
+        for g, group in enumerate(groups):
+            if group.hop == 0:
+                out.append(single[1 + g])
+                reachable = True
+                continue
+            pos = _floor(ts, group.hop)
+            if pos >= _floor(now_us - group.window, group.hop):
+                out.append([[pos, *single[1 + g]]])
+                reachable = True
+            else:
+                out.append(None)
+        return out if reachable else None
+
+    def _combine(self, value: list[Any], other: Sequence[Any], now_us: int) -> None:
+        """value[1 + g] combined with other[1 + g] for every group: rows merged, tiles merged by position."""
+        groups = self.layout.groups if self.layout else ()
+        for g, group in enumerate(groups):
+            mine, theirs = value[1 + g], other[1 + g]
+            if theirs is None:
+                continue
+            if group.hop == 0:
+                value[1 + g] = list(theirs) if mine is None else _merge(group, mine, theirs)
+                continue
+            reach = _floor(now_us - group.window, group.hop)
+            tiles = [list(t) for t in (mine or []) if t[0] >= reach]
+            for tile in theirs:
+                if tile[0] < reach:
+                    continue
+                i = bisect_left([t[0] for t in tiles], tile[0])
+                if i < len(tiles) and tiles[i][0] == tile[0]:
+                    tiles[i] = [tile[0], *_merge(group, tiles[i][1:], tile[1:])]
+                else:
+                    tiles.insert(i, list(tile))
+            value[1 + g] = tiles or None
+
+    def _expiry(self, value: list[Any], now_us: int) -> int | None:
+        groups = self.layout.groups if self.layout else ()
+        if any(g.hop == 0 for g in groups):
+            return None
+        ends = [value[1 + g][-1][0] + group.hop + group.window for g, group in enumerate(groups) if value[1 + g]]
+        return _expiry(max(ends), now_us) if ends else _expiry(now_us, now_us)
+
+    def _snapshot_expiry(self, row: list[Any], now_us: int) -> int | None:
+        return None if self.ttl is None else _expiry(row[0] + self.ttl, now_us)
+
+    def _order(self, row: Sequence[Any]) -> tuple[Any, ...]:
+        """Latest (ts, created) first; ties go to the greatest values, nulls last, as offline."""
+        return (row[0], row[1], *((row[2 + i] is not None, row[2 + i]) for i in self.ties))
+
+
+def _snapshot_row(event: Event) -> list[Any]:
+    return [event[0], event[1], *event[2]]
+
+
+def _floor(value: int, hop: int) -> int:
+    return value - value % hop
+
+
+def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
+    """The group's partials over one event: [maxts, *partials], as tiles_sql computes them."""
+    ts, created, values = event
+    row: list[Any] = []
+    for name, output_type in zip(group.partials, group.types, strict=True):
+        kind, _, column = name.partition("__")
+        v = values[columns.index(column)] if column else None
+        if kind == "maxts":
+            row.append(ts)
+        elif kind == "n":
+            row.append(1 if not column or v is not None else 0)
+        elif v is None:  # every other partial of a null value is null (SQL aggregates skip nulls)
+            row.append(None)
+        elif kind == "sum":
+            row.append(int(v) if output_type == "BIGINT" else float(v))
+        elif kind == "mean":
+            row.append(float(v))
+        elif kind == "m2":
+            row.append(0.0)
+        elif kind == "lastt":
+            row.append(ts)
+        elif kind == "lastc":
+            row.append(created)
+        elif kind == "set":
+            row.append([v])
+        else:  # min, max, last
+            row.append(v)
+    return row
+
+
+def _merge(group: Group, a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
+    """Partials of two disjoint sets of events combined (rows without the tile position)."""
+    names = group.partials
+    out = list(a)
+    for i, name in enumerate(names):
+        kind, _, column = name.partition("__")
+        x, y = a[i], b[i]
+        if kind in ("maxts", "min", "max"):
+            out[i] = y if x is None else x if y is None else (min(x, y) if kind == "min" else max(x, y))
+        elif kind in ("n", "sum"):
+            out[i] = y if x is None else x if y is None else x + y
+        elif kind == "set":
+            out[i] = y if not x else x if not y else list(dict.fromkeys([*x, *y]))
+        elif kind == "mean":
+            n = names.index(f"n__{column}")
+            out[i], out[names.index(f"m2__{column}")] = _chan(a[n], x, a[names.index(f"m2__{column}")],
+                                                             b[n], y, b[names.index(f"m2__{column}")])
+        elif kind == "last":
+            t, c = names.index(f"lastt__{column}"), names.index(f"lastc__{column}")
+            if b[t] is not None and (a[t] is None or (b[t], b[c], y) > (a[t], a[c], x)):
+                out[i], out[t], out[c] = y, b[t], b[c]
+    return out
+
+
+def _chan(na: int, ma: float | None, m2a: float | None, nb: int, mb: float | None,
+          m2b: float | None) -> tuple[float | None, float | None]:
+    """Mean and M2 of two parts (Chan et al.), each given by count, mean and M2."""
+    if not nb or mb is None or m2b is None:
+        return ma, m2a
+    if not na or ma is None or m2a is None:
+        return mb, m2b
+    n = na + nb
+    delta = mb - ma
+    return ma + delta * nb / n, m2a + m2b + delta * delta * na * nb / n
+
+
+def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRows, pushed_at: int,
+                 now_us: int) -> int:
+    """Merge pushed rows into every target view's values in one atomic update; returns entities updated."""
+    work: dict[bytes, tuple[PushTarget, list[Event]]] = {}
+    for target in targets:
+        for key, event in target.events(rows, pushed_at):
+            work.setdefault(key, (target, []))[1].append(event)
+    keys = list(work)
+
+    def compute(current: Sequence[bytes | None]) -> list[Item]:
+        items: list[Item] = []
+        for key, blob in zip(keys, current, strict=True):
+            target, events = work[key]
+            value, expire = target.apply(blob, events, now_us)
+            items.append((key, value, expire))
+        return items
+
+    store.update(keys, compute)
+    return len(keys)
+
+
+class MergingWriter:
+    """The online store as materialization sees it for a push source's view: every write keeps what
+    was pushed at or after ``end``, atomically with the concurrent pushes of the same entities."""
+
+    name: ClassVar[str] = "merging"
+    one_round_trip_reads: ClassVar[bool] = True
+
+    def __init__(self, store: OnlineStore, target: PushTarget, end: int, now_us: int) -> None:
+        self.store, self.target, self.end, self.now_us = store, target, end, now_us
+
+    def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return self.store.read(keys)
+
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        self.store.update(keys, compute)
+
+    def ping(self) -> None:
+        self.store.ping()
+
+    def close(self) -> None:
+        """The wrapped store belongs to the caller."""
+
+    def write(self, items: Sequence[Item]) -> None:
+        keys = [key for key, _, _ in items]
+        done: dict[bytes, tuple[bytes | None, Item]] = {}  # per key: the old value merged, and the result
+
+        def compute(current: Sequence[bytes | None]) -> list[Item]:
+            # A retry (a push changed some of the keys meanwhile) merges again only the keys that changed.
+            out: list[Item] = []
+            for (key, value, expire), old in zip(items, current, strict=True):
+                if key in done and done[key][0] == old:
+                    out.append(done[key][1])
+                    continue
+                merged = None if old is None else self.target.remerge(value, old, self.end, self.now_us)
+                if merged is None:
+                    item = (key, value, expire)
+                else:
+                    later = None if expire is None or merged[1] is None else max(expire, merged[1])
+                    item = (key, merged[0], later)
+                done[key] = (old, item)
+                out.append(item)
+            return out
+
+        self.store.update(keys, compute)
+
+    def delete_prefix(self, prefix: bytes) -> int:
+        return self.store.delete_prefix(prefix)

@@ -1,0 +1,211 @@
+"""Pushed rows: checked against the push source's columns and typed as the offline store reads them.
+
+A value is accepted only if the offline store will read back exactly the same value, so the
+online update made from a push equals what a training set computes from its log line. Every
+problem is reported with the column, the row and how to fix it; nothing is written before all
+rows pass.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from feature_store.aggregations import base_type
+from feature_store.errors import PushDataError
+from feature_store.offline.push_log import PUSHED_AT
+
+_INT_RANGES = {
+    "TINYINT": (-(2**7), 2**7 - 1), "SMALLINT": (-(2**15), 2**15 - 1), "INTEGER": (-(2**31), 2**31 - 1),
+    "BIGINT": (-(2**63), 2**63 - 1), "HUGEINT": (-(2**127), 2**127 - 1), "UTINYINT": (0, 2**8 - 1),
+    "USMALLINT": (0, 2**16 - 1), "UINTEGER": (0, 2**32 - 1), "UBIGINT": (0, 2**64 - 1),
+}
+MAX_ROWS = 1_000_000
+
+
+@dataclass(frozen=True)
+class PushRows:
+    """Checked rows, column by column, with values typed as the offline store reads them."""
+
+    columns: Mapping[str, list[Any]]
+    count: int
+    timestamps_us: list[int]  # the event timestamp of each row, epoch microseconds
+
+    def log_lines(self, pushed_at: int) -> bytes:
+        """One JSON object per row: each value as text the offline store casts back exactly."""
+        names = list(self.columns)
+        texts = [[_text(v) for v in self.columns[n]] for n in names]
+        out = []
+        for i in range(self.count):
+            row = {n: col[i] for n, col in zip(names, texts, strict=True)}
+            row[PUSHED_AT] = pushed_at  # type: ignore[assignment]
+            out.append(json.dumps(row, separators=(",", ":")))
+        return ("\n".join(out) + "\n").encode()
+
+
+def as_columns(data: Any) -> dict[str, list[Any]]:
+    """A DataFrame, {column: [values]} or [{column: value}] as equal-length columns."""
+    if isinstance(data, pd.DataFrame):
+        return {str(c): data[c].tolist() for c in data.columns}
+    if isinstance(data, Mapping):
+        columns = {str(k): list(v) if isinstance(v, list | tuple | np.ndarray | pd.Series) else [v]
+                   for k, v in data.items()}
+    elif isinstance(data, Sequence) and data and all(isinstance(r, Mapping) for r in data):
+        names = list(dict.fromkeys(k for r in data for k in r))
+        columns = {str(n): [r.get(n) for r in data] for n in names}
+    else:
+        raise PushDataError("pushed data must be a DataFrame, {column: [values]} or a list of {column: value} rows.")
+    lengths = {n: len(v) for n, v in columns.items()}
+    if len(set(lengths.values())) > 1:
+        raise PushDataError(f"pushed columns have different lengths: {lengths}; give every column one value per row.")
+    return columns
+
+
+def check_rows(source: str, data: Any, schema: Mapping[str, str], timestamp_field: str,
+               required: Collection[str], now_us: int) -> PushRows:
+    """Validate and type pushed rows for a push source whose batch source has ``schema``."""
+    columns = as_columns(data)
+    count = len(next(iter(columns.values()))) if columns else 0
+    if count == 0:
+        raise PushDataError(f"push to {source!r} holds no rows.", push_source=source)
+    if count > MAX_ROWS:
+        raise PushDataError(f"push to {source!r} holds {count} rows; push at most {MAX_ROWS} at a time.")
+    unknown = sorted(set(columns) - set(schema))
+    if unknown:
+        raise PushDataError(
+            f"push to {source!r}: column(s) {unknown} are not columns of its batch source; its columns are "
+            f"{sorted(schema)}.", push_source=source, columns=unknown,
+        )
+    missing = sorted(set(required) - set(columns))
+    if missing:
+        raise PushDataError(
+            f"push to {source!r}: column(s) {missing} are missing; every pushed row needs the event timestamp and "
+            "the join keys of the views over the source.", push_source=source, columns=missing,
+        )
+    typed = {name: _typed_column(source, name, values, schema[name]) for name, values in columns.items()}
+    for name in required:
+        nulls = [i for i, v in enumerate(typed[name]) if v is None]
+        if nulls:
+            raise PushDataError(f"push to {source!r}: column {name!r} is null in row(s) {nulls[:10]}; it needs a "
+                                "value in every row.", push_source=source, column=name)
+    stamps = [_epoch_us(v) for v in typed[timestamp_field]]
+    late = [i for i, ts in enumerate(stamps) if ts > now_us]
+    if late:
+        raise PushDataError(
+            f"push to {source!r}: {timestamp_field!r} of row(s) {late[:10]} is later than the time the push arrived "
+            f"({datetime.fromtimestamp(now_us / 1e6, UTC).isoformat()}); push events once they have happened, "
+            "and check the sender's clock.", push_source=source, column=timestamp_field,
+        )
+    return PushRows(typed, count, stamps)
+
+
+def _typed_column(source: str, name: str, values: list[Any], duckdb_type: str) -> list[Any]:
+    kind = base_type(duckdb_type)
+    out: list[Any] = []
+    for row, value in enumerate(values):
+        if _is_null(value):
+            out.append(None)
+            continue
+        try:
+            out.append(_typed(value, kind, duckdb_type))
+        except (TypeError, ValueError, ArithmeticError, InvalidOperation) as exc:
+            raise PushDataError(
+                f"push to {source!r}: column {name!r} is {duckdb_type} but row {row} holds {value!r} ({exc}).",
+                push_source=source, column=name, row=row,
+            ) from exc
+    return out
+
+
+def _is_null(value: Any) -> bool:
+    return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
+
+
+def _typed(value: Any, kind: str, duckdb_type: str) -> Any:
+    """The value as the offline store reads it back (floats for decimals, as events are read)."""
+    if kind in _INT_RANGES:
+        number = _integer(value)
+        low, high = _INT_RANGES[kind]
+        if not low <= number <= high:
+            raise ValueError(f"out of range for {kind}")
+        return number
+    if kind in ("DOUBLE", "FLOAT"):
+        if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
+            raise TypeError("not a number")
+        real = float(value)
+        return float(np.float32(real)) if kind == "FLOAT" else real
+    if kind == "DECIMAL":
+        scale = int(duckdb_type.split(",")[1].rstrip(") ")) if "," in duckdb_type else 3
+        if isinstance(value, bool):
+            raise TypeError("not a number")
+        exact = Decimal(str(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
+        return float(exact)
+    if kind == "VARCHAR":
+        if not isinstance(value, str):
+            raise TypeError("not a string; send strings for string columns")
+        return value
+    if kind == "BOOLEAN":
+        if not isinstance(value, bool | np.bool_):
+            raise TypeError("not true or false")
+        return bool(value)
+    if kind in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
+        instant = _instant(value)
+        return instant if kind == "TIMESTAMP WITH TIME ZONE" else instant.replace(tzinfo=None)
+    if kind == "DATE":
+        if isinstance(value, datetime) or not isinstance(value, date | str):
+            raise TypeError("not a date (YYYY-MM-DD)")
+        return value if isinstance(value, date) else date.fromisoformat(value)
+    raise TypeError(f"pushing {duckdb_type} columns is not supported")
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, bool | np.bool_):
+        raise TypeError("not an integer")
+    if isinstance(value, int | np.integer):
+        return int(value)
+    if isinstance(value, float | np.floating) and float(value).is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        return int(value)
+    raise TypeError("not an integer")
+
+
+def _instant(value: Any) -> datetime:
+    """An aware UTC datetime, to the microsecond; naive times are UTC, as offline."""
+    if isinstance(value, pd.Timestamp):
+        value = value.to_pydatetime(warn=False)
+    elif isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    elif not isinstance(value, datetime):
+        raise TypeError("not a timestamp (ISO-8601 text or a datetime)")
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def _epoch_us(value: datetime | date) -> int:
+    if not isinstance(value, datetime):
+        value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - datetime(1970, 1, 1, tzinfo=UTC)) // _US
+
+
+_US = pd.Timedelta(microseconds=1).to_pytimedelta()
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, date):  # datetimes too: aware ones carry +00:00, naive ones are UTC already
+        return value.isoformat()
+    return str(value)

@@ -1,0 +1,347 @@
+"""Pushed events: online at once, offline for every later query time, with the same values, on every store.
+
+The replay test pushes random events in random batches between random materializations and checks,
+after every step, that every online value equals the slow reference (batch rows plus pushed rows,
+each pushed row available from its push) and the engine's get_historical_features, on SQLite and Redis.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import shutil
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+import feature_store as fs
+from feature_store.config import RedisOnlineConfig
+from feature_store.errors import OnlineStoreUnavailable, PushDataError, PushSourceNotFoundError
+from feature_store.store import FeatureStore
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import reference as ref
+from reference import AggregationView, SnapshotView
+from test_online_consistency import (
+    EMPTY,
+    FEATURES,
+    SETTINGS,
+    SNAPSHOT_FIELDS,
+    amounts,
+    categories,
+    greatest,
+    online_store,
+    quantities,
+    scratch_dir,
+    write_config,
+)
+
+__all__ = ["online_store"]  # the fixture, parametrized over SQLite and Redis
+
+MIN, H, D = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+GRID = 15 * MIN
+SPEND_REFS = [f"spend:{a.name}" for a in FEATURES]
+PROFILE_REFS = [f"profile:{name}" for name, _ in SNAPSHOT_FIELDS]
+_projects = itertools.count()
+
+
+def us(value: datetime) -> int:
+    return int(ref.to_micros(value))
+
+
+def base_time() -> datetime:
+    """A grid instant about a day ago: events fall between it and a few minutes ago."""
+    now = datetime.now(UTC) - D
+    return now.replace(minute=now.minute - now.minute % 15, second=0, microsecond=0)
+
+
+def open_push_repo(repo: Path, spend: AggregationView, profile: SnapshotView, online: dict[str, str]) -> FeatureStore:
+    """The views over push sources whose batch sources hold the views' rows."""
+    write_config(repo, f"push{next(_projects)}", online)
+    for view in (spend, profile):
+        ref.write_parquet(str(repo / f"{view.name}.parquet"), ref._schema_of(view), view.rows)
+    objects = []
+    for obj in ref.build_definitions([spend, profile]):
+        if isinstance(obj, fs.FeatureView):
+            push = fs.PushSource(name=f"{obj.name}_push", batch_source=obj.source)
+            obj = obj.model_copy(update={"source": push})
+        objects.append(obj)
+    store = fast_settling(FeatureStore(repo))
+    store.apply(objects)
+    return store
+
+
+def fast_settling(store: FeatureStore) -> FeatureStore:
+    """One thread pushes and materializes, so nothing is in flight; buckets of 1 us let a materialization
+    pass every earlier push (the default minute would keep the last minute's pushes pending). Every store
+    of a deployment must use the same bucket."""
+    store.offline.push_log.settle_seconds = 0.0
+    store.offline.push_log.bucket_seconds = 1e-6
+    return store
+
+
+@st.composite
+def rows_of(draw: Any, kind: str, start: datetime, has_created: bool, count: int) -> list[dict[str, Any]]:
+    rows = []
+    for _ in range(count):
+        ts = start + draw(st.integers(0, 90)) * GRID + draw(st.sampled_from([0, 0, 1, 7])) * MIN
+        row: dict[str, Any] = {"customer_id": draw(st.sampled_from([1, 1, 2, 3]))}
+        if kind == "spend":
+            row.update(event_timestamp=ts, amount=draw(amounts), qty=draw(quantities), category=draw(categories))
+        else:
+            row.update(updated_at=ts, age=draw(st.one_of(st.none(), st.integers(18, 90))), segment=draw(categories))
+        if has_created:
+            row["created"] = ts + draw(st.sampled_from([0, 1, 15, 60])) * MIN
+        rows.append(row)
+    return rows
+
+
+def check(store: FeatureStore, spend: AggregationView, profile: SnapshotView, context: str) -> None:
+    """Online at now == reference at now == engine offline at now, for known keys and an unknown one."""
+    keys = [1, 2, 3, 4]
+    response = store.get_online_features([*SPEND_REFS, *PROFILE_REFS], {"customer_id": keys})
+    now = datetime.now(UTC)
+    entity_rows = [{"customer_id": k, "event_timestamp": now} for k in keys]
+    constraints = ref.expected_constraints(entity_rows, [spend, profile], [*SPEND_REFS, *PROFILE_REFS])
+    entity_df = pd.DataFrame({"customer_id": np.array(keys, dtype="int64"), "event_timestamp": [now] * len(keys)})
+    offline = store.get_historical_features(entity_df, [*SPEND_REFS, *PROFILE_REFS]).to_df()
+    problems = []
+    for j, (key, row_constraints) in enumerate(zip(keys, constraints, strict=True)):
+        expected = {}
+        for columns, acceptable, slack in row_constraints:
+            best = greatest(acceptable)
+            expected.update({c: (best[n], slack) for n, c in enumerate(columns)})
+        for name, values in response.values.items():
+            got, engine = ref.normalize_value(values[j]), ref.normalize_value(offline[name].iloc[j])
+            want, slack = expected[name]
+            if not ref.values_match(got, want, abs_tol=slack) or not ref.values_match(got, engine, abs_tol=slack):
+                problems.append(f"key {key} {name}: online {got!r}, reference {want!r}, engine {engine!r}")
+    assert not problems, "\n".join(problems[:12]) + "\n\n" + context
+
+
+@SETTINGS
+@given(data=st.data())
+def test_pushed_events_online_equal_reference_and_training_after_every_step(
+        online_store: dict[str, str], data: Any) -> None:
+    start = base_time()
+    has_created = data.draw(st.booleans(), label="created column")
+    spend_rows = data.draw(rows_of("spend", start, has_created, data.draw(st.integers(0, 12))), label="batch")
+    profile_rows = data.draw(rows_of("profile", start, has_created, data.draw(st.integers(0, 5))), label="profiles")
+    created = "created" if has_created else None
+    spend = AggregationView(name="spend", features=FEATURES, rows=tuple(spend_rows), created_field=created,
+                            schema=ref.default_event_schema(created))
+    profile = SnapshotView(name="profile", fields=SNAPSHOT_FIELDS, rows=tuple(profile_rows), created_field=created,
+                           ttl=data.draw(st.sampled_from([None, 2 * H, D])), schema=ref.default_profile_schema(created))
+    steps = data.draw(st.lists(st.sampled_from(["push", "push", "profile", "materialize"]), min_size=1, max_size=5),
+                      label="steps")
+    repo = Path(scratch_dir("push_"))
+    store = open_push_repo(repo, spend, profile, online_store)
+    try:
+        store.materialize()  # online serves what was materialized, and what was pushed since
+        for i, step in enumerate(steps):
+            if step == "materialize":
+                store.materialize()
+            else:
+                view = spend if step == "push" else profile
+                rows = data.draw(rows_of(view.name, start, has_created, data.draw(st.integers(1, 4))), label=step)
+                result = store.push(f"{view.name}_push", pd.DataFrame(rows))
+                pushed = us(result.pushed_at)
+                if has_created:  # availability is the push's arrival, whatever the created column says
+                    rows = [{**r, "created": ref.from_micros(pushed)} for r in rows]
+                if view is spend:
+                    spend = replace(spend, rows=spend.rows + tuple(rows))
+                else:
+                    profile = replace(profile, rows=profile.rows + tuple(rows))
+            check(store, spend, profile, f"after step {i} ({step}) of {steps}")
+        store.materialize()
+        check(store, spend, profile, f"after a last materialization, steps {steps}")
+    finally:
+        store.close()
+        shutil.rmtree(repo, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------
+# explicit cases
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def pushed_repo(online_store: dict[str, str]) -> Any:
+    repo = Path(scratch_dir("push_cases_"))
+    start = base_time()
+    spend = AggregationView(name="spend", features=FEATURES, created_field=None, schema=ref.default_event_schema(),
+                            rows=({"customer_id": 1, "event_timestamp": start, "amount": 5.0, "qty": 1,
+                                   "category": "a"},))
+    profile = SnapshotView(name="profile", fields=SNAPSHOT_FIELDS, rows=(), ttl=None,
+                           schema=ref.default_profile_schema())
+    store = open_push_repo(repo, spend, profile, online_store)
+    store.materialize()
+    yield store, spend, profile
+    store.close()
+    shutil.rmtree(repo, ignore_errors=True)
+
+
+def event(key: int, amount: float | None, ago: timedelta = MIN, category: str | None = "b") -> dict[str, Any]:
+    return {"customer_id": key, "event_timestamp": datetime.now(UTC) - ago, "amount": amount, "qty": 2,
+            "category": category}
+
+
+def log_size(store: FeatureStore) -> int:
+    return sum(os.path.getsize(f) for f in store.offline.push_log.files("spend_push"))
+
+
+def test_bad_pushes_are_rejected_whole_and_write_nothing(pushed_repo: Any) -> None:
+    store, _spend, _profile = pushed_repo
+    before = store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict()
+    cases: list[tuple[str, Any, type[Exception], str]] = [
+        ("spend_psuh", [event(1, 1.0)], PushSourceNotFoundError, "spend_push"),
+        ("spend", [event(1, 1.0)], PushSourceNotFoundError, "no push source"),
+        ("spend_push", [{**event(1, 1.0), "amount_usd": 3}], PushDataError, "amount_usd"),
+        ("spend_push", [{"event_timestamp": datetime.now(UTC), "amount": 1.0}], PushDataError, "customer_id"),
+        ("spend_push", [event(1, 1.0), {**event(2, 1.0), "customer_id": None}], PushDataError, "row(s) [1]"),
+        ("spend_push", [event(1, 1.0), {**event(2, 1.0), "amount": "12,5"}], PushDataError, "'amount'"),
+        ("spend_push", [{**event(1, 1.0), "customer_id": "abc"}], PushDataError, "customer_id"),
+        ("spend_push", [{**event(1, 1.0), "qty": 2**70}], PushDataError, "out of range"),
+        ("spend_push", [{**event(1, 1.0), "category": 7}], PushDataError, "string"),
+        ("spend_push", [event(1, 1.0, ago=-timedelta(hours=1))], PushDataError, "later than the time the push"),
+        ("spend_push", [{**event(1, 1.0), "event_timestamp": "yesterday"}], PushDataError, "event_timestamp"),
+        ("spend_push", {"customer_id": [1, 2], "event_timestamp": [datetime.now(UTC)]}, PushDataError, "lengths"),
+        ("spend_push", {"customer_id": []}, PushDataError, "no rows"),
+    ]
+    for name, rows, error, text in cases:
+        with pytest.raises(error, match=None) as info:
+            store.push(name, rows)
+        assert text in str(info.value), (text, str(info.value))
+        assert info.value.http_status in (404, 422)
+    with pytest.raises(PushDataError, match="'to' must be"):
+        store.push("spend_push", [event(1, 1.0)], to="everywhere")  # type: ignore[arg-type]
+    assert log_size(store) == 0
+    assert store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict() == before
+
+
+def test_push_destinations(pushed_repo: Any) -> None:
+    """offline: training sets at once, online at the next materialize; online: never in training sets."""
+    store, _spend, _profile = pushed_repo
+    refs = ["spend:n_all", "spend:s_1d"]
+
+    def online() -> list[Any]:
+        values = store.get_online_features(refs, {"customer_id": [7]}).values
+        return [values["n_all"][0], values["s_1d"][0]]
+
+    def offline() -> list[Any]:
+        df = pd.DataFrame({"customer_id": [7], "event_timestamp": [datetime.now(UTC)]})
+        row = store.get_historical_features(df, refs).to_df().iloc[0]
+        return [int(row["n_all"]), float(row["s_1d"])]
+
+    store.push("spend_push", [event(7, 10.0)], to="offline")
+    assert online() == [0, 0.0] and offline() == [1, 10.0]
+    store.push("spend_push", [event(7, 5.0)], to="online")
+    assert online() == [1, 5.0] and offline() == [1, 10.0]
+    store.materialize()  # rewrites key 7 from the offline store: the online-only event goes, the logged one comes
+    assert online() == [1, 10.0] == offline()
+    store.push("spend_push", [event(7, 1.5)])  # online_and_offline
+    assert online() == [2, 11.5] == offline()
+    store.materialize()
+    store.materialize(full=True)
+    assert online() == [2, 11.5] == offline()
+
+
+def test_snapshot_push_keeps_the_latest_row(pushed_repo: Any) -> None:
+    store, _spend, _profile = pushed_repo
+    now = datetime.now(UTC)
+    store.push("profile_push", [{"customer_id": 5, "updated_at": now - H, "age": 40, "segment": "new"}])
+    store.push("profile_push", [{"customer_id": 5, "updated_at": now - 2 * H, "age": 30, "segment": "old"}])
+    response = store.get_online_features(PROFILE_REFS, {"customer_id": [5]})
+    assert response.to_dict() == {"customer_id": [5], "segment": ["new"], "age": [40]}
+    assert response.stamps_us["age"] == [us(now - H)]
+    store.materialize()
+    assert store.get_online_features(PROFILE_REFS, {"customer_id": [5]}).to_dict()["age"] == [40]
+
+
+def test_concurrent_pushes_for_one_entity_lose_nothing(pushed_repo: Any) -> None:
+    """Several clients (each its own FeatureStore and connection) push to the same entity at once."""
+    store, _spend, _profile = pushed_repo
+    clients, pushes = 4, 15
+    errors: list[BaseException] = []
+
+    def client(n: int) -> None:
+        try:
+            with fast_settling(FeatureStore(store.repo_path)) as own:
+                for i in range(pushes):
+                    own.push("spend_push", [event(9, float(n * 100 + i)), event(10 + n, 1.0)])
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+    refs = ["spend:n_all", "spend:s_1d", "spend:m_all"]
+    online = store.get_online_features(refs, {"customer_id": [9]}).to_dict()
+    assert online["n_all"] == [clients * pushes]
+    assert online["s_1d"] == [float(sum(n * 100 + i for n in range(clients) for i in range(pushes)))]
+    df = pd.DataFrame({"customer_id": [9], "event_timestamp": [datetime.now(UTC)]})
+    offline = store.get_historical_features(df, refs).to_df()
+    assert [int(offline["n_all"][0]), float(offline["s_1d"][0])] == [online["n_all"][0], online["s_1d"][0]]
+
+
+def test_materialize_while_pushing_counts_every_event_once(pushed_repo: Any) -> None:
+    """Pushes race a materialization (with the real settle time): every event is online exactly once."""
+    store, _spend, _profile = pushed_repo
+    store.offline.push_log.settle_seconds = 1.0
+    stop = threading.Event()
+    sent: list[float] = []
+
+    def pusher() -> None:
+        with fast_settling(FeatureStore(store.repo_path)) as own:
+            while not stop.is_set():
+                amount = float(len(sent) + 1)
+                own.push("spend_push", [event(11, amount)])
+                sent.append(amount)
+
+    thread = threading.Thread(target=pusher)
+    thread.start()
+    try:
+        for _ in range(3):
+            store.materialize()
+            time.sleep(0.3)
+    finally:
+        stop.set()
+        thread.join()
+    online = store.get_online_features(["spend:n_all", "spend:s_1d"], {"customer_id": [11]}).to_dict()
+    assert online["n_all"] == [len(sent)] and online["s_1d"] == [sum(sent)]
+    time.sleep(1.0)
+    store.materialize()
+    assert store.get_online_features(["spend:n_all"], {"customer_id": [11]}).to_dict()["n_all"] == [len(sent)]
+
+
+def test_unknown_key_after_push_of_other_keys(pushed_repo: Any) -> None:
+    store, _spend, _profile = pushed_repo
+    store.push("spend_push", [event(12, 3.0)])
+    response = store.get_online_features(["spend:n_all", "spend:s_1d", "spend:l_all"], {"customer_id": [404]})
+    assert response.to_dict() == {"customer_id": [404], "n_all": [EMPTY["count"]], "s_1d": [0.0], "l_all": [None]}
+    assert set(response.statuses["n_all"]) == {"NOT_FOUND"}
+
+
+def test_push_when_the_online_store_is_down_says_the_events_are_logged(pushed_repo: Any) -> None:
+    store, _spend, _profile = pushed_repo
+    unreachable = RedisOnlineConfig(url="redis://127.0.0.1:1/0", timeout_seconds=0.2)
+    with FeatureStore(store.repo_path, config=store.config.model_copy(update={"online_store": unreachable})) as down:
+        with pytest.raises(OnlineStoreUnavailable, match="offline log") as info:
+            down.push("spend_push", [event(13, 2.0)])
+        assert info.value.details["logged_offline"] is True
+    assert log_size(store) > 0
+    store.materialize()  # the logged event reaches the online store
+    assert store.get_online_features(["spend:n_all"], {"customer_id": [13]}).to_dict()["n_all"] == [1]
