@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+import numpy as np
 import orjson
 from starlette.responses import Response
 
@@ -65,14 +66,15 @@ def datetime_z(value: datetime) -> str:
     return iso_z(int(value.timestamp()) * 1_000_000 + value.microsecond)
 
 
-def _stamps(stamps: Sequence[int | None], cache: dict[int | None, str]) -> list[str]:
+def iso_z_many(micros: Sequence[int]) -> list[str]:
+    """``iso_z`` of many times at once: numpy formats them in C (a few times faster from ~20 values on)."""
+    if len(micros) < 20:
+        return [iso_z(us) for us in micros]
+    texts: list[str] = np.datetime_as_string(np.array(micros, dtype="datetime64[us]"), unit="us").tolist()
     out = []
-    for us in stamps:
-        text = cache.get(us)
-        if text is None:
-            text = EPOCH_Z if us is None else iso_z(us)
-            cache[us] = text
-        out.append(text)
+    for us, text in zip(micros, texts, strict=True):
+        fraction = us % 1_000_000
+        out.append(text[:-7] + "Z" if fraction == 0 else text[:-3] + "Z" if fraction % 1000 == 0 else text + "Z")
     return out
 
 
@@ -86,13 +88,13 @@ def online_body(response: OnlineResponse) -> bytes:
     results: list[dict[str, Any]] = [
         {"values": values, "statuses": key_statuses, "event_timestamps": key_stamps} for values in columns.values()
     ]
-    # Features of one view (or one window) share their stamps list: format each list, and each time, once.
-    formatted: dict[int, list[str]] = {}
-    cache: dict[int | None, str] = {None: EPOCH_Z}
+    # Features of one view (or one window) share their stamps list: format each time once, each list once.
+    lists = {id(stamps): stamps for stamps in response.stamps_us.values()}
+    distinct = list({us for stamps in lists.values() for us in stamps if us is not None})
+    text: dict[int | None, str] = dict(zip(distinct, iso_z_many(distinct), strict=True))
+    text[None] = EPOCH_Z
+    formatted = {key: [text[us] for us in stamps] for key, stamps in lists.items()}
     for name, values in response.values.items():
-        stamps = response.stamps_us[name]
-        text = formatted.get(id(stamps))
-        if text is None:
-            text = formatted[id(stamps)] = _stamps(stamps, cache)
-        results.append({"values": values, "statuses": response.statuses[name], "event_timestamps": text})
+        results.append({"values": values, "statuses": response.statuses[name],
+                        "event_timestamps": formatted[id(response.stamps_us[name])]})
     return dumps({"metadata": {"feature_names": [*columns, *response.values]}, "results": results})
