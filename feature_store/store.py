@@ -90,16 +90,18 @@ class FeatureStore:
 
     def get_historical_features(
         self, entity_df: Any, features: FeatureRefs, full_feature_names: bool = False,
-        available_before: datetime | None = None,
+        available_before: datetime | None = None, *, pushed_before: datetime | None = None,
     ) -> DuckDBRetrievalJob:
         """Point-in-time-correct feature values for each entity row, as of its event_timestamp.
 
         ``available_before`` computes them over the data as it was at that time: only source rows whose
         timestamp and created time are earlier count (what an online store materialized then holds).
+        ``pushed_before`` (with it) lets events pushed to a PushSource count up to that later time: what
+        an online value holds after materializing at ``available_before`` and pushing since.
         """
         catalog = self.catalog()
         resolved = resolve_features(catalog, features, full_feature_names)
-        return self.offline.historical_features(catalog, entity_df, resolved, available_before)
+        return self.offline.historical_features(catalog, entity_df, resolved, available_before, pushed_before)
 
     # --- materialization ----------------------------------------------------------------------
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import threading
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, ClassVar
@@ -31,6 +32,7 @@ from feature_store.offline.sources import relation_sql, source_fingerprint
 from feature_store.offline.sql import (
     ENTITY_TABLE,
     KEYS_TABLE,
+    PUSHED_ROW,
     FeatureRequest,
     TileTable,
     ViewQuery,
@@ -238,7 +240,8 @@ class DuckDBOfflineEngine:
             return relation_sql(batch, self.repo)
         schema = self.source_schema(catalog, batch.name)
         created = batch.created_timestamp_field or batch.timestamp_field
-        rows = f"SELECT *, {epoch_sql(created, schema[created])} AS {CREATED} FROM {relation_sql(batch, self.repo)}"
+        rows = (f"SELECT *, {epoch_sql(created, schema[created])} AS {CREATED}, FALSE AS {PUSHED_ROW} "
+                f"FROM {relation_sql(batch, self.repo)}")
         pushed = self.push_log.relation_sql(source.name, schema)
         return f"({rows})" if pushed is None else f"({rows} UNION ALL BY NAME {pushed})"
 
@@ -277,7 +280,7 @@ class DuckDBOfflineEngine:
 
     def historical_features(
         self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
-        available_before: datetime | None = None,
+        available_before: datetime | None = None, pushed_before: datetime | None = None,
     ) -> DuckDBRetrievalJob:
         by_view: dict[str, list[ResolvedFeature]] = {}
         for item in features:
@@ -294,7 +297,10 @@ class DuckDBOfflineEngine:
         for name, items in by_view.items():
             self.check_view(catalog, name)
             self._check_key_types(catalog, catalog.view(name), table)
-            queries.append(self.view_query(catalog, catalog.view(name), items, available_before))
+            query = self.view_query(catalog, catalog.view(name), items, available_before)
+            if pushed_before is not None and isinstance(catalog.source_of(catalog.view(name)), PushSource):
+                query = replace(query, pushed_before=to_us(pushed_before))
+            queries.append(query)
         passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
         return DuckDBRetrievalJob(self, table, queries, passthrough)
 

@@ -46,7 +46,7 @@ class OfflineEngine(Protocol):
 
     def historical_features(
         self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
-        available_before: datetime | None = None,
+        available_before: datetime | None = None, pushed_before: datetime | None = None,
     ) -> RetrievalJob: ...
 
     def materialize(

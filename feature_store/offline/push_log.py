@@ -88,7 +88,7 @@ class PushLog:
         columns = ", ".join(f"CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in column_types.items())
         # A line torn by a crash was never acknowledged: skipping it loses nothing that was promised.
         return (
-            f"SELECT {columns}, {quote(PUSHED_AT)} AS {quote(CREATED)} FROM read_json({listed}, "
+            f"SELECT {columns}, {quote(PUSHED_AT)} AS {quote(CREATED)}, TRUE AS __fs_pushed FROM read_json({listed}, "
             f"format = 'newline_delimited', columns = {{{declared}, {quote_literal(PUSHED_AT)}: 'BIGINT'}}, "
             "ignore_errors = true)"
         )

@@ -31,6 +31,7 @@ from feature_store.aggregations import (
 from feature_store.definitions import Field
 from feature_store.identifiers import quote
 
+PUSHED_ROW = "__fs_pushed"  # TRUE for rows of a push source that came from its push log
 ENTITY_TABLE = "__q"  # entity rows with __row_id and __t (epoch microseconds)
 KEYS_TABLE = "__kd"
 
@@ -66,6 +67,7 @@ class ViewQuery:
     column_types: Mapping[str, str] = field(default_factory=dict)
     materialized: Mapping[int, TileTable] = field(default_factory=dict)  # hop (us) -> table; 0 for snapshots
     available_before: int | None = None  # only rows with ts and created before this (data as it was then)
+    pushed_before: int | None = None  # with available_before: pushed rows count up to this time instead
     field_order: tuple[str, ...] = ()  # a snapshot view's fields in declaration order: they break ties
 
     @property
@@ -116,10 +118,17 @@ def events_sql(view: ViewQuery, columns: Sequence[str] | None = None) -> str:
         [f"{quote(k)} IS NOT NULL" for k in view.keys]
         + [f"{quote(view.timestamp_field)} IS NOT NULL"]
         + ([f"{quote(view.created_field)} IS NOT NULL"] if view.created_field else [])
-        + ([f"{ts} < {view.available_before}", f"{created} < {view.available_before}"]
-           if view.available_before is not None else [])
+        + ([_available_sql(view, ts, created)] if view.available_before is not None else [])
     )
     return f"SELECT {keys}, {ts} AS __ts, {created} AS __cr{cols} FROM {view.source_sql} WHERE {where}"
+
+
+def _available_sql(view: ViewQuery, ts: str, created: str) -> str:
+    before = f"{ts} < {view.available_before} AND {created} < {view.available_before}"
+    if view.pushed_before is None:
+        return before
+    # What an online value holds between materializations: batch rows up to the last one, every push since.
+    return f"(({before}) OR ({PUSHED_ROW} AND {ts} < {view.pushed_before} AND {created} < {view.pushed_before}))"
 
 
 def key_dictionary_sql(view: ViewQuery) -> str:

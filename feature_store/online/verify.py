@@ -76,7 +76,8 @@ def verify(store: FeatureStore, sample: int = 1000, views: Sequence[str] | None 
         refs = [f"{name}:{f}" for f in view.feature_names]
         online = store.get_online_features(refs, {k: keys[k].tolist() for k in keys.columns}, now=now)
         entity_df = keys.assign(event_timestamp=pd.Timestamp(now))
-        offline = store.get_historical_features(entity_df, refs, available_before=from_us(watermark)).to_df()
+        offline = store.get_historical_features(entity_df, refs, available_before=from_us(watermark),
+                                                pushed_before=now).to_df()
         not_found[name] = sum(s == "NOT_FOUND" for s in next(iter(online.statuses.values())))
         for feature in view.feature_names:
             checks.append(_compare(name, feature, online.values[feature], offline[feature].tolist()))

@@ -15,6 +15,7 @@ from feature_store import (
     Field,
     FileSource,
     Last,
+    PushSource,
     Max,
     Mean,
     StdDev,
@@ -30,10 +31,14 @@ transactions = FileSource(
     created_timestamp_field="created",  # when the row landed: rows not yet landed at t are invisible
 )
 
+# Real-time transactions: store.push("transactions_push", ...) or POST /push. Views over it read the
+# batch files plus every pushed event; a push shows up online at once and in training sets later.
+transactions_push = PushSource(name="transactions_push", batch_source=transactions)
+
 customer_spend = FeatureView(
     name="customer_spend",
     entities=[customer],
-    source=transactions,
+    source=transactions_push,
     features=[
         Mean("amount", window=timedelta(days=90), name="avg_spend_90d"),
         Sum("amount", window=timedelta(days=7), name="spend_7d"),
@@ -49,7 +54,7 @@ customer_spend = FeatureView(
 customer_habits = FeatureView(
     name="customer_habits",
     entities=[customer],
-    source=transactions,
+    source=transactions_push,
     features=[
         StdDev("amount", window="30d", name="spend_stddev_30d"),
         CountDistinct("category", window="30d", name="categories_30d"),
