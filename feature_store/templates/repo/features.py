@@ -15,9 +15,9 @@ from feature_store import (
     Field,
     FileSource,
     Last,
-    PushSource,
     Max,
     Mean,
+    PushSource,
     StdDev,
     Sum,
 )
