@@ -148,14 +148,16 @@ def run_keys(client: Any, project: str, delete: bool) -> int:
     for key in client.scan_iter(match=b"*" + suffix, count=1000):
         if not key.endswith(suffix):  # belt and braces
             continue
-        n += 1
-        if delete:
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch = []
+        if not delete:
+            n += 1
+            continue
+        # count what UNLINK removed: SCAN may return a key twice while the db rehashes
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += int(client.unlink(*batch))
+            batch = []
     if delete and batch:
-        client.unlink(*batch)
+        n += int(client.unlink(*batch))
     return n
 
 

@@ -202,21 +202,23 @@ def redis_client(url: str):
 
 
 def scan_prefix(client, prefix: str, delete: bool) -> int:
-    """Count (and optionally UNLINK) the keys under ``prefix`` only."""
+    """Count (and optionally UNLINK) the keys under ``prefix`` only. When deleting, the count is what UNLINK
+    removed: SCAN may return a key twice while the db is rehashing (1M keys deleted read as 1,000,018)."""
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
     n = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=1000):
         if not key.startswith(prefix.encode()):  # belt and braces: never touch another prefix
             continue
-        n += 1
-        if delete:
-            batch.append(key)
-            if len(batch) >= 1000:
-                client.unlink(*batch)
-                batch = []
+        if not delete:
+            n += 1
+            continue
+        batch.append(key)
+        if len(batch) >= 1000:
+            n += int(client.unlink(*batch))
+            batch = []
     if delete and batch:
-        client.unlink(*batch)
+        n += int(client.unlink(*batch))
     return n
 
 
