@@ -123,7 +123,8 @@ def make_repo(repo: Path, customers: int, redis_url: str, prefix: str) -> None:
 
 
 def expected_response(repo: Path, body: dict[str, Any]) -> Any:
-    """The SDK's answer to a request, encoded as the server encodes it (computed before the server starts)."""
+    """The SDK's answer to a request, encoded as the server encodes it (online reads leave the offline database
+    closed, so this runs next to the server)."""
     from feature_store import FeatureStore
     from feature_store.server.encode import online_body
 
@@ -185,6 +186,18 @@ class Server:
     def pids(self) -> list[int]:
         children = subprocess.run(["pgrep", "-P", str(self.proc.pid)], capture_output=True, text=True).stdout.split()
         return [self.proc.pid, *(int(c) for c in children)]
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the server's processes so far (Linux /proc)."""
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in self.pids():
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -400,10 +413,10 @@ def main(argv: list[str] | None = None) -> int:
         make_repo(repo, args.customers, args.redis_url, prefix)
         check = {"features": FEATURES_1X10, "entities": {"customer_id": [1, 2, 3, 10**9]},
                  "now": datetime.now(UTC).replace(microsecond=0).isoformat()}
-        expected = expected_response(repo, check)
         for workers in (int(w) for w in args.workers.split(",")):
             server = Server(repo, workers, workdir / f"server-{workers}.log", args.threadpool)
             try:
+                expected = expected_response(repo, check)  # now: earlier pushes changed values
                 conn = http.client.HTTPConnection("127.0.0.1", server.port)
                 conn.request("POST", "/get-online-features", json.dumps(check), {"Content-Type": "application/json"})
                 same = json.loads(conn.getresponse().read()) == expected
@@ -433,15 +446,17 @@ def run_case(args: argparse.Namespace, client: str, server: Server, workers: int
         profile = None
         if args.profile and clients == 8 and name.endswith("1 entity x 10 features"):
             profile = start_profile(server.pids(), args.duration, workdir / f"profile-{workers}.txt")
-        load = loadavg()
+        load, cpu = loadavg(), server.cpu_seconds()
         figures = run(server.port, path, template, count, args.customers, clients, args.duration,
                       args.max_requests // (10 if heavy else 1), *extra)
         figures["load"] = load
+        # Server CPU per request: what the server costs whatever else the machine runs (10 ms clock ticks).
+        figures["cpu_us"] = (server.cpu_seconds() - cpu) / max(1, figures["requests"]) * 1e6
         summary.append((workers, name, clients, figures))
         print(f"  {name:48s} {clients} clients: {figures['rps']:8,.0f} req/s  p50 {figures['p50_ms']:6.3f}  "
               f"p95 {figures['p95_ms']:6.3f}  p99 {figures['p99_ms']:6.3f}  max {figures['max_ms']:7.2f} ms  "
-              f"({figures['requests']:,} requests, {figures['errors']} errors{_statuses(figures)}, load {load})",
-              flush=True)
+              f"server CPU {figures['cpu_us']:,.0f} us/request ({figures['requests']:,} requests, "
+              f"{figures['errors']} errors{_statuses(figures)}, load {load})", flush=True)
         if profile is not None:
             profile.wait(timeout=args.duration + 60)
             print_profile(workdir / f"profile-{workers}.txt")
@@ -452,11 +467,11 @@ def _statuses(figures: dict[str, Any]) -> str:
 
 
 def print_summary(summary: list[tuple[int, str, int, dict[str, Any]]]) -> None:
-    print("\n| workers | case | clients | req/s | p50 ms | p95 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("\n| workers | case | clients | req/s | p50 ms | p95 ms | p99 ms | server CPU us/req | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for workers, name, clients, f in summary:
         print(f"| {workers} | {name} | {clients} | {f['rps']:,.0f} | {f['p50_ms']:.3f} | {f['p95_ms']:.3f} | "
-              f"{f['p99_ms']:.3f} | {f['errors']} |")
+              f"{f['p99_ms']:.3f} | {f['cpu_us']:,.0f} | {f['errors']} |")
     one = [f for w, n, c, f in summary if c == 1 and n.endswith("1 entity x 10 features")]
     eight = [f for w, n, c, f in summary if w == 2 and c == 8 and n.endswith("1 entity x 10 features")]
     if one:
