@@ -97,7 +97,6 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
     metrics = Metrics()
     keys = KeyRing(settings.api_keys)
     refresher = RegistryRefresher(store, settings.registry_refresh_seconds, metrics)
-    describer = RegistryDescriber(store)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
@@ -114,14 +113,31 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                 store.close()
 
     app = FeatureServerApp(title="feature-store feature server", description=DESCRIPTION, lifespan=lifespan,
-                  redoc_url=None, openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
-
+                           redoc_url=None,
+                           openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
     online = OnlineFeatures(store, settings.max_entities, metrics, settings.threadpool)
+    _feature_routes(app, store, online, metrics, keys.enabled)
+    _operation_routes(app, store, refresher, metrics)
+    _install_error_handlers(app, metrics)
+    app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
+    front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
+                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online})
+    if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
+        front = CORSMiddleware(front, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
+                               allow_headers=["Authorization", "Content-Type"])
+    app.front = front
+    app.state.store, app.state.refresher, app.state.metrics = store, refresher, metrics
+    return app
+
+
+def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, metrics: Metrics,
+                    secured: bool) -> None:
+    describer = RegistryDescriber(store)
 
     @app.post("/get-online-features", tags=["features"], response_model=None,
               responses={200: {"model": models.GetOnlineFeaturesResponse},
                          **_errors(400, 401, 403, 404, 413, 422, 503)},
-              openapi_extra=_body(models.GetOnlineFeaturesRequest, keys.enabled))
+              openapi_extra=_body(models.GetOnlineFeaturesRequest, secured))
     async def get_online_features(request: Request) -> Response:
         """Feature values of entities, as Feast's feature server answers them (column-major).
 
@@ -133,7 +149,7 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
 
     @app.post("/push", tags=["push"], response_model=None,
               responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 415, 422, 503)},
-              openapi_extra=_body(models.PushRequest, keys.enabled))
+              openapi_extra=_body(models.PushRequest, secured))
     async def push(request: Request) -> Response:
         """Write rows of a push source to the online store, the offline store, or both (Feast's request)."""
         arrived = time.time()
@@ -145,17 +161,19 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                               "pushed_at": datetime_z(result.pushed_at)})
 
     @app.get("/features", tags=["features"], response_model=models.RegistryResponse,
-             responses=_errors(401, 403, 503), openapi_extra=_security(keys.enabled))
+             responses=_errors(401, 403, 503), openapi_extra=_security(secured))
     async def features() -> Response:
         """The registry: entities, feature views with their features and types, feature services."""
         return json_response(await run_in_threadpool(describer.describe))
 
     @app.get("/features/{view}", tags=["features"], response_model=models.FeatureViewInfo,
-             responses=_errors(401, 403, 404, 503), openapi_extra=_security(keys.enabled))
+             responses=_errors(401, 403, 404, 503), openapi_extra=_security(secured))
     async def feature_view(view: str) -> Response:
         """One feature view; 404 when there is none of that name."""
         return json_response(await run_in_threadpool(describer.view, view))
 
+
+def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics) -> None:
     @app.get("/health", tags=["operations"], response_model=models.HealthResponse)
     async def health() -> Response:
         """Liveness: 200 while the process runs."""
@@ -172,17 +190,6 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
         """Prometheus metrics: requests, latencies, entities per request, online store errors, push lag."""
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
-
-    _install_error_handlers(app, metrics)
-    app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
-    front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online})
-    if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
-        front = CORSMiddleware(front, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                               allow_headers=["Authorization", "Content-Type"])
-    app.front = front
-    app.state.store, app.state.refresher, app.state.metrics = store, refresher, metrics
-    return app
 
 
 def _readiness(store: FeatureStore, refresher: RegistryRefresher) -> dict[str, Any]:
