@@ -21,7 +21,7 @@ from feature_store import example
 from feature_store.aggregations import Aggregation
 from feature_store.definitions import FileSource, kind_of, to_spec
 from feature_store.durations import format_duration
-from feature_store.errors import FeatureStoreError
+from feature_store.errors import FeatureStoreError, PushDataError
 from feature_store.plan import Plan
 from feature_store.store import FeatureStore
 
@@ -289,6 +289,37 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
     if not report.ok:
         sys.exit(1)
     console.print("[green]Online values equal offline values.[/]")
+
+
+@main.command()
+@click.argument("push_source")
+@click.option("--file", "path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="Rows to push: a .parquet, .csv or .json (records or JSON lines) file.")
+@click.option("--to", type=click.Choice(["online_and_offline", "offline", "online"]), default="online_and_offline",
+              show_default=True, help="Where the rows go; 'online' alone is never trained on.")
+@click.pass_context
+def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
+    """Push the rows of a file to PUSH_SOURCE: logged offline, then merged into the online values."""
+    with _errors():
+        rows = _read_rows(path)
+        result = _store(ctx).push(push_source, rows, to=to)  # type: ignore[arg-type]
+    console.print(f"Pushed {result.rows:,} row(s) to {push_source!r} ({to}) at {result.pushed_at:%Y-%m-%d %H:%M:%S.%f}"
+                  f" UTC; {result.entities:,} online value(s) updated.")
+
+
+def _read_rows(path: Path) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".parquet":
+            return pd.read_parquet(path)
+        if suffix == ".csv":
+            return pd.read_csv(path)
+        if suffix in (".json", ".jsonl", ".ndjson"):
+            lines = suffix != ".json" or path.read_text().lstrip().startswith("{")
+            return pd.read_json(path, lines=lines, orient="records", convert_dates=False, dtype=False)
+    except (OSError, ValueError) as exc:
+        raise PushDataError(f"cannot read {path}: {exc}", path=str(path)) from exc
+    raise PushDataError(f"{path}: push files must be .parquet, .csv, .json or .jsonl.", path=str(path))
 
 
 @main.command()

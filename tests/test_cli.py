@@ -149,3 +149,32 @@ def test_verify_fails_when_not_materialized(example_repo: Path) -> None:
     result = CliRunner().invoke(main, ["--repo", str(example_repo), "verify", "--sample", "10"])
     assert result.exit_code == 1
     assert "not materialized online" in result.output
+
+
+@pytest.mark.parametrize("suffix", [".csv", ".jsonl", ".parquet"])
+def test_push_a_file_then_read_and_verify(example_repo: Path, tmp_path: Path, suffix: str) -> None:
+    run(example_repo, "apply")
+    assert run(example_repo, "materialize").exit_code == 0
+    now = pd.Timestamp.now(tz="UTC")
+    rows = pd.DataFrame({"customer_id": [424242, 424242], "event_timestamp": [now.isoformat()] * 2,
+                         "amount": [10.0, 2.5], "category": ["food", "travel"]})
+    path = tmp_path / f"events{suffix}"
+    {".csv": lambda: rows.to_csv(path, index=False), ".parquet": lambda: rows.to_parquet(path),
+     ".jsonl": lambda: rows.to_json(path, orient="records", lines=True)}[suffix]()
+    pushed = run(example_repo, "push", "transactions_push", "--file", str(path))
+    assert pushed.exit_code == 0, pushed.output
+    assert "Pushed 2 row(s)" in pushed.output
+    online = run(example_repo, "get-online", "--entities", "customer_id=424242", "--features",
+                 "customer_spend:txn_count_30d,customer_spend:spend_7d")
+    assert "12.5" in online.output and "PRESENT" in online.output
+    assert run(example_repo, "verify", "--sample", "50").exit_code == 0
+
+
+def test_push_errors_name_the_column(example_repo: Path, tmp_path: Path) -> None:
+    run(example_repo, "apply")
+    path = tmp_path / "bad.csv"
+    pd.DataFrame({"customer_id": [1], "event_timestamp": ["2026-01-01T00:00:00Z"], "amount": ["a lot"]}).to_csv(
+        path, index=False)
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "push", "transactions_push", "--file", str(path)])
+    assert result.exit_code == 1
+    assert "PushDataError" in result.output and "'amount'" in result.output
