@@ -12,7 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -43,8 +43,6 @@ from feature_store.server.runtime import RegistryDescriber, RegistryRefresher
 from feature_store.store import FeatureStore
 
 log = logging.getLogger("feature_store.server")
-M = TypeVar("M", bound=BaseModel)
-T = TypeVar("T")
 
 DESCRIPTION = """Online features over HTTP, wire-compatible with Feast's feature server (`/get-online-features`,
 `/push`). Errors are `{"error": {"type", "message", "details"}}`. With API keys configured, send
