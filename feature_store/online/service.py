@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +27,7 @@ from feature_store.push_rows import PushRows, check_rows
 from feature_store.references import FeatureRefs, ResolvedFeature, resolve_features
 from feature_store.registry import Registry
 
+PLAN_CACHE_SIZE = 1024
 PushTo = Literal["online", "offline", "online_and_offline"]
 
 
@@ -40,8 +43,10 @@ class OnlineService:
     def __init__(self, config: RepoConfig, repo: Any, registry: Registry, offline: DuckDBOfflineEngine) -> None:
         self.config, self.repo, self.registry, self.offline = config, repo, registry, offline
         self._store: OnlineStore | None = None
-        self._plans: dict[tuple[Any, ...], list[ViewPlan]] = {}
+        # Compiled per request shape; bounded, since clients choose the feature lists (least recently used go).
+        self._plans: OrderedDict[tuple[Any, ...], list[ViewPlan]] = OrderedDict()
         self._targets: dict[tuple[int, str], list[PushTarget]] = {}
+        self._lock = threading.Lock()
 
     @property
     def store(self) -> OnlineStore:
@@ -129,22 +134,32 @@ class OnlineService:
     def plans(self, catalog: Catalog, version: int, features: FeatureRefs, full_feature_names: bool) -> list[ViewPlan]:
         cache_key = (version, features if isinstance(features, str) else
                      getattr(features, "name", None) or tuple(features), full_feature_names)
-        if cache_key not in self._plans:
-            resolved = resolve_features(catalog, features, full_feature_names)
-            by_view: dict[str, list[ResolvedFeature]] = {}
-            for item in resolved:
-                by_view.setdefault(item.view.name, []).append(item)
-            plans = []
-            for name, items in by_view.items():
-                view = catalog.view(name)
-                query = self.offline.view_query(catalog, view, items, materialized=False)
-                full = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names],
-                                               materialized=False)
-                schema = self.offline.source_schema(catalog, view.source_name)
-                prefix = self.prefix(name, view_signature(catalog, name))
-                plans.append(compile_view(full, query, prefix, schema))
+        with self._lock:
+            plans = self._plans.get(cache_key)
+            if plans is not None:
+                self._plans.move_to_end(cache_key)
+                return plans
+        plans = self._compile(catalog, features, full_feature_names)
+        with self._lock:
             self._plans[cache_key] = plans
-        return self._plans[cache_key]
+            while len(self._plans) > PLAN_CACHE_SIZE:
+                self._plans.popitem(last=False)
+        return plans
+
+    def _compile(self, catalog: Catalog, features: FeatureRefs, full_feature_names: bool) -> list[ViewPlan]:
+        by_view: dict[str, list[ResolvedFeature]] = {}
+        for item in resolve_features(catalog, features, full_feature_names):
+            by_view.setdefault(item.view.name, []).append(item)
+        plans = []
+        for name, items in by_view.items():
+            view = catalog.view(name)
+            query = self.offline.view_query(catalog, view, items, materialized=False)
+            full = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names],
+                                           materialized=False)
+            schema = self.offline.source_schema(catalog, view.source_name)
+            prefix = self.prefix(name, view_signature(catalog, name))
+            plans.append(compile_view(full, query, prefix, schema))
+        return plans
 
     def get(self, catalog: Catalog, version: int, features: FeatureRefs, entity_rows: Any,
             full_feature_names: bool, now: datetime | None) -> OnlineResponse:

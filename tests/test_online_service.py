@@ -1,0 +1,26 @@
+"""The online service's caches: compiled read plans are bounded, whatever feature lists clients send."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from feature_store.online import service
+from feature_store.store import FeatureStore
+
+
+def test_plan_cache_keeps_the_most_recently_used(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 3)
+    with FeatureStore(example_repo) as store:
+        store.apply()
+        store.materialize()
+        lists = [["customer_spend:spend_7d"], ["customer_profile:age"], ["customer_habits:txn_count_1h"],
+                 ["customer_spend:spend_7d", "customer_profile:age"], ["customer_spend:lifetime_spend"]]
+        first = store.get_online_features(lists[0], {"customer_id": [1]}).to_dict()
+        for features in lists[1:]:
+            store.get_online_features(features, {"customer_id": [1]})
+            store.get_online_features(lists[0], {"customer_id": [1]})  # used again: stays
+        assert len(store.online._plans) == 3
+        assert any(key[1] == tuple(lists[0]) for key in store.online._plans)
+        assert store.get_online_features(lists[0], {"customer_id": [1]}).to_dict() == first
