@@ -304,7 +304,7 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
         rows = _read_rows(path)
         result = _store(ctx).push(push_source, rows, to=to)  # type: ignore[arg-type]
     console.print(f"Pushed {result.rows:,} row(s) to {push_source!r} ({to}) at {result.pushed_at:%Y-%m-%d %H:%M:%S.%f}"
-                  f" UTC; {result.entities:,} online value(s) updated.")
+                  f" UTC; {result.online_updates:,} online value(s) updated.")
 
 
 def _read_rows(path: Path) -> pd.DataFrame:

@@ -39,6 +39,11 @@ class PushRows:
     count: int
     timestamps_us: list[int]  # the event timestamp of each row, epoch microseconds
 
+    def slice(self, start: int, stop: int) -> PushRows:
+        stop = min(stop, self.count)
+        return PushRows({n: v[start:stop] for n, v in self.columns.items()}, stop - start,
+                        self.timestamps_us[start:stop])
+
     def log_lines(self, pushed_at: int) -> bytes:
         """One JSON object per row: each value as text the offline store casts back exactly."""
         names = list(self.columns)

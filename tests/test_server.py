@@ -198,14 +198,14 @@ def test_digit_strings_beyond_64_bits_are_400(client: TestClient) -> None:
     error_of(post(client, body), 400, "EntityDataFrameError")
 
 
-def test_push_answers_rows_entities_and_time(client: TestClient) -> None:
+def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     row = {"customer_id": [1, 2], "event_timestamp": [now.isoformat()] * 2, "created": [now.isoformat()] * 2,
            "amount": [10.0, 20.0], "category": ["grocery", "travel"]}
     response = post(client, {"push_source_name": "transactions_push", "df": row, "to": "online"}, "/push")
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["rows"] == 2 and body["entities"] >= 2
+    assert body["rows"] == 2 and body["online_updates"] >= 2  # one per entity and view over the source
     assert body["pushed_at"].endswith("Z") and datetime.fromisoformat(body["pushed_at"].replace("Z", "+00:00")) >= now
     error_of(post(client, {"push_source_name": "transactions_push", "df": {"customer_id": [1]}}, "/push"), 422,
              "PushDataError")

@@ -63,7 +63,7 @@ def test_pushed_events_are_served_at_once_and_trained_on_with_the_same_values(se
                                               "df": events(customers, [10.5, 20.25], pushed_at)})
     assert response.status_code == 200, response.text
     answer = response.json()
-    assert answer["rows"] == 2 and answer["entities"] >= 2  # online values updated: at least one per entity
+    assert answer["rows"] == 2 and answer["online_updates"] >= 2  # at least one per entity
     now = datetime.now(UTC) + timedelta(seconds=1)
     after = online(server, customers, now)
     spend_before, spend_after = before["spend_1d"][0], after["spend_1d"][0]

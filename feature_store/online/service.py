@@ -28,13 +28,14 @@ from feature_store.references import FeatureRefs, ResolvedFeature, resolve_featu
 from feature_store.registry import Registry
 
 PLAN_CACHE_SIZE = 1024
+PUSH_CHUNK_ROWS = 64
 PushTo = Literal["online", "offline", "online_and_offline"]
 
 
 @dataclass(frozen=True)
 class PushResult:
     rows: int
-    entities: int  # online values updated (entity x view)
+    online_updates: int  # online values written: one per entity and view over the source (and per chunk)
     pushed_at: datetime  # when the events became available, for training sets as for serving
     to: PushTo
 
@@ -104,12 +105,15 @@ class OnlineService:
         rows = check_rows(name, data, schema, batch.timestamp_field, required, time.time_ns() // 1000)
         logged = to != "online"
         pushed_at = self.offline.push_log.append(name, rows.log_lines) if logged else time.time_ns() // 1000
-        entities = self._push_online(targets, rows, pushed_at, logged) if to != "offline" else 0
-        return PushResult(rows.count, entities, from_us(pushed_at), to)
+        updates = self._push_online(targets, rows, pushed_at, logged) if to != "offline" else 0
+        return PushResult(rows.count, updates, from_us(pushed_at), to)
 
     def _push_online(self, targets: list[PushTarget], rows: PushRows, pushed_at: int, logged: bool) -> int:
         try:
-            return write_pushes(self.store, targets, rows, pushed_at, time.time_ns() // 1000)
+            # Each entity's update is atomic; a big push goes in chunks, so that concurrent pushes rarely touch
+            # the same keys within one transaction and a retry redoes little.
+            return sum(write_pushes(self.store, targets, rows.slice(start, start + PUSH_CHUNK_ROWS), pushed_at,
+                                    time.time_ns() // 1000) for start in range(0, rows.count, PUSH_CHUNK_ROWS))
         except OnlineStoreUnavailable as exc:
             if not logged:
                 raise

@@ -155,7 +155,7 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
         metrics.push_lag.observe(max(0.0, result.pushed_at.timestamp() - arrived))
         metrics.pushed_rows.inc(result.rows)
-        return json_response({"rows": result.rows, "entities": result.entities,
+        return json_response({"rows": result.rows, "online_updates": result.online_updates,
                               "pushed_at": datetime_z(result.pushed_at)})
 
     @app.get("/features", tags=["features"], response_model=models.RegistryResponse,

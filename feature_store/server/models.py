@@ -83,7 +83,7 @@ class PushRequest(_Request):
 
 class PushResponse(BaseModel):
     rows: int = Field(description="Rows pushed.")
-    entities: int = Field(description="Online entities updated.")
+    online_updates: int = Field(description="Online values written: one per entity and view over the source.")
     pushed_at: str = Field(description="When the rows were written (ISO-8601 UTC).")
 
 
