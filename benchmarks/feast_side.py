@@ -19,6 +19,9 @@ parquet files, and prints one JSON object on stdout (everything Feast itself pri
 Feast's Redis keys are ``serialize_entity_key(...) + project``: the keys of this run are exactly the
 keys of the db that end with the run's project name, and only those are deleted at the end, whatever
 happened (SCAN + UNLINK; never FLUSHDB).
+
+The harness pieces (latency figures, peak RSS, load average, key scans) come from ``benchmarks/common.py``, which
+needs nothing beyond the standard library, so that this script can import it under the Feast venv's Python.
 """
 
 from __future__ import annotations
@@ -28,48 +31,14 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import entity_rows, error_text, finish_result, latency_stats, loadavg, scan_keys
 
 FEAST_TYPES = {"float64": "Float64", "int64": "Int64", "string": "String"}
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def latency_stats(samples: list[float]) -> dict[str, Any]:
-    """Same fields as online.py's latency_stats, so the parent reports both sides alike."""
-    a = np.asarray(samples, dtype=np.float64)
-    if not a.size:
-        return {"calls": 0}
-    return {
-        "calls": int(a.size),
-        "total_s": float(a.sum()),
-        "mean": float(a.mean()),
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "p99": float(np.percentile(a, 99)),
-        "max": float(a.max()),
-    }
 
 
 # --------------------------------------------------------------------------
@@ -142,23 +111,8 @@ def redis_client(spec: dict[str, Any]) -> Any:
 def run_keys(client: Any, project: str, delete: bool) -> int:
     """Count (and optionally UNLINK) the keys that end with the run's project name, and only those."""
     suffix = project.encode()
-    n = 0
-    batch: list[bytes] = []
     # project names are [A-Za-z0-9_]: no glob metacharacters to escape
-    for key in client.scan_iter(match=b"*" + suffix, count=1000):
-        if not key.endswith(suffix):  # belt and braces
-            continue
-        if not delete:
-            n += 1
-            continue
-        # count what UNLINK removed: SCAN may return a key twice while the db rehashes
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += int(client.unlink(*batch))
-            batch = []
-    if delete and batch:
-        n += int(client.unlink(*batch))
-    return n
+    return scan_keys(client, b"*" + suffix, lambda key: key.endswith(suffix), delete)
 
 
 def entity_key(customer_id: int) -> bytes:
@@ -173,12 +127,6 @@ def entity_key(customer_id: int) -> bytes:
 # --------------------------------------------------------------------------
 # The benchmark
 # --------------------------------------------------------------------------
-
-
-def entity_rows(ids: np.ndarray, fmt: str) -> Any:
-    if fmt == "columns":
-        return {"customer_id": [int(i) for i in ids]}
-    return [{"customer_id": int(i)} for i in ids]
 
 
 def time_case(store: Any, features: list[str], pool: list[Any], spec: dict[str, Any]) -> dict[str, Any]:
@@ -311,7 +259,7 @@ def main() -> int:
     try:
         run(spec, result)
     except BaseException as e:  # reported to the parent, which prints it next to the figures
-        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
+        result["error"] = error_text(e)
     finally:
         if not spec.get("keep_keys"):
             try:
@@ -320,9 +268,7 @@ def main() -> int:
                 result["redis_delete_seconds"] = time.perf_counter() - t
             except Exception as e:
                 result["cleanup_error"] = f"{type(e).__name__}: {e}"
-    result["vm_hwm_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = loadavg()
-    out.write(json.dumps(result, default=str) + "\n")
+    out.write(json.dumps(finish_result(result), default=str) + "\n")
     out.flush()
     return 0
 

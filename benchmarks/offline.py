@@ -34,19 +34,27 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import shlex
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from common import (
+    error_text,
+    finish_result,
+    fmt_bytes,
+    fmt_secs,
+    loadavg,
+    out_dir_or_temp,
+    print_command_and_machine,
+    print_table,
+    run_worker_process,
+    source_fingerprint,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -451,35 +459,6 @@ def make_repo(repo: Path) -> None:
     (repo / "feature_store.yaml").write_text("project: bench\n")
 
 
-def peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def source_fingerprint(package_dir: Path) -> str:
-    """Short hash of a package's *.py files, to tie figures to the code that produced them."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(package_dir.rglob("*.py")):
-        h.update(str(f.relative_to(package_dir)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
 def run_worker(args) -> int:
     """Executed in a child process: run one method, write a JSON result."""
     data_dir = Path(args._data_dir)
@@ -563,10 +542,8 @@ def run_worker(args) -> int:
         else:
             raise ValueError(f"unknown method {method}")
     except BaseException as e:
-        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    result["vm_hwm_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = loadavg()
-    Path(args._result).write_text(json.dumps(result, indent=2, default=str))
+        result["error"] = error_text(e)
+    Path(args._result).write_text(json.dumps(finish_result(result), indent=2, default=str))
     return 0
 
 
@@ -598,46 +575,7 @@ def spawn_worker(
         "--entity-input",
         args.entity_input,
     ]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    # os.wait4 gives this child's own rusage (ru_maxrss), unlike RUSAGE_CHILDREN which
-    # is the max over every child waited for so far.
-    status = ru = None
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() - t0 > timeout:
-            proc.kill()
-            _, status, ru = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    elapsed = time.perf_counter() - t0
-    try:
-        res: dict[str, Any] = json.loads(result_path.read_text())
-    except (OSError, ValueError):
-        res = {
-            "method": method,
-            "runs": [],
-            "error": f"worker exited with code {proc.returncode} and no result"
-            + (f" (killed after {timeout:.0f}s timeout)" if elapsed > timeout else ""),
-        }
-    res["ru_maxrss_bytes"] = ru.ru_maxrss * 1024 if ru is not None else None
-    res["process_seconds"] = elapsed
-    return res
-
-
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "n/a"
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.0f} MiB"
-
-
-def fmt_secs(s) -> str:
-    if s is None:
-        return "n/a"
-    return f"{s:.3f} s" if s < 100 else f"{s:.1f} s"
+    return run_worker_process(cmd, result_path, timeout, {"method": method, "runs": []})
 
 
 def load_norm(path: Path):
@@ -671,7 +609,7 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
     meta = generate(size, args.seed, data_dir)
     print(
         f"  data: {data_dir} ({'reused' if meta.get('reused') else 'generated'} in {meta.get('seconds')} s, "
-        f"events.parquet {fmt_bytes(meta.get('events_bytes'))})",
+        f"events.parquet {fmt_bytes(meta.get('events_bytes'), kib=False)})",
         flush=True,
     )
     work_dir = data_dir / "results"
@@ -765,8 +703,8 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
         if r.get("apply_seconds") is not None:
             print(f"    apply(): {fmt_secs(r['apply_seconds'])}")
         print(
-            f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'))} (VmHWM), "
-            f"{fmt_bytes(r.get('ru_maxrss_bytes'))} (wait4 ru_maxrss)"
+            f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'), kib=False)} (VmHWM), "
+            f"{fmt_bytes(r.get('ru_maxrss_bytes'), kib=False)} (wait4 ru_maxrss)"
         )
         if r.get("rows_out") is not None:
             print(f"    rows out: {r['rows_out']:,}")
@@ -781,7 +719,7 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
                     "(values still compared)"
                 )
         if r.get("repo_data_bytes") is not None:
-            print(f"    repo size after materialize: {fmt_bytes(r['repo_data_bytes'])}")
+            print(f"    repo size after materialize: {fmt_bytes(r['repo_data_bytes'], kib=False)}")
         for c in checks.get(m, []):
             print_check(c)
 
@@ -818,22 +756,12 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
                 "median": fmt_secs(med) if m != "pandas" else f"~{fmt_secs(extrap)}*",
                 "runs": ", ".join(f"{x:.2f}" for x in runs) if runs else "-",
                 "rows/s": f"{rows_per_s:,.0f}" + ("*" if m == "pandas" else "") if rows_per_s else "-",
-                "peak RSS": fmt_bytes(rss),
+                "peak RSS": fmt_bytes(rss, kib=False),
                 "check": check_str,
                 "target": verdict or "-",
             }
         )
     sys.stdout.flush()
-
-
-def print_table(rows: list) -> None:
-    cols = ["size", "method", "median", "runs", "rows/s", "peak RSS", "check", "target"]
-    widths = {c: max(len(c), *(len(str(r[c])) for r in rows)) for c in cols}
-    line = " | ".join(c.ljust(widths[c]) for c in cols)
-    print(line)
-    print("-+-".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print(" | ".join(str(r[c]).ljust(widths[c]) for c in cols))
 
 
 def main(argv=None) -> int:
@@ -878,7 +806,6 @@ def main(argv=None) -> int:
     if unknown:
         p.error(f"unknown methods: {sorted(unknown)}")
 
-    print("command: " + shlex.join([sys.executable, *sys.argv]))
     try:
         import duckdb
         import pandas
@@ -890,16 +817,10 @@ def main(argv=None) -> int:
         )
     except ImportError as e:
         versions = str(e)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; {versions}")
+    print_command_and_machine(versions)
     print(f"seed={args.seed} repeat={args.repeat} entity-input={args.entity_input} methods={','.join(args.methods)}")
 
-    tmp = None
-    if args.out_dir:
-        base_dir = Path(args.out_dir).resolve()
-        base_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.mkdtemp(prefix="fs_bench_")
-        base_dir = Path(tmp)
+    base_dir, tmp = out_dir_or_temp(args.out_dir, "fs_bench_")
     print(f"out-dir: {base_dir}")
 
     table: list = []
@@ -911,7 +832,7 @@ def main(argv=None) -> int:
             shutil.rmtree(tmp, ignore_errors=True)
 
     print("\n=== summary ===")
-    print_table(table)
+    print_table(table, ["size", "method", "median", "runs", "rows/s", "peak RSS", "check", "target"])
     print(
         "* pandas: timed on a sample of query rows; 'median' is the extrapolated full-run time "
         "(setup + rows/sample-rate), rows/s is the per-row loop rate."

@@ -27,7 +27,8 @@ aggregations, so it gets them precomputed, with one event timestamp), and ``benc
 run by ``PATH/bin/python`` (Feast is never imported here), builds a Feast repo on them (Redis online
 store on the same server in a dedicated db, file offline store), times ``feast apply``/``materialize``
 and the same read cases, and answers in JSON; the summary then has one table with both stores'
-figures and the ratio ours/Feast.
+figures and the ratio ours/Feast. Running Feast and reporting its figures: ``benchmarks/feast_compare.py``;
+the harness pieces shared with the other scripts: ``benchmarks/common.py``.
 
 Every step runs in its own subprocess (this script re-invoked with the internal ``--_worker``
 flag) so that peak RSS figures never mix. Redis keys are written under a key prefix unique to
@@ -42,21 +43,47 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import re
-import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
-import traceback
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import (
+    FEATURES_1X10,
+    FINGERPRINTS,
+    entity_rows,
+    error_text,
+    finish_result,
+    fmt_bytes,
+    fmt_int,
+    fmt_ms,
+    fmt_secs,
+    latency_stats,
+    loadavg,
+    out_dir_or_temp,
+    print_command_and_machine,
+    print_table,
+    print_worker_header,
+    run_worker_process,
+    scan_prefix,
+    source_fingerprint,
+    time_calls,
+)
+from feast_compare import (
+    FEAST_REDIS_DB,
+    FEAST_VIEWS,
+    check_feast,
+    feast_comparison_rows,
+    print_feast_summary,
+    report_feast,
+    run_feast,
+)
 
 # --------------------------------------------------------------------------
 # Constants
@@ -70,18 +97,7 @@ DAYS = 90
 SEED = 7
 STORES = ["redis", "sqlite"]
 
-FEATURES_1X10 = [  # 10 features from 3 views; two of them aggregation views
-    "customer_spend:avg_spend_90d",
-    "customer_spend:spend_7d",
-    "customer_spend:txn_count_30d",
-    "customer_spend:max_spend_30d",
-    "customer_spend:last_category",
-    "customer_spend:lifetime_spend",
-    "customer_habits:spend_stddev_30d",
-    "customer_habits:txn_count_1h",
-    "customer_profile:age",
-    "customer_profile:segment",
-]
+# FEATURES_1X10 (common.py): 10 features from 3 views; two of them aggregation views
 FEATURES_1X3 = ["customer_spend:avg_spend_90d", "customer_spend:spend_7d", "customer_spend:txn_count_30d"]
 VIEWS_1X10 = ["customer_spend", "customer_habits", "customer_profile"]
 
@@ -103,123 +119,20 @@ FEAST = {
     "100_p50_ms": 6.1,
 }
 
-# --feast-venv: every feature of the example repo's three views with the parquet/Feast type of the value
-# our store serves, exported per view for Feast (which serves precomputed values only).
-FEAST_VIEWS: dict[str, dict[str, str]] = {
-    "customer_spend": {
-        "avg_spend_90d": "float64",
-        "spend_7d": "float64",
-        "txn_count_30d": "int64",
-        "max_spend_30d": "float64",
-        "last_category": "string",
-        "lifetime_spend": "float64",
-    },
-    "customer_habits": {"spend_stddev_30d": "float64", "categories_30d": "int64", "txn_count_1h": "int64"},
-    "customer_profile": {"age": "int64", "segment": "string"},
-}
-FEAST_SIDE = Path(__file__).resolve().parent / "feast_side.py"
-FEAST_REDIS_DB = 12  # Feast's keys go to their own db of the same Redis server
+# --feast-venv: Feast runs on the values our store serves (worker_export, views and types of FEAST_VIEWS);
+# running Feast and reporting its figures: feast_compare.py.
 EXPORT_CHUNK = 10_000  # entities per get_online_features call of the export
 
 
 # --------------------------------------------------------------------------
-# Small helpers (same conventions as offline.py)
+# Small helpers (the shared ones: common.py)
 # --------------------------------------------------------------------------
-
-
-def peak_rss_bytes() -> int | None:
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def loadavg() -> str | None:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return None
-
-
-def source_fingerprint(package_dir: Path) -> str:
-    """Short hash of a package's *.py files, to tie figures to the code that produced them."""
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(package_dir.rglob("*.py")):
-        h.update(str(f.relative_to(package_dir)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()[:12]
-
-
-def fmt_bytes(n) -> str:
-    if n is None:
-        return "n/a"
-    if abs(n) >= 2**30:
-        return f"{n / 2**30:.2f} GiB"
-    if abs(n) >= 2**20:
-        return f"{n / 2**20:.0f} MiB"
-    return f"{n / 2**10:.0f} KiB"
-
-
-def fmt_secs(s) -> str:
-    if s is None:
-        return "n/a"
-    return f"{s:.3f} s" if s < 100 else f"{s:.1f} s"
-
-
-def fmt_ms(s) -> str:
-    return "n/a" if s is None else f"{s * 1e3:.3f}"
-
-
-def fmt_int(n) -> str:
-    return "n/a" if n is None else f"{n:,.0f}"
-
-
-def latency_stats(samples: list[float]) -> dict[str, Any]:
-    a = np.asarray(samples, dtype=np.float64)
-    if not a.size:
-        return {"calls": 0}
-    return {
-        "calls": int(a.size),
-        "total_s": float(a.sum()),
-        "mean": float(a.mean()),
-        "p50": float(np.percentile(a, 50)),
-        "p95": float(np.percentile(a, 95)),
-        "p99": float(np.percentile(a, 99)),
-        "max": float(a.max()),
-    }
 
 
 def redis_client(url: str):
     import redis
 
     return redis.Redis.from_url(url, socket_timeout=30, socket_connect_timeout=5)
-
-
-def scan_prefix(client, prefix: str, delete: bool) -> int:
-    """Count (and optionally UNLINK) the keys under ``prefix`` only. When deleting, the count is what UNLINK
-    removed: SCAN may return a key twice while the db is rehashing (1M keys deleted read as 1,000,018)."""
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
-    n = 0
-    batch: list[bytes] = []
-    for key in client.scan_iter(match=pattern, count=1000):
-        if not key.startswith(prefix.encode()):  # belt and braces: never touch another prefix
-            continue
-        if not delete:
-            n += 1
-            continue
-        batch.append(key)
-        if len(batch) >= 1000:
-            n += int(client.unlink(*batch))
-            batch = []
-    if delete and batch:
-        n += int(client.unlink(*batch))
-    return n
 
 
 # --------------------------------------------------------------------------
@@ -407,26 +320,6 @@ def captured_keys(store, features: list[str], entity_rows: Any) -> list[bytes]:
     return seen[-1] if seen else []
 
 
-def _entity_rows(ids: np.ndarray, fmt: str) -> Any:
-    if fmt == "columns":
-        return {"customer_id": [int(i) for i in ids]}
-    return [{"customer_id": int(i)} for i in ids]
-
-
-def _time_calls(fn, args_list: list, max_calls: int, max_seconds: float) -> list[float]:
-    out: list[float] = []
-    deadline = time.perf_counter() + max_seconds
-    pc = time.perf_counter
-    for i in range(max_calls):
-        a = args_list[i % len(args_list)]
-        t = pc()
-        fn(a)
-        out.append(pc() - t)
-        if t > deadline:
-            break
-    return out
-
-
 def _norm(v: Any) -> Any:
     """Comparable Python value: NaN/NA/None -> None, numpy scalars -> Python."""
     if v is None:
@@ -471,11 +364,11 @@ def worker_read(spec: dict, result: dict) -> None:
     # -- get_online_features latency, per case
     for case, (features, n_ent) in CASES.items():
         pool = [rng.integers(1, n_cust + 1, n_ent) for _ in range(min(max_calls, 5_000))]
-        rows = [_entity_rows(ids, fmt) for ids in pool]
+        rows = [entity_rows(ids, fmt) for ids in pool]
         call = lambda r, f=features: store.get_online_features(f, r)  # noqa: E731 - now=None
         for r in rows[:warmup] if warmup <= len(rows) else rows:
             call(r)
-        samples = _time_calls(call, rows, max_calls, max_seconds)
+        samples = time_calls(call, rows, max_calls, max_seconds)
         resp = store.get_online_features(features, rows[0])
         statuses: dict[str, int] = {}
         for st in resp.statuses.values():
@@ -493,7 +386,7 @@ def worker_read(spec: dict, result: dict) -> None:
     ostore = store.online.store
     for n_ent, n_sets in ((1, 2_000), (100, 200)):
         key_sets = [
-            captured_keys(store, FEATURES_1X10, _entity_rows(rng.integers(1, n_cust + 1, n_ent), fmt))
+            captured_keys(store, FEATURES_1X10, entity_rows(rng.integers(1, n_cust + 1, n_ent), fmt))
             for _ in range(n_sets)
         ]
         found = sum(v is not None for v in ostore.read(key_sets[0]))
@@ -501,7 +394,7 @@ def worker_read(spec: dict, result: dict) -> None:
             ostore.read(keys)
         n_keys = len(key_sets[0])
         cases[f"store round trip only: {n_keys} keys"] = {
-            **latency_stats(_time_calls(ostore.read, key_sets, max_calls, max_seconds)),
+            **latency_stats(time_calls(ostore.read, key_sets, max_calls, max_seconds)),
             "entities": n_ent,
             "features": 0,
             "keys_found_first_call": f"{found}/{n_keys}",
@@ -547,7 +440,7 @@ def profile_read(store, rng, n_cust: int, spec: dict, n_entities: int) -> dict[s
     except ImportError as e:
         return {"error": f"pyinstrument not importable: {e}"}
     calls = spec["profile_calls"] if n_entities == 1 else max(1, spec["profile_calls"] // 20)
-    rows = [_entity_rows(rng.integers(1, n_cust + 1, n_entities), spec["entity_format"]) for _ in range(calls)]
+    rows = [entity_rows(rng.integers(1, n_cust + 1, n_entities), spec["entity_format"]) for _ in range(calls)]
     profiler = Profiler(interval=0.0001)
     profiler.start()
     for r in rows:
@@ -618,7 +511,7 @@ def worker_baseline(spec: dict, result: dict) -> None:
 
     for df in frames[:5]:
         call(df)
-    samples = _time_calls(call, frames, spec["baseline_calls"], spec["baseline_seconds"])
+    samples = time_calls(call, frames, spec["baseline_calls"], spec["baseline_seconds"])
     result["cases"] = {
         "baseline: get_historical_features, 1 row x 10 features": {
             **latency_stats(samples),
@@ -695,10 +588,8 @@ def run_worker(args) -> int:
     try:
         WORKERS[args._worker](spec, result)
     except BaseException as e:
-        result["error"] = f"{type(e).__name__}: {e}\n{traceback.format_exc()}"
-    result["vm_hwm_bytes"] = peak_rss_bytes()
-    result["loadavg_end"] = loadavg()
-    Path(args._result).write_text(json.dumps(result, indent=2, default=str))
+        result["error"] = error_text(e)
+    Path(args._result).write_text(json.dumps(finish_result(result), indent=2, default=str))
     return 0
 
 
@@ -722,49 +613,7 @@ def spawn_worker(name: str, spec: dict, work_dir: Path, timeout: float) -> dict[
         "--_result",
         str(result_path),
     ]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd)
-    status = ru = None
-    while True:
-        pid, status, ru = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        if time.perf_counter() - t0 > timeout:
-            proc.kill()
-            _, status, ru = os.wait4(proc.pid, 0)
-            break
-        time.sleep(0.05)
-    code = os.waitstatus_to_exitcode(status)
-    elapsed = time.perf_counter() - t0
-    try:
-        res: dict[str, Any] = json.loads(result_path.read_text())
-    except (OSError, ValueError):
-        res = {
-            "worker": name,
-            "error": f"worker exited with code {code} and no result"
-            + (f" (killed after {timeout:.0f}s timeout)" if elapsed > timeout else ""),
-        }
-    res["ru_maxrss_bytes"] = ru.ru_maxrss * 1024 if ru is not None else None
-    res["process_seconds"] = elapsed
-    return res
-
-
-FINGERPRINTS: dict[str, list[str]] = {}  # feature_store source hash -> workers that imported it
-
-
-def print_worker_header(label: str, r: dict) -> None:
-    if r.get("engine_fingerprint"):
-        FINGERPRINTS.setdefault(r["engine_fingerprint"], []).append(label)
-    print(f"\n  [{label}]")
-    if r.get("error"):
-        print(f"    ERROR: {r['error'].rstrip()}".replace("\n", "\n    "))
-    print(f"    load average (1/5/15 min) at start: {r.get('loadavg_start')}, at end: {r.get('loadavg_end')}")
-    print(
-        f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'))} (VmHWM), "
-        f"{fmt_bytes(r.get('ru_maxrss_bytes'))} (wait4 ru_maxrss); process {fmt_secs(r.get('process_seconds'))}"
-    )
-    if r.get("engine_fingerprint"):
-        print(f"    engine: feature_store source sha256 {r['engine_fingerprint']}")
+    return run_worker_process(cmd, result_path, timeout, {"worker": name})
 
 
 def verdict(ok: bool | None) -> str:
@@ -949,37 +798,6 @@ def git_state() -> str:
     return f"HEAD {head or '?'}, feature_store/ {'MODIFIED in the working tree' if dirty else 'clean'}"
 
 
-def check_feast(venv: str) -> tuple[str | None, str]:
-    """(feast version or None, note): checked up front so that a broken venv is known before the long run."""
-    py = Path(venv) / "bin" / "python"
-    if not py.exists():
-        return None, f"not available ({py} does not exist); no Feast comparison"
-    try:
-        out = subprocess.run(
-            [str(py), "-c", "import feast; print(feast.__version__)"], capture_output=True, text=True, timeout=120
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        return None, f"not available ({e}); no Feast comparison"
-    if out.returncode != 0:
-        last = (out.stderr.strip().splitlines() or ["?"])[-1]
-        return None, f"not available (feast is not importable with {py}: {last}); no Feast comparison"
-    version = out.stdout.strip()
-    return version, f"feast {version} with {py}: measured in this run on the same data ({FEAST_SIDE.name})"
-
-
-def feast_redis(url: str, db: int) -> dict[str, Any]:
-    """Host, port and password of our Redis URL, for Feast's connection string, with Feast's own db."""
-    from urllib.parse import unquote, urlsplit
-
-    u = urlsplit(url)
-    return {
-        "redis_host": u.hostname or "127.0.0.1",
-        "redis_port": u.port or 6379,
-        "redis_password": unquote(u.password) if u.password else None,
-        "redis_db": db,
-    }
-
-
 def run_export(size: str, repo: Path, store: str, customers: int, size_dir: Path, args) -> dict[str, Any]:
     spec = {
         "repo": str(repo),
@@ -1000,171 +818,6 @@ def run_export(size: str, repo: Path, store: str, customers: int, size_dir: Path
             + f") in {fmt_secs(r['seconds'])}, values of get_online_features(now={spec['event_time']})"
         )
     return r
-
-
-def run_feast(size: str, export: dict[str, Any], customers: int, size_dir: Path, run_prefix: str, args) -> dict:
-    """feast_side.py with the Feast venv's python; its JSON answer on stdout, Feast's output in a log file."""
-    project = re.sub(r"\W", "_", f"{run_prefix}_{size}")  # Feast project names: letters, digits, underscores
-    work_dir = size_dir / "feast"
-    work_dir.mkdir(parents=True, exist_ok=True)
-    spec = {
-        "work_dir": str(work_dir),
-        "project": project,
-        **feast_redis(args.redis_url, args.feast_redis_db),
-        "views": export["views"],
-        "event_time": export["event_time"],
-        "customers": customers,
-        "seed": args.seed,
-        "calls": args.calls,
-        "max_seconds": args.max_seconds,
-        "warmup": args.warmup,
-        "entity_format": args.entity_format,
-        "cases": CASES,
-        "check_entities": args.check_entities,
-        "keep_keys": args.keep_keys,
-    }
-    spec_path, log_path = work_dir / "spec.json", work_dir / "feast.log"
-    spec_path.write_text(json.dumps(spec, indent=2))
-    py = Path(args.feast_venv) / "bin" / "python"
-    print(
-        f"\n  running {size}/feast: {py} {FEAST_SIDE.name} (Redis db {args.feast_redis_db}, project {project!r}; "
-        f"Feast's output: {log_path}) ...",
-        flush=True,
-    )
-    t0 = time.perf_counter()
-    try:
-        with log_path.open("w") as log:
-            proc = subprocess.run(
-                [str(py), str(FEAST_SIDE), str(spec_path)],
-                stdout=subprocess.PIPE,
-                stderr=log,
-                text=True,
-                timeout=args.worker_timeout,
-            )
-        lines = proc.stdout.strip().splitlines()
-        r: dict[str, Any] = json.loads(lines[-1]) if lines else {"error": f"no JSON answer (exit {proc.returncode})"}
-    except (OSError, ValueError, subprocess.TimeoutExpired) as e:
-        r = {"error": f"{type(e).__name__}: {e}"}
-    r["process_seconds"] = time.perf_counter() - t0
-    r["project"], r["redis_db"] = project, args.feast_redis_db
-    if r.get("error"):
-        tail = log_path.read_text(errors="replace").strip().splitlines()[-15:] if log_path.exists() else []
-        r["error"] = r["error"].rstrip() + ("\nlast lines of Feast's output:\n" + "\n".join(tail) if tail else "")
-    return r
-
-
-def report_feast(size: str, r: dict[str, Any], customers: int) -> None:
-    print_worker_header(f"{size}/feast {r.get('feast_version', '?')}", r)
-    if r.get("cleanup_error"):
-        print(f"    !!! cleanup of Feast's redis keys failed: {r['cleanup_error']}")
-    if r.get("materialize_seconds") is None:
-        return
-    ents = r["entities_written"]
-    rate = ents / r["materialize_seconds"] if r["materialize_seconds"] else None
-    print(
-        f"    feast apply (CLI): {fmt_secs(r.get('apply_seconds'))}; materialize: {fmt_secs(r['materialize_seconds'])}"
-        f" for {ents:,} entity rows ({r['entities_by_view']}): {fmt_int(rate)} entity rows/s"
-    )
-    delta = r["redis_used_memory_after"] - r["redis_used_memory_before"]
-    s = r.get("redis_memory_usage_sample") or {}
-    mu = s.get("memory_usage_mean")
-    print(
-        f"    redis db {r.get('redis_db', FEAST_REDIS_DB)}: used_memory delta {fmt_bytes(delta)} "
-        f"({fmt_int(delta / customers)} B/customer); {fmt_int(r.get('redis_keys'))} keys (one hash per customer, "
-        f"all views); MEMORY USAGE sample: {s.get('keys_found')}/{s.get('keys_sampled')} keys found, mean "
-        f"{fmt_int(mu)} B/key"
-    )
-    for case, c in (r.get("cases") or {}).items():
-        for kind, label in (("to_dict", "get_online_features(...).to_dict()"), ("call_only", "call only")):
-            st = c[kind]
-            if st.get("calls"):
-                print(
-                    f"    {case}, {label}: {st['calls']:,} calls; ms p50 {fmt_ms(st['p50'])} p95 {fmt_ms(st['p95'])} "
-                    f"p99 {fmt_ms(st['p99'])} mean {fmt_ms(st['mean'])} max {fmt_ms(st['max'])}"
-                )
-    c = r.get("check")
-    if c:
-        if c["mismatches"]:
-            print(f"    !!! MISMATCH Feast vs the exported values: {c['mismatches']} of {c['values']}; examples:")
-            for ex in c["examples"]:
-                print(f"        {ex}")
-        else:
-            print(
-                f"    check Feast serves exactly our exported values: OK ({c['entities']} customers incl. one "
-                f"unknown, {c['values']} values)"
-            )
-    print(f"    deleted {fmt_int(r.get('redis_keys_deleted'))} Feast keys of project {r.get('project', '')!r}".rstrip())
-
-
-def ratio(ours: float | None, feast: float | None) -> str:
-    return "n/a" if not ours or not feast else f"{ours / feast:.2f}"
-
-
-def feast_comparison_rows(size: str, r: dict[str, Any], mat_rows: list, lat_rows: list) -> list[dict[str, str]]:
-    """One row per figure and per store of ours: ours, Feast, ours/Feast. For latencies Feast's figure is
-    get_online_features(...).to_dict() (our response holds decoded values already), the call alone next to it."""
-    rows: list[dict[str, str]] = []
-    if r.get("materialize_seconds") is None:
-        return rows
-    f_rate = r["entities_written"] / r["materialize_seconds"]
-    s = r.get("redis_memory_usage_sample") or {}
-    f_b = (s["memory_usage_mean"] * s["keys_found"] / s["keys_sampled"]) if s.get("memory_usage_mean") else None
-    for m in mat_rows:
-        if m.get("size") != size or m.get("_rate") is None:
-            continue
-        st = m["store"]
-        rows.append(
-            {
-                "size": size,
-                "ours": st,
-                "figure": "materialize, entity rows/s (ours: online part)",
-                "ours value": fmt_int(m["_rate"]),
-                "Feast": fmt_int(f_rate),
-                "ours/Feast": ratio(m["_rate"], f_rate),
-            }
-        )
-        rows.append(
-            {
-                "size": size,
-                "ours": st,
-                "figure": "materialize, entity rows/s (ours: total, incl. tiles)",
-                "ours value": fmt_int(m["_total_rate"]),
-                "Feast": fmt_int(f_rate),
-                "ours/Feast": ratio(m["_total_rate"], f_rate),
-            }
-        )
-        if m.get("_b_customer"):
-            rows.append(
-                {
-                    "size": size,
-                    "ours": st,
-                    "figure": "Redis bytes/customer (MEMORY USAGE sample)",
-                    "ours value": fmt_int(m["_b_customer"]),
-                    "Feast": fmt_int(f_b),
-                    "ours/Feast": ratio(m["_b_customer"], f_b),
-                }
-            )
-    for lat in lat_rows:
-        if lat.get("size") != size or lat.get("case") not in CASES or "_stats" not in lat:
-            continue
-        fc = (r.get("cases") or {}).get(lat["case"])
-        if not fc:
-            continue
-        for q in ("p50", "p95", "p99"):
-            ours, fd, fo = lat["_stats"][q], fc["to_dict"].get(q), fc["call_only"].get(q)
-            rows.append(
-                {
-                    "size": size,
-                    "ours": lat["store"],
-                    "figure": f"{lat['case']}, {q} ms",
-                    "ours value": fmt_ms(ours),
-                    "Feast": fmt_ms(fd),
-                    "ours/Feast": ratio(ours, fd),
-                    "Feast call only": fmt_ms(fo),
-                    "ours/Feast call only": ratio(ours, fo),
-                }
-            )
-    return rows
 
 
 def bench_size(
@@ -1249,7 +902,7 @@ def bench_size(
             )
 
     if export is not None and not export.get("error"):  # after our reads: the two never run at once
-        fr = run_feast(size, export, customers, size_dir, run_prefix, args)
+        fr = run_feast(size, export, customers, size_dir, run_prefix, args, CASES)
         report_feast(size, fr, customers)
         if feast_rows is not None:
             feast_rows.extend(feast_comparison_rows(size, fr, mat_rows, lat_rows))
@@ -1267,14 +920,6 @@ def bench_size(
         bl = spawn_worker("baseline", spec, size_dir, args.worker_timeout)
         report_read(size, "offline", bl, lat_rows, "baseline")
     sys.stdout.flush()
-
-
-def print_table(rows: list, cols: list[str]) -> None:
-    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in cols}
-    print(" | ".join(c.ljust(widths[c]) for c in cols))
-    print("-+-".join("-" * widths[c] for c in cols))
-    for r in rows:
-        print(" | ".join(str(r.get(c, "")).ljust(widths[c]) for c in cols))
 
 
 def main(argv=None) -> int:
@@ -1343,7 +988,6 @@ def main(argv=None) -> int:
     if set(args.stores) - set(STORES):
         p.error(f"unknown stores: {sorted(set(args.stores) - set(STORES))}")
 
-    print("command: " + shlex.join([sys.executable, *sys.argv]))
     try:
         import duckdb
         import msgpack
@@ -1357,7 +1001,7 @@ def main(argv=None) -> int:
         )
     except ImportError as e:
         versions = str(e)
-    print(f"machine: {platform.platform()}, {os.cpu_count()} CPUs, Python {platform.python_version()}; {versions}")
+    print_command_and_machine(versions)
     print(f"load average (1/5/15 min) at start: {loadavg()}")
     print(f"code: {git_state()}; feature_store source sha256 {source_fingerprint(ROOT / 'feature_store')}")
     print(
@@ -1384,13 +1028,7 @@ def main(argv=None) -> int:
             print("!!! Feast's online store is Redis, which is unreachable or not selected: no Feast comparison")
             args.feast_venv = None
 
-    tmp = None
-    if args.out_dir:
-        base_dir = Path(args.out_dir).resolve()
-        base_dir.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.mkdtemp(prefix="fs_online_bench_")
-        base_dir = Path(tmp)
+    base_dir, tmp = out_dir_or_temp(args.out_dir, "fs_online_bench_")
     print(f"out-dir: {base_dir}")
 
     mat_rows: list = []
@@ -1472,32 +1110,7 @@ def main(argv=None) -> int:
     if feast_note:
         print(f"Feast: {feast_note}")
     if args.feast_venv:
-        print(
-            "\nours vs Feast, measured in this run on the same customers and values (Feast: Redis db "
-            f"{args.feast_redis_db} of the same server; ratio ours/Feast: for rows/s higher is better for ours, "
-            "for bytes and latencies lower is)"
-        )
-        if feast_rows:
-            print_table(
-                feast_rows,
-                [
-                    "size",
-                    "ours",
-                    "figure",
-                    "ours value",
-                    "Feast",
-                    "ours/Feast",
-                    "Feast call only",
-                    "ours/Feast call only",
-                ],
-            )
-        else:
-            print("    no Feast figures (see the errors above)")
-        print(
-            "Feast latency: get_online_features(...).to_dict(), since our response already holds decoded Python "
-            "values; 'call only' leaves Feast's values in protobuf. Feast materializes precomputed values (one row "
-            "per customer and view); ours computes windowed tiles: its online part is the comparable write path."
-        )
+        print_feast_summary(args.feast_redis_db, feast_rows)
     if len(FINGERPRINTS) > 1:
         print("!!! the feature_store sources changed during the run (someone edited them); figures per source hash:")
         for fp, labels in FINGERPRINTS.items():

@@ -49,16 +49,12 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import numpy as np
+from common import FEATURES_1X10, loadavg, percentile, scan_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REPO = ROOT / "feature_repo"
-FEATURES_1X10 = [
-    "customer_spend:avg_spend_90d", "customer_spend:spend_7d", "customer_spend:txn_count_30d",
-    "customer_spend:max_spend_30d", "customer_spend:last_category", "customer_spend:lifetime_spend",
-    "customer_habits:spend_stddev_30d", "customer_habits:txn_count_1h",
-    "customer_profile:age", "customer_profile:segment",
-]
+# The push source and view the --push cases write to (tests/server_fixtures.py has its own copy: the tests do not
+# import from benchmarks/).
 PUSH_PY = '''
 from feature_store import Count, Entity, FeatureView, FileSource, PushSource, Sum
 
@@ -82,13 +78,6 @@ TARGET_RPS_8_CLIENTS = 4_000
 # --------------------------------------------------------------------------
 # Setup
 # --------------------------------------------------------------------------
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
-    except OSError:
-        return "n/a"
 
 
 def git_commit() -> str:
@@ -136,18 +125,7 @@ def expected_response(repo: Path, body: dict[str, Any]) -> Any:
 def delete_keys(redis_url: str, prefix: str) -> int:
     import redis
 
-    client = redis.Redis.from_url(redis_url)
-    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix + ":") + "*"
-    deleted, batch = 0, []
-    for key in client.scan_iter(match=pattern, count=1000):
-        if key.startswith((prefix + ":").encode()):  # never another prefix
-            batch.append(key)
-        if len(batch) >= 1000:
-            deleted += int(client.unlink(*batch))
-            batch = []
-    if batch:
-        deleted += int(client.unlink(*batch))
-    return deleted
+    return scan_prefix(redis.Redis.from_url(redis_url), prefix + ":", delete=True)  # never another prefix
 
 
 def free_port() -> int:
@@ -301,13 +279,12 @@ def run_python(port: int, path: str, body_template: str, count: int, customers: 
             for i in range(clients)]
     with multiprocessing.get_context("spawn").Pool(clients) as pool:
         results = pool.map(_python_client, jobs)
-    latencies = np.concatenate([np.asarray(r[0]) for r in results]) * 1e3
+    latencies = sorted(seconds * 1e3 for r in results for seconds in r[0])
     requests = len(latencies)
     elapsed = max(r[2] for r in results)
     return {"client": "python", "requests": requests, "seconds": elapsed, "rps": requests / elapsed, "statuses": "",
-            "p50_ms": float(np.percentile(latencies, 50)), "p95_ms": float(np.percentile(latencies, 95)),
-            "p99_ms": float(np.percentile(latencies, 99)), "max_ms": float(latencies.max()),
-            "errors": sum(r[1] for r in results)}
+            "p50_ms": percentile(latencies, 50), "p95_ms": percentile(latencies, 95),
+            "p99_ms": percentile(latencies, 99), "max_ms": latencies[-1], "errors": sum(r[1] for r in results)}
 
 
 # --------------------------------------------------------------------------
@@ -403,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
     print("command:", shlex.join([sys.executable, *sys.argv]))
     client = args.client if args.client != "auto" else ("wrk" if shutil.which("wrk") else "python")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
-          f"load average {loadavg()}; commit {git_commit()}; client {client}", flush=True)
+          f"load average {loadavg() or 'n/a'}; commit {git_commit()}; client {client}", flush=True)
     workdir = Path(args.out_dir) if args.out_dir else Path(tempfile.mkdtemp(prefix="fs_server_bench_"))
     workdir.mkdir(parents=True, exist_ok=True)
     prefix = f"fsbench-server-{uuid.uuid4().hex[:8]}"
@@ -446,7 +423,7 @@ def run_case(args: argparse.Namespace, client: str, server: Server, workers: int
         profile = None
         if args.profile and clients == 8 and name.endswith("1 entity x 10 features"):
             profile = start_profile(server.pids(), args.duration, workdir / f"profile-{workers}.txt")
-        load, cpu = loadavg(), server.cpu_seconds()
+        load, cpu = loadavg() or "n/a", server.cpu_seconds()
         figures = run(server.port, path, template, count, args.customers, clients, args.duration,
                       args.max_requests // (10 if heavy else 1), *extra)
         figures["load"] = load

@@ -17,12 +17,7 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,6 +26,7 @@ from typing import Any
 import pytest
 
 from feature_store import FeatureStore, example
+from tests.server_fixtures import run_server
 
 FEAST_VENV = os.environ.get("FEAST_VENV", "")
 FEAST_PYTHON = Path(FEAST_VENV) / "bin" / "python" if FEAST_VENV else None
@@ -47,7 +43,8 @@ pytestmark = [
 CUSTOMERS = 150
 UNKNOWN = 999_999  # no such customer: NOT_FOUND (0 for counts and sums, null otherwise)
 
-# The example repo's features with the Feast type of the values our store serves.
+# The example repo's features with the Feast type of the values our store serves (benchmarks/feast_compare.py's
+# FEAST_VIEWS is the same table for the benchmark; the tests import nothing from benchmarks/).
 VIEWS: dict[str, dict[str, str]] = {
     "customer_spend": {
         "avg_spend_90d": "Float64",
@@ -137,12 +134,6 @@ out.flush()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def served_repo(example_repo: Path) -> Path:
     """The example repo with data ending an hour before the current hour (so that windows ending now hold
@@ -158,38 +149,9 @@ def served_repo(example_repo: Path) -> Path:
 
 @pytest.fixture
 def server_url(served_repo: Path, tmp_path: Path) -> Iterator[str]:
-    """Our feature server as a real process, as a user starts it."""
-    port = _free_port()
-    log = (tmp_path / "server.log").open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "feature_store", "--repo", str(served_repo), "serve", "--port", str(port)],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"the server exited with {proc.returncode}:\n{(tmp_path / 'server.log').read_text()}")
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                    if r.status == 200:
-                        break
-            except (urllib.error.URLError, OSError):
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /health in 60 s:\n{(tmp_path / 'server.log').read_text()}")
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    """Our feature server as a real process (``python -m feature_store --repo REPO serve``), until /health answers."""
+    with run_server(served_repo, tmp_path / "server.log") as server:
+        yield server.url
 
 
 def run_feast_client(url: str, tmp_path: Path) -> dict[str, Any]:
