@@ -49,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import FEATURES_1X10, loadavg, percentile, scan_prefix
+from common import FEATURES_1X10, latency_stats, loadavg, percentile, scan_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REPO = ROOT / "feature_repo"
@@ -361,6 +361,42 @@ def cases(push: bool) -> list[tuple[str, str, str, int]]:
     return out
 
 
+def push_visibility(port: int, customers: int, count: int) -> dict[str, Any]:
+    """From sending a one-event push to reading it back online: push, then read the customer's count at once.
+
+    Every read must already count the pushed event (the server acknowledges after the online write); the
+    figure is the time from the push being sent to the read's answer, over ``count`` events.
+    """
+    conn = http.client.HTTPConnection("127.0.0.1", port)
+    headers = {"Content-Type": "application/json"}
+
+    def call(path: str, body: dict[str, Any]) -> Any:
+        conn.request("POST", path, json.dumps(body), headers)
+        response = conn.getresponse()
+        data = json.loads(response.read())
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {data}")
+        return data
+
+    def lifetime_spend(customer: int) -> float:  # unbounded: nothing leaves its window between two reads
+        body = {"features": ["customer_spend:lifetime_spend"], "entities": {"customer_id": [customer]}}
+        return float(call("/get-online-features", body)["results"][1]["values"][0])
+
+    samples, stale = [], 0
+    for i in range(count):
+        customer = 1 + i % customers
+        before = lifetime_spend(customer)
+        started = time.perf_counter()
+        call("/push", {"push_source_name": "transactions_push", "df": {
+            "customer_id": [customer], "event_timestamp": [datetime.now(UTC).isoformat()],
+            "amount": [1.0], "category": ["grocery"]}})
+        seen = lifetime_spend(customer)
+        samples.append(time.perf_counter() - started)
+        stale += abs(seen - (before + 1.0)) > 1e-6 * max(1.0, abs(before))
+    conn.close()
+    return {**latency_stats(samples), "stale_reads": stale}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -401,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'yes' if same else 'NO (!!! MISMATCH)'}", flush=True)
                 for name, path, template, count in cases(args.push):
                     run_case(args, client, server, workers, (name, path, template, count), workdir, summary)
+                if args.push:
+                    seen = push_visibility(server.port, args.customers, 500)
+                    print(f"  push 1 event, then read it online (1 client, 500 events): p50 {seen['p50'] * 1e3:.3f}"
+                          f"  p95 {seen['p95'] * 1e3:.3f}  p99 {seen['p99'] * 1e3:.3f} ms from sending the push to "
+                          f"the read's answer; reads that missed the event: {seen['stale_reads']}", flush=True)
             finally:
                 server.stop()
         print_summary(summary)

@@ -28,6 +28,7 @@ class DuckDBOfflineConfig(_Config):
     path: str = "data/offline.duckdb"
     memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to disk beyond it
     threads: int | None = None
+    push_fsync: bool = True  # pushed rows reach the disk (fdatasync) before a push is acknowledged
 
 
 class SqliteOnlineConfig(_Config):

@@ -345,3 +345,14 @@ def test_push_when_the_online_store_is_down_says_the_events_are_logged(pushed_re
     assert log_size(store) > 0
     store.materialize()  # the logged event reaches the online store
     assert store.get_online_features(["spend:n_all"], {"customer_id": [13]}).to_dict()["n_all"] == [1]
+
+
+def test_push_fsync_is_configurable(tmp_path: Path) -> None:
+    from feature_store.config import DuckDBOfflineConfig
+    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
+
+    assert DuckDBOfflineEngine(DuckDBOfflineConfig(), tmp_path).push_log.fsync is True
+    engine = DuckDBOfflineEngine(DuckDBOfflineConfig(push_fsync=False), tmp_path)
+    assert engine.push_log.fsync is False
+    pushed_at = engine.push_log.append("events", lambda at: f'{{"__fs_pushed_at": {at}}}\n'.encode())
+    assert engine.push_log.files("events") and pushed_at > 0

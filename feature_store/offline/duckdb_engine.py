@@ -169,7 +169,7 @@ class DuckDBOfflineEngine:
         self._lock = threading.Lock()
         self._schemas: dict[str, dict[str, str]] = {}
         self._scratch: duckdb.DuckDBPyConnection | None = None
-        self.push_log = PushLog(resolve_path(repo, config.path).parent / "push_log")
+        self.push_log = PushLog(resolve_path(repo, config.path).parent / "push_log", fsync=config.push_fsync)
 
     # --- connection --------------------------------------------------------------------------
 
