@@ -3,6 +3,10 @@
 The same semantics as the offline engine: at ``now`` a feature with window W and hop H combines
 the tiles starting at or after ``floor_H(now - W)``; every stored event was available before the
 last materialization, so all of them are visible at any ``now`` after it.
+
+A bounded group's value holds its tiles column by column (layout.py), so a feature is finished
+from slices of its partials' columns: the reader finds the first tile in the window once per
+window and entity, and sums, compares or merges the slices in C where it can.
 """
 
 from __future__ import annotations
@@ -15,7 +19,10 @@ from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Mi
 from feature_store.offline.sql import FeatureRequest
 from feature_store.online.layout import Group
 
-Finisher = Callable[[Sequence[Sequence[Any]]], Any]
+# (group value, index of the first tile in the window) -> feature value. A bounded group's value is
+# [positions, partial columns...]; the cumulative group's is one partial row (the index is unused).
+Finisher = Callable[[Sequence[Any], int], Any]
+Aggregate = Callable[..., Any]  # partial columns (tiles in position order) -> feature value
 
 
 def empty_value(request: FeatureRequest) -> Any:
@@ -26,63 +33,82 @@ def empty_value(request: FeatureRequest) -> Any:
 
 
 def finisher(request: FeatureRequest, group: Group) -> Finisher:
-    """A function from the group's in-window tile rows to the feature value (rows: [pos, *partials])."""
+    """A function from a group's stored value and the first tile in the window to the feature value."""
+    aggregate, names = _aggregate(request)
+    if group.hop == 0:  # the cumulative row: each partial is a column of one tile
+        k = tuple(group.partials.index(name) for name in names)
+        return lambda row, _i: aggregate(*((row[j],) for j in k))
+    # Bounded groups: column 0 holds the tile positions. Reads call these once per entity and feature:
+    # the common aggregates get a closure of their own (one Python call), the others share the generic one.
+    k = tuple(1 + group.partials.index(name) for name in names)
+    feature = request.feature
+    a, b = k[0], k[-1]
+    if isinstance(feature, Count):
+        return lambda columns, i: sum(columns[a][i:])
+    if isinstance(feature, Sum):
+        zero = empty_value(request)
+        return lambda columns, i: sum(filter(None, columns[a][i:]), zero)
+    if isinstance(feature, Last):  # no slices: scans back from the latest tile
+        return lambda columns, i: _last(columns[a], columns[b], i)
+    if len(k) == 1:
+        return lambda columns, i: aggregate(columns[a][i:])
+    if len(k) == 2:
+        return lambda columns, i: aggregate(columns[a][i:], columns[b][i:])
+    m = k[1]
+    return lambda columns, i: aggregate(columns[a][i:], columns[m][i:], columns[b][i:])  # StdDev
+
+
+def _aggregate(request: FeatureRequest) -> tuple[Aggregate, tuple[str, ...]]:
+    """How a feature combines its partials over the tiles of its window, and which partials it reads."""
     feature = request.feature
     column = getattr(feature, "column", None) or ""
-    offset = 0 if group.hop == 0 else 1  # tile rows start with the tile position
-
-    def at(name: str) -> int:
-        return group.partials.index(name) + offset
-
     if isinstance(feature, Count):
-        i = at(f"n__{column}")
-        return lambda rows: sum(r[i] for r in rows)
+        return sum, (f"n__{column}",)
     if isinstance(feature, Sum):
-        i = at(f"sum__{column}")
-        zero: Any = 0 if request.output_type == "BIGINT" else 0.0
-        return lambda rows: sum((r[i] for r in rows if r[i] is not None), zero)
+        zero = empty_value(request)
+        # filter(None) drops nulls (an all-null tile) and zeros, which leave a sum unchanged, bit for bit
+        return (lambda sums: sum(filter(None, sums), zero)), (f"sum__{column}",)
     if isinstance(feature, Mean):
-        n, s = at(f"n__{column}"), at(f"sum__{column}")
-        return lambda rows: _mean(rows, n, s)
+        return _mean, (f"n__{column}", f"sum__{column}")
     if isinstance(feature, Min | Max):
-        i = at(f"{'min' if isinstance(feature, Min) else 'max'}__{column}")
         pick = min if isinstance(feature, Min) else max
-        return lambda rows: pick((r[i] for r in rows if r[i] is not None), default=None)
+        return (lambda xs: _pick(pick, xs)), (f"{pick.__name__}__{column}",)
     if isinstance(feature, StdDev):
-        n, m, m2 = at(f"n__{column}"), at(f"mean__{column}"), at(f"m2__{column}")
-        return lambda rows: _stddev(rows, n, m, m2)
+        return _stddev, (f"n__{column}", f"mean__{column}", f"m2__{column}")
     if isinstance(feature, Last):
-        v, t, c = at(f"last__{column}"), at(f"lastt__{column}"), at(f"lastc__{column}")
-        return lambda rows: _last(rows, v, t, c)
+        return (lambda values, times: _last(values, times, 0)), (f"last__{column}", f"lastt__{column}")
     if isinstance(feature, CountDistinct):
-        i = at(f"set__{column}")
-        return lambda rows: len({x for r in rows if r[i] for x in r[i]})
+        return (lambda sets: len(set().union(*filter(None, sets)))), (f"set__{column}",)
     raise TypeError(f"no online finisher for {type(feature).__name__}")
 
 
-def _mean(rows: Sequence[Sequence[Any]], n: int, s: int) -> float | None:
-    count = sum(r[n] for r in rows)
-    return None if count == 0 else sum(r[s] for r in rows if r[s] is not None) / count
+def _mean(counts: Sequence[int], sums: Sequence[Any]) -> float | None:
+    count = sum(counts)
+    return None if count == 0 else sum(filter(None, sums)) / count
 
 
-def _stddev(rows: Sequence[Sequence[Any]], n: int, m: int, m2: int) -> float | None:
+def _pick(pick: Callable[..., Any], xs: Sequence[Any]) -> Any:
+    return pick((x for x in xs if x is not None), default=None) if None in xs else pick(xs, default=None)
+
+
+def _stddev(counts: Sequence[int], means: Sequence[float], m2s: Sequence[float]) -> float | None:
     """Chan et al.'s parallel merge of (count, mean, M2) across tiles."""
     total, mean, acc = 0, 0.0, 0.0
-    for r in rows:
-        count = r[n]
+    for count, m, m2 in zip(counts, means, m2s, strict=True):
         if not count:
             continue
-        delta = r[m] - mean
+        delta = m - mean
         new_total = total + count
         mean += delta * count / new_total
-        acc += r[m2] + delta * delta * total * count / new_total
+        acc += m2 + delta * delta * total * count / new_total
         total = new_total
     return None if total < 2 else math.sqrt(max(acc, 0.0) / (total - 1))
 
 
-def _last(rows: Sequence[Sequence[Any]], v: int, t: int, c: int) -> Any:
-    best, key = None, None
-    for r in rows:
-        if r[t] is not None and (key is None or (r[t], r[c]) > key):
-            best, key = r[v], (r[t], r[c])
-    return best
+def _last(values: Sequence[Any], times: Sequence[int | None], first: int) -> Any:
+    """The value of the latest tile from ``first`` on with a non-null value. A tile's events lie in [position,
+    position + hop), so the latest (ts, created) of the window is in that tile, which chose among its ties."""
+    for j in range(len(times) - 1, first - 1, -1):
+        if times[j] is not None:
+            return values[j]
+    return None

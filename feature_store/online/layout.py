@@ -1,15 +1,22 @@
 """What is kept online for a view, and the SQL that computes it from the offline sources.
 
-Aggregation view, per entity: one value holding, per hop group, the tiles that a window can
-still reach (tile start, then the group's partial aggregates), and one cumulative partial row
-for unbounded windows. Snapshot view, per entity: the latest row with its timestamps.
-Values are msgpack lists in the order this layout fixes; the layout is derived from the
-definition alone, so writer and reader agree without storing any schema.
+Aggregation view, per entity: one msgpack value ``[end, group values...]`` with, per hop group, the
+tiles that a window can still reach, stored column by column: ``[positions, partial 1 values,
+partial 2 values, ...]`` (tiles in position order, one list per partial, each as long as
+``positions``), or null when the entity has no such tile; and for unbounded windows one cumulative
+partial row ``[partial 1, partial 2, ...]``. Columns rather than one list per tile keep the number
+of objects per entity small when writing and reading: a read bisects the positions once per window
+and sums slices. Pushes may append a last element, their buckets (see push.py), which reads ignore.
+Snapshot view, per entity: the latest row ``[ts, created, columns...]``.
+The layout is derived from the definition alone, so writer and reader agree without storing any
+schema; a change of it bumps ``LAYOUT_VERSION`` (stores.py), which is part of every key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
 from feature_store.identifiers import quote
@@ -97,6 +104,16 @@ class Layout:
             if (group.hop == 0) == (request.window is None) and (group.hop == 0 or group.hop == request.hop):
                 return i
         raise KeyError(request.output)
+
+
+def tile_rows(columns: Sequence[Sequence[Any]] | None) -> list[list[Any]]:
+    """A bounded group's stored columns as one ``[position, *partials]`` row per tile."""
+    return [list(tile) for tile in zip(*columns, strict=True)] if columns else []
+
+
+def tile_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
+    """``[position, *partials]`` rows (in position order) as a bounded group's stored columns."""
+    return [list(column) for column in zip(*rows, strict=True)] if rows else None
 
 
 def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None = None) -> str:

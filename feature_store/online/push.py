@@ -10,11 +10,20 @@ nothing is lost and nothing is counted twice, whichever finishes first. The buck
 the time between materializations, not by the number of pushes.
 
 Value layout (see layout.py): ``[end, group values..., pushed]``, pushed = ``[[bucket start, group
-values...], ...]`` in bucket order.
+values...], ...]`` in bucket order. A bounded group is stored column by column; this module merges
+tiles as rows (``[position, *partials]``, in position order) and converts when it decodes and
+encodes a value. The pushed buckets, which only this module reads, are stored as rows.
+
+Every push also rewrites the view's *marker* key. Materialization writes a batch of values in one
+transaction that watches only that key (push source views, MergingWriter): when no push landed
+meanwhile, that is as safe as watching every key of the batch, without the cost of watching
+thousands of keys (Redis 7.0's WATCH is quadratic in the keys a transaction watches: 0.6 s for
+5,000); when one did, the batch is written again watching its own keys, in small batches.
 """
 
 from __future__ import annotations
 
+import os
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -23,12 +32,14 @@ from typing import Any, ClassVar
 import msgpack
 
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.layout import Group, Layout
+from feature_store.online.layout import Group, Layout, tile_columns, tile_rows
 from feature_store.online.materialize import _expiry, _plain, encode_key
 from feature_store.online.stores import Compute, Item, OnlineStore
 from feature_store.push_rows import PushRows
 
 Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
+MARKER = b"\xc1"  # after a view's key prefix: the marker key. No entity key has it (0xc1 never starts msgpack)
+WATCHED_BATCH = 200  # keys per transaction when a batch is written watching its own keys
 
 
 @dataclass(frozen=True)
@@ -73,7 +84,12 @@ class PushTarget:
         value = self._decode(blob)
         for event in events:
             self._merge_event(value, event, now_us)
-        return msgpack.packb(value, default=_plain), self._expiry(value, now_us)
+        return self._encode(value), self._expiry(value, now_us)
+
+    @property
+    def marker(self) -> bytes:
+        """The key every push to the view rewrites (see the module docstring)."""
+        return self.prefix + MARKER
 
     def remerge(self, fresh: bytes, old: bytes, end: int, now_us: int) -> tuple[bytes, int | None] | None:
         """A value materialized up to ``end`` (a multiple of the bucket) with what only the old one holds:
@@ -83,21 +99,38 @@ class PushTarget:
             if old_row[1] >= end and self._order(old_row) > self._order(new_row):
                 return old, self._snapshot_expiry(old_row, now_us)
             return None
-        pending = [b for b in self._decode(old)[-1] if b[0] >= end]
+        groups = self.layout.groups
+        stored = msgpack.unpackb(old)
+        if len(stored) == 1 + len(groups):  # as materialized: nothing pushed since
+            return None
+        pending = [b for b in stored[-1] if b[0] >= end]
         if not pending:
             return None
         value = self._decode(fresh)
         for bucket in pending:
             self._combine(value, bucket, now_us)
         value[-1] = pending
-        return msgpack.packb(value, default=_plain), self._expiry(value, now_us)
+        return self._encode(value), self._expiry(value, now_us)
 
     def _decode(self, blob: bytes | None) -> list[Any]:
+        """The stored value with every bounded group as tile rows (None: no tile), and its pushed buckets."""
         groups = self.layout.groups if self.layout else ()
-        value = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
+        value: list[Any] = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
+        for g, group in enumerate(groups):
+            if group.hop and value[1 + g] is not None:
+                value[1 + g] = tile_rows(value[1 + g]) or None
         if len(value) == 1 + len(groups):  # as materialized: nothing pushed since
             value.append([])
         return value
+
+    def _encode(self, value: list[Any]) -> bytes:
+        """The value as stored: bounded groups column by column; the pushed buckets stay rows."""
+        groups = self.layout.groups if self.layout else ()
+        stored = list(value)
+        for g, group in enumerate(groups):
+            if group.hop and stored[1 + g] is not None:
+                stored[1 + g] = tile_columns(stored[1 + g])
+        return msgpack.packb(stored, default=_plain)
 
     def _merge_event(self, value: list[Any], event: Event, now_us: int) -> None:
         """Into the served groups, and into the pushed-events bucket of the event's availability time."""
@@ -250,6 +283,7 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
         for key, event in target.events(rows, pushed_at):
             work.setdefault(key, (target, []))[1].append(event)
     keys = list(work)
+    markers = {target.marker for target, _ in work.values()}
 
     def compute(current: Sequence[bytes | None]) -> list[Item]:
         items: list[Item] = []
@@ -257,10 +291,15 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
             target, events = work[key]
             value, expire = target.apply(blob, events, now_us)
             items.append((key, value, expire))
-        return items
+        # in the same transaction: a materialization writing meanwhile sees its marker change, and retries
+        return items + [(marker, os.urandom(8), None) for marker in markers]
 
     store.update(keys, compute)
     return len(keys)
+
+
+class _Contended(Exception):
+    """A push landed while a batch was being merged: write it again watching its own keys."""
 
 
 class MergingWriter:
@@ -286,27 +325,50 @@ class MergingWriter:
         """The wrapped store belongs to the caller."""
 
     def write(self, items: Sequence[Item]) -> None:
+        """The batch in one transaction that watches the view's marker alone; if a push (or another
+        materialization) rewrote the marker meanwhile, again in small transactions watching their keys."""
         keys = [key for key, _, _ in items]
-        done: dict[bytes, tuple[bytes | None, Item]] = {}  # per key: the old value merged, and the result
+        done: dict[bytes, tuple[bytes | None, Item]] = {}
+        calls = 0
 
+        def compute(_marker: Sequence[bytes | None]) -> list[Item]:
+            nonlocal calls
+            calls += 1
+            if calls > 1:  # the first attempt lost to a concurrent writer: do not retry the whole batch
+                raise _Contended
+            merged = self._merged(items, self.store.read(keys), done)  # read after the marker is watched
+            return [*merged, (self.target.marker, os.urandom(8), None)]  # concurrent materializations conflict
+
+        try:
+            self.store.update([self.target.marker], compute)
+        except _Contended:
+            for start in range(0, len(items), WATCHED_BATCH):
+                self._write_watched(items[start:start + WATCHED_BATCH], done)
+
+    def _write_watched(self, items: Sequence[Item], done: dict[bytes, tuple[bytes | None, Item]]) -> None:
         def compute(current: Sequence[bytes | None]) -> list[Item]:
-            # A retry (a push changed some of the keys meanwhile) merges again only the keys that changed.
-            out: list[Item] = []
-            for (key, value, expire), old in zip(items, current, strict=True):
-                if key in done and done[key][0] == old:
-                    out.append(done[key][1])
-                    continue
-                merged = None if old is None else self.target.remerge(value, old, self.end, self.now_us)
-                if merged is None:
-                    item = (key, value, expire)
-                else:
-                    later = None if expire is None or merged[1] is None else max(expire, merged[1])
-                    item = (key, merged[0], later)
-                done[key] = (old, item)
-                out.append(item)
-            return out
+            return self._merged(items, current, done)
 
-        self.store.update(keys, compute)
+        self.store.update([key for key, _, _ in items], compute)
+
+    def _merged(self, items: Sequence[Item], current: Sequence[bytes | None],
+                done: dict[bytes, tuple[bytes | None, Item]]) -> list[Item]:
+        """Each fresh value with what only its current stored value holds. ``done`` keeps, per key, the stored
+        value merged last and the result: a retry merges again only the keys whose stored value changed."""
+        out: list[Item] = []
+        for (key, value, expire), old in zip(items, current, strict=True):
+            if key in done and done[key][0] == old:
+                out.append(done[key][1])
+                continue
+            merged = None if old is None else self.target.remerge(value, old, self.end, self.now_us)
+            if merged is None:
+                item = (key, value, expire)
+            else:
+                later = None if expire is None or merged[1] is None else max(expire, merged[1])
+                item = (key, merged[0], later)
+            done[key] = (old, item)
+            out.append(item)
+        return out
 
     def delete_prefix(self, prefix: bytes) -> int:
         return self.store.delete_prefix(prefix)

@@ -2,12 +2,14 @@
 
 A request's features are compiled once into a plan (views, key columns, per-feature finishing
 functions, with their windows and hops) and cached; a read is then: build keys, one store read,
-msgpack-decode each value, and run the finishers over the in-window tiles.
+msgpack-decode each value, find the first tile in the window once per entity and window (a bisect
+on the group's tile positions), and run the finishers over the column slices from there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -18,9 +20,9 @@ import pandas as pd
 from feature_store.errors import EntityDataFrameError
 from feature_store.offline.entity_input import key_family
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.combine import empty_value, finisher
+from feature_store.online.combine import Finisher, empty_value, finisher
 from feature_store.online.layout import Layout
-from feature_store.online.materialize import encode_key
+from feature_store.online.materialize import pack_key
 from feature_store.online.stores import OnlineStore
 
 _unpack = msgpack.unpackb
@@ -33,7 +35,7 @@ class FeaturePlan:
     group: int  # index into the view's layout groups; -1 for snapshot columns
     hop: int
     window: int | None
-    finish: Callable[[Sequence[Sequence[Any]]], Any]
+    finish: Finisher  # (stored value of the group, or the snapshot row; first tile in the window) -> value
     empty: Any
 
 
@@ -86,8 +88,8 @@ def compile_view(full: ViewQuery, view: ViewQuery, prefix: bytes, key_types: Map
     return ViewPlan(view.name, prefix, view.keys, kinds, view.is_aggregation, view.ttl, tuple(features))
 
 
-def _column(index: int) -> Callable[[Sequence[Sequence[Any]]], Any]:
-    return lambda rows: rows[0][2 + index]  # snapshot value: [ts, created, *columns]
+def _column(index: int) -> Finisher:
+    return lambda row, _i: row[2 + index]  # snapshot value: [ts, created, *columns]
 
 
 def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
@@ -104,6 +106,11 @@ def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
         sizes = {k: len(v) for k, v in columns.items()}
         raise EntityDataFrameError(f"entity columns have different lengths: {sizes}.")
     return columns
+
+
+def _coerced(values: list[Any], kind: str, key: str) -> list[Any]:
+    exact = int if kind == "integer" else str  # already of the key's type: nothing to check (bool is not int)
+    return [v if type(v) is exact else _coerce(v, kind, key) for v in values]
 
 
 def _coerce(value: Any, kind: str, key: str) -> Any:
@@ -127,6 +134,7 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
     now_us = int(((now or datetime.now(UTC)).timestamp()) * 1_000_000)
     n = len(next(iter(columns.values()))) if columns else 0
     keys: list[bytes] = []
+    encoded: dict[tuple[tuple[str, ...], tuple[str, ...]], list[bytes]] = {}  # views usually share their keys
     for plan in plans:
         missing = [k for k in plan.keys if k not in columns]
         if missing:
@@ -134,8 +142,12 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
                 f"entity rows lack join key(s) {missing} of feature view {plan.name!r}; given: {sorted(columns)}.",
                 missing=missing, view=plan.name,
             )
-        coerced = [[_coerce(v, kind, k) for v in columns[k]] for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
-        keys.extend(encode_key(plan.prefix, key) for key in zip(*coerced, strict=True))
+        shape = (plan.keys, plan.key_kinds)
+        if shape not in encoded:
+            coerced = [_coerced(columns[k], kind, k) for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
+            encoded[shape] = [pack_key(key) for key in zip(*coerced, strict=True)]
+        prefix = plan.prefix
+        keys.extend([prefix + key for key in encoded[shape]])
     raw = store.read(keys)  # one round trip for every view and entity
     response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})
     for v, plan in enumerate(plans):
@@ -151,7 +163,8 @@ def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any],
     alive = [value is not None and (plan.ttl is None or value[0] >= now_us - plan.ttl) for value in decoded]
     stamps = [None if value is None else value[0] for value in decoded]
     for feature in plan.features:
-        values = [feature.finish([value]) if ok else None for value, ok in zip(decoded, alive, strict=True)]
+        finish = feature.finish
+        values = [finish(value, 0) if ok else None for value, ok in zip(decoded, alive, strict=True)]
         response.values[feature.output] = values
         response.statuses[feature.output] = [
             NOT_FOUND if value is None else (OUTSIDE_MAX_AGE if not ok else (PRESENT if x is not None else NULL_VALUE))
@@ -161,15 +174,15 @@ def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any],
 
 
 def _fill_aggregation(response: OnlineResponse, plan: ViewPlan, decoded: list[Any], now_us: int) -> None:
-    # Features that share a group and a window read the same tiles: select them once per entity.
-    selections: dict[tuple[int, int | None], tuple[list[Any], list[int | None]]] = {}
+    # Features that share a group and a window read the same tiles: find them once per entity.
+    selections: dict[tuple[int, int | None], tuple[list[Any], list[int | None], list[int | None]]] = {}
     for feature in plan.features:
         key = (feature.group, feature.window)
         if key not in selections:
             selections[key] = _select(decoded, feature, now_us)
-        rows_per_entity, stamps = selections[key]
+        groups, firsts, stamps = selections[key]
         finish, empty = feature.finish, feature.empty
-        values = [empty if not rows else finish(rows) for rows in rows_per_entity]
+        values = [empty if i is None else finish(g, i) for g, i in zip(groups, firsts, strict=True)]
         response.values[feature.output] = values
         response.statuses[feature.output] = [
             NOT_FOUND if blob is None else (PRESENT if x is not None else NULL_VALUE)
@@ -178,25 +191,27 @@ def _fill_aggregation(response: OnlineResponse, plan: ViewPlan, decoded: list[An
         response.stamps_us[feature.output] = stamps
 
 
-def _select(decoded: list[Any], feature: FeaturePlan, now_us: int) -> tuple[list[Any], list[int | None]]:
-    """Per entity: the group's rows in the window at now, and the latest event time among them."""
-    rows_per_entity: list[Any] = []
-    stamps: list[int | None] = []
+def _select(decoded: list[Any], feature: FeaturePlan, now_us: int) -> tuple[list[Any], list[int | None],
+                                                                           list[int | None]]:
+    """Per entity: the group's stored value, the index of its first tile in the window at now (None: no tile
+    in the window), and the latest event time among the tiles from there."""
     index = 1 + feature.group
+    groups = [None if blob is None else blob[index] for blob in decoded]
     if feature.window is None:  # the cumulative row: [maxts, ...]
-        for blob in decoded:
-            row = None if blob is None else blob[index]
-            rows_per_entity.append([row] if row else None)
-            stamps.append(row[0] if row else None)
-        return rows_per_entity, stamps
+        return groups, [None if row is None else 0 for row in groups], [None if row is None else row[0]
+                                                                         for row in groups]
     start = now_us - feature.window
     start -= start % feature.hop
-    for blob in decoded:
-        tiles = None if blob is None else blob[index]
-        rows = [row for row in tiles if row[0] >= start] if tiles else None
-        rows_per_entity.append(rows)
-        stamps.append(max(row[1] for row in rows) if rows else None)  # maxts follows the tile position
-    return rows_per_entity, stamps
+    firsts: list[int | None] = []
+    stamps: list[int | None] = []
+    for columns in groups:  # [positions, maxts, partials...]: positions ascending
+        if columns is not None and (i := bisect_left(columns[0], start)) < len(columns[0]):
+            firsts.append(i)
+            stamps.append(columns[1][-1])  # a tile's events lie in [position, position + hop): the last is the latest
+        else:
+            firsts.append(None)
+            stamps.append(None)
+    return groups, firsts, stamps
 
 
 def _dt(micros: int | None) -> datetime | None:
