@@ -23,7 +23,7 @@ from redis.retry import Retry
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
 
-LAYOUT_VERSION = 1
+LAYOUT_VERSION = 2
 
 Item = tuple[bytes, bytes, int | None]  # key, value, expire at (epoch ms) or None
 Compute = Callable[[list[bytes | None]], Sequence[Item]]
