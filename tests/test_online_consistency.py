@@ -41,6 +41,7 @@ from hypothesis import strategies as st
 
 import feature_store as fs
 from feature_store.errors import EntityDataFrameError, FeatureNotFoundError
+from feature_store.online.stores import LAYOUT_VERSION
 from feature_store.store import FeatureStore
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -880,7 +881,7 @@ def test_redis_keys_live_under_the_configured_prefix(store: FeatureStore, online
     store.materialize(end=E)
     client = redis.Redis.from_url(online_store["url"])
     try:
-        keys = list(client.scan_iter(match=f"{online_store['key_prefix']}:v1:cases:*", count=1000))
+        keys = list(client.scan_iter(match=f"{online_store['key_prefix']}:v{LAYOUT_VERSION}:cases:*", count=1000))
     finally:
         client.close()
     assert len(keys) == 6  # three customers in each of the two views

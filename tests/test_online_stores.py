@@ -16,7 +16,7 @@ import pytest
 import redis
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
-from feature_store.online.stores import OnlineStore, open_online_store
+from feature_store.online.stores import LAYOUT_VERSION, OnlineStore, open_online_store
 from feature_store.online.stores import key_prefix as layout_prefix
 
 STORES = ["sqlite", "redis"]
@@ -96,7 +96,7 @@ def test_class_attributes(kind: str, store: OnlineStore) -> None:
 
 
 def test_key_prefix_carries_store_prefix_layout_version_project_and_view() -> None:
-    assert layout_prefix("fs", "demo", "spend") == b"fs:v1:demo:spend:"
+    assert layout_prefix("fs", "demo", "spend") == f"fs:v{LAYOUT_VERSION}:demo:spend:".encode()
     assert not layout_prefix("fs", "demo", "spend2").startswith(layout_prefix("fs", "demo", "spend"))
 
 
