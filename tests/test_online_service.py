@@ -24,3 +24,20 @@ def test_plan_cache_keeps_the_most_recently_used(example_repo: Path, monkeypatch
         assert len(store.online._plans) == 3
         assert any(key[1] == tuple(lists[0]) for key in store.online._plans)
         assert store.get_online_features(lists[0], {"customer_id": [1]}).to_dict() == first
+
+
+def test_integer_keys_numpy_ints_and_digit_strings_are_coerced_the_rest_is_an_error(example_repo: Path) -> None:
+    import numpy as np
+
+    from feature_store.errors import EntityDataFrameError
+
+    with FeatureStore(example_repo) as store:
+        store.apply()
+        store.materialize()
+        refs = ["customer_spend:txn_count_30d"]
+        want = store.get_online_features(refs, {"customer_id": [1, 2]}).values
+        assert store.get_online_features(refs, {"customer_id": np.array([1, 2], dtype="int64")}).values == want
+        assert store.get_online_features(refs, {"customer_id": ["1", "+2"]}).values == want
+        for bad in [2**64, "1" * 30, 1.5, True, "1_0", " 1"]:
+            with pytest.raises(EntityDataFrameError, match="customer_id"):
+                store.get_online_features(refs, {"customer_id": [bad]})

@@ -191,11 +191,12 @@ def test_integer_keys_beyond_64_bits_are_refused(client: TestClient) -> None:
     assert post(client, {**body, "entities": {"customer_id": [2**63 - 1, -(2**63)]}}).status_code == 200
 
 
-@pytest.mark.xfail(reason="SDK: feature_store/online/reader.py _coerce lets a digit string beyond 64 bits reach "
-                          "msgpack (OverflowError); it should raise EntityDataFrameError", strict=False)
-def test_digit_strings_beyond_64_bits_are_400(client: TestClient) -> None:
-    body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": ["1" * 40]}}
-    error_of(post(client, body), 400, "EntityDataFrameError")
+def test_digit_strings_beyond_64_bits_or_not_ascii_digits_are_400(client: TestClient) -> None:
+    for bad in ["1" * 40, " 12 ", "\u0661\u0662", "1_000", "12.5"]:
+        body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [bad]}}
+        error_of(post(client, body), 400, "EntityDataFrameError")
+    body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": ["12", "-3", "+4"]}}
+    assert post(client, body).status_code == 200
 
 
 def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:

@@ -8,6 +8,8 @@ on the group's tile positions), and run the finishers over the column slices fro
 
 from __future__ import annotations
 
+import numbers
+import re
 from bisect import bisect_left
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -15,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import msgpack
+import numpy as np
 import pandas as pd
 
 from feature_store.errors import EntityDataFrameError
@@ -95,7 +98,8 @@ def _column(index: int) -> Finisher:
 def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
     """[{"customer_id": 1}, ...] or {"customer_id": [1, 2]} as columns of equal length."""
     if isinstance(entity_rows, Mapping):
-        columns = {k: list(v) if isinstance(v, list | tuple) else [v] for k, v in entity_rows.items()}
+        many = list | tuple | np.ndarray | pd.Series
+        columns = {k: list(v) if isinstance(v, many) else [v] for k, v in entity_rows.items()}
     elif isinstance(entity_rows, Sequence) and all(isinstance(r, Mapping) for r in entity_rows):
         names = list(dict.fromkeys(k for r in entity_rows for k in r))
         columns = {n: [r.get(n) for r in entity_rows] for n in names}
@@ -108,25 +112,35 @@ def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
     return columns
 
 
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what a stored key can hold (msgpack's integers)
+_DIGITS = re.compile(r"[+-]?[0-9]+")
+
+
 def _coerced(values: list[Any], kind: str, key: str) -> list[Any]:
-    exact = int if kind == "integer" else str  # already of the key's type: nothing to check (bool is not int)
-    return [v if type(v) is exact else _coerce(v, kind, key) for v in values]
+    if kind == "integer":  # ints in range pass as they are (bool is not int); the rest is checked
+        return [v if type(v) is int and _INT_MIN <= v <= _INT_MAX else _coerce(v, kind, key) for v in values]
+    return [v if type(v) is str else _coerce(v, kind, key) for v in values]
 
 
 def _coerce(value: Any, kind: str, key: str) -> Any:
-    """One rule for every store: integer keys accept ints and digit strings, string keys accept anything."""
+    """One rule for every store: integer keys accept ints and ASCII digit strings in the 64-bit range,
+    string keys accept anything."""
     if value is None:
         raise EntityDataFrameError(f"join key {key!r} is null in an entity row; every row needs a value.")
-    if kind == "integer":
-        if isinstance(value, bool):
-            raise EntityDataFrameError(f"join key {key!r} is an integer key; got {value!r}.")
-        try:
-            return int(value)
-        except (TypeError, ValueError) as exc:
-            raise EntityDataFrameError(
-                f"join key {key!r} is an integer key but got {value!r}, which is not an integer.", key=key,
-            ) from exc
-    return str(value)
+    if kind != "integer":
+        return str(value)
+    integral = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)  # numpy ints too
+    if integral or (isinstance(value, str) and _DIGITS.fullmatch(value)):
+        number = int(value)
+    else:
+        raise EntityDataFrameError(
+            f"join key {key!r} is an integer key but got {value!r}, which is not an integer.", key=key,
+        )
+    if not _INT_MIN <= number <= _INT_MAX:
+        raise EntityDataFrameError(
+            f"join key {key!r} is an integer key but {value!r} is outside the 64-bit range.", key=key,
+        )
+    return number
 
 
 def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],
