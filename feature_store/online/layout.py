@@ -118,7 +118,7 @@ def tile_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
 
 def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None = None) -> str:
     """Partial aggregates of every event available before ``end``: per (key, tile) the window can still
-    reach, or per key for the cumulative group."""
+    reach, in (key, position) order, or per key for the cumulative group."""
     keys = ", ".join(quote(k) for k in view.keys)
     aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.types, strict=True))
     where = [f"__cr < {end}", f"__ts < {end}"]

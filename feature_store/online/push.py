@@ -32,9 +32,12 @@ from typing import Any, ClassVar
 import msgpack
 
 from feature_store.offline.sql import ViewQuery
+from feature_store.online.encode import expiry as _expiry
+from feature_store.online.encode import plain as _plain
 from feature_store.online.layout import Group, Layout, tile_columns, tile_rows
-from feature_store.online.materialize import _expiry, _plain, encode_key
-from feature_store.online.stores import Compute, Item, OnlineStore
+from feature_store.online.materialize import encode_key
+from feature_store.online.stores import Compute, OnlineStore
+from feature_store.online.writes import Batch, Item, Writes, items_of
 from feature_store.push_rows import PushRows
 
 Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
@@ -324,24 +327,28 @@ class MergingWriter:
     def close(self) -> None:
         """The wrapped store belongs to the caller."""
 
-    def write(self, items: Sequence[Item]) -> None:
+    def write(self, writes: Writes) -> None:
         """The batch in one transaction that watches the view's marker alone; if a push (or another
         materialization) rewrote the marker meanwhile, again in small transactions watching their keys."""
-        keys = [key for key, _, _ in items]
+        keys = writes.key_list() if isinstance(writes, Batch) else [key for key, _, _ in writes]
         done: dict[bytes, tuple[bytes | None, Item]] = {}
         calls = 0
 
-        def compute(_marker: Sequence[bytes | None]) -> list[Item]:
+        def compute(_marker: Sequence[bytes | None]) -> Writes:
             nonlocal calls
             calls += 1
             if calls > 1:  # the first attempt lost to a concurrent writer: do not retry the whole batch
                 raise _Contended
-            merged = self._merged(items, self.store.read(keys), done)  # read after the marker is watched
-            return [*merged, (self.target.marker, os.urandom(8), None)]  # concurrent materializations conflict
+            current = self.store.read(keys)  # read after the marker is watched
+            marker = (self.target.marker, os.urandom(8), None)  # concurrent materializations conflict
+            if isinstance(writes, Batch) and all(old is None for old in current):
+                return writes.with_items([marker])  # nothing stored to keep: the batch as it is
+            return [*self._merged(items_of(writes), current, done), marker]
 
         try:
             self.store.update([self.target.marker], compute)
         except _Contended:
+            items = items_of(writes)
             for start in range(0, len(items), WATCHED_BATCH):
                 self._write_watched(items[start:start + WATCHED_BATCH], done)
 
@@ -372,3 +379,6 @@ class MergingWriter:
 
     def delete_prefix(self, prefix: bytes) -> int:
         return self.store.delete_prefix(prefix)
+
+    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
+        return self.store.delete_prefixes(prefixes)

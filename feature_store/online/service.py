@@ -63,7 +63,7 @@ class OnlineService:
     def materialize(self, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,
                     progress: ProgressCallback | None) -> list[MaterializeResult]:
         end_us = min(to_us(end), to_us(datetime.now(end.tzinfo)))
-        results = []
+        results, todo = [], []
         for name in views:
             view = catalog.view(name)
             signature = view_signature(catalog, name)
@@ -72,7 +72,12 @@ class OnlineService:
             if previous is not None and previous >= end_us:
                 results.append(MaterializeResult(name, "online", self.store.name, from_us(previous),
                                                  from_us(previous), 0, False))
-                continue
+            else:
+                todo.append((view, signature, files, previous))
+        # values of any earlier definition of a rebuilt view go; one pass over the store for all of them
+        self.store.delete_prefixes([self.prefix(view.name) for view, _, _, previous in todo if previous is None])
+        for view, signature, files, previous in todo:
+            name = view.name
             query = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
             view_end, target = end_us, self.store
             if isinstance(catalog.source_of(view), PushSource):  # keep what is pushed meanwhile
@@ -81,8 +86,6 @@ class OnlineService:
                 push_target = PushTarget.of(query, self.prefix(name, signature), self.offline.push_log.bucket_us)
                 target = MergingWriter(self.store, push_target, view_end, now_us)
             with self.offline.cursor() as con:
-                if previous is None:  # values of any earlier definition of the view go
-                    self.store.delete_prefix(self.prefix(name))
                 entities, _tiles = materialize_view(con, target, self.prefix(name, signature), query, view_end,
                                                     previous, progress)
             self.registry.set_online_watermark(name, signature, view_end, files)  # only after every write landed

@@ -11,22 +11,24 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import ClassVar, Protocol
 
 import redis
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError, WatchError
+from redis.connection import Connection
+from redis.exceptions import RedisError
 from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
+from feature_store.online.writes import Writes, items_of, resp_sets
 
 LAYOUT_VERSION = 2
 
-Item = tuple[bytes, bytes, int | None]  # key, value, expire at (epoch ms) or None
-Compute = Callable[[list[bytes | None]], Sequence[Item]]
+Compute = Callable[[list[bytes | None]], Writes]
 UPDATE_ATTEMPTS = 100  # optimistic retries of an atomic update that concurrent writers keep invalidating
 
 
@@ -34,7 +36,7 @@ class OnlineStore(Protocol):
     name: ClassVar[str]
     one_round_trip_reads: ClassVar[bool]
 
-    def write(self, items: Sequence[Item]) -> None: ...
+    def write(self, writes: Writes) -> None: ...
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """Atomically: read ``keys``, then write what ``compute`` makes of their current values."""
@@ -43,6 +45,8 @@ class OnlineStore(Protocol):
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
     def delete_prefix(self, prefix: bytes) -> int: ...
+
+    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int: ...
 
     def ping(self) -> None: ...
 
@@ -76,38 +80,51 @@ class RedisOnlineStore:
             "runs and that online_store.url in feature_store.yaml is right.", url=self.url,
         )
 
-    def write(self, items: Sequence[Item]) -> None:
+    @contextmanager
+    def _connection(self) -> Iterator[Connection]:
+        """A pooled connection for hand-written pipelines; dropped, not reused, after any failure, since
+        replies may be left unread on it (or a WATCH pending)."""
+        pool = self.client.connection_pool
         try:
-            with self.client.pipeline(transaction=False) as pipe:
-                for key, value, expire_at in items:
-                    if expire_at is None:
-                        pipe.set(key, value)
-                    else:
-                        pipe.set(key, value, pxat=expire_at)
-                pipe.execute()
+            connection = pool.get_connection()
         except RedisError as exc:
             raise self._unavailable(exc) from exc
+        try:
+            yield connection
+        except BaseException as exc:
+            connection.disconnect()
+            if isinstance(exc, RedisError):  # refused writes too (out of memory, read-only replica)
+                raise self._unavailable(exc) from exc
+            raise
+        finally:
+            pool.release(connection)
+
+    def write(self, writes: Writes) -> None:
+        """Every ``SET`` in one buffer, then their replies: one round trip, packed by resp_sets."""
+        if not len(writes):
+            return
+        with self._connection() as connection:
+            connection.send_packed_command([resp_sets(writes)])
+            for _ in range(len(writes)):
+                connection.read_response()
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """WATCH the keys, read them, and write in MULTI/EXEC; a concurrent write to any of them retries."""
         if not keys:
             return
-        try:
-            for attempt in range(UPDATE_ATTEMPTS):
-                with self.client.pipeline(transaction=True) as pipe:
-                    try:
-                        pipe.watch(*keys)
-                        current: list[bytes | None] = pipe.mget(keys)  # type: ignore[assignment]
-                        items = compute(current)
-                        pipe.multi()
-                        for key, value, expire_at in items:
-                            pipe.set(key, value, pxat=expire_at) if expire_at is not None else pipe.set(key, value)
-                        pipe.execute()
-                        return
-                    except WatchError:
-                        time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # spread the retries
-        except RedisError as exc:
-            raise self._unavailable(exc) from exc
+        for attempt in range(UPDATE_ATTEMPTS):
+            with self._connection() as connection:
+                connection.send_command("WATCH", *keys)
+                connection.read_response()
+                connection.send_command("MGET", *keys)
+                current: list[bytes | None] = connection.read_response()
+                writes = compute(current)
+                connection.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", resp_sets(writes), b"*1\r\n$4\r\nEXEC\r\n"])
+                for _ in range(len(writes) + 1):  # OK, then QUEUED per command
+                    connection.read_response()
+                if connection.read_response() is not None:  # EXEC's replies; none when a watched key changed
+                    return
+            time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # spread the retries
         raise OnlineStoreConflict(
             f"updating {len(keys)} key(s) in the Redis online store at {self.url} lost to concurrent writers "
             f"{UPDATE_ATTEMPTS} times in a row; retry later.", url=self.url,
@@ -123,12 +140,21 @@ class RedisOnlineStore:
             raise self._unavailable(exc) from exc
 
     def delete_prefix(self, prefix: bytes) -> int:
+        return self.delete_prefixes([prefix])
+
+    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
+        """Keys under any of the prefixes, found in one SCAN of the database (matching their common start)."""
+        if not prefixes:
+            return 0
+        common = bytes(_common_start(prefixes))
+        wanted = tuple(prefixes)
         deleted = 0
         try:
             batch: list[bytes] = []
-            for key in self.client.scan_iter(match=_glob_escape(prefix) + b"*", count=1000):
-                batch.append(key)
-                if len(batch) >= 1000:
+            for key in self.client.scan_iter(match=_glob_escape(common) + b"*", count=10_000):
+                if key.startswith(wanted):
+                    batch.append(key)
+                if len(batch) >= 5_000:
                     deleted += int(self.client.unlink(*batch))
                     batch = []
             if batch:
@@ -173,11 +199,12 @@ class SqliteOnlineStore:
             self._local.con = con
         return con
 
-    def write(self, items: Sequence[Item]) -> None:
+    def write(self, writes: Writes) -> None:
         con = self._connection()
         try:
             with con:
-                con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)", items)
+                con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
+                                items_of(writes))
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"writing the SQLite online store {self.path} failed: {exc}") from exc
 
@@ -189,7 +216,7 @@ class SqliteOnlineStore:
             try:
                 current = self._select(con, keys, int(time.time() * 1000))
                 con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
-                                compute([current.get(key) for key in keys]))
+                                items_of(compute([current.get(key) for key in keys])))
             except BaseException:
                 con.rollback()
                 raise
@@ -217,6 +244,9 @@ class SqliteOnlineStore:
             ).fetchall()
             found.update((bytes(k), bytes(v)) for k, v in rows)
         return found
+
+    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
+        return sum(self.delete_prefix(prefix) for prefix in prefixes)
 
     def delete_prefix(self, prefix: bytes) -> int:
         con = self._connection()
@@ -252,6 +282,12 @@ def _glob_escape(prefix: bytes) -> bytes:
             out += b"\\"
         out.append(byte)
     return bytes(out)
+
+
+def _common_start(prefixes: Sequence[bytes]) -> bytes:
+    first, last = min(prefixes), max(prefixes)
+    size = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), min(len(first), len(last)))
+    return first[:size]
 
 
 def _prefix_end(prefix: bytes) -> bytes | None:

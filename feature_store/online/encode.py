@@ -1,0 +1,144 @@
+"""Online values of many entities at once, from the tiles or latest rows DuckDB computed (layout.py).
+
+An aggregation view's groups come as one table each: bounded groups one row per (entity, tile) in
+(entity, position) order, the cumulative group one row per entity. An entity's group value takes
+the spans of its tiles in every packed column (packing.py); entities are then matched across the
+groups by their packed keys, so each value is ``[end, group values...]`` with nil for a group in
+which the entity has nothing. No Python object is made per entity, let alone per tile.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgpack
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feature_store.offline.sql import ViewQuery
+from feature_store.online.layout import Group, Layout
+from feature_store.online.packing import (
+    NIL,
+    array_headers,
+    data_of,
+    from_buffers,
+    join,
+    lit,
+    offsets_of,
+    pack_elements,
+    pack_keys,
+)
+from feature_store.online.writes import Batch
+
+EXPIRY_GRACE_MS = 3_600_000
+_PACK = msgpack.Packer(autoreset=True).pack  # ints and strings only: no callback, safe across threads
+
+
+def plain(value: Any) -> Any:
+    """msgpack-able: timestamps and dates as ISO strings, decimals as floats."""
+    if value is None or isinstance(value, bool | int | float | str | bytes):
+        return value
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return float(value)
+
+
+def expiry(unreachable_at: int, end: int) -> int:
+    """Wall-clock expiry (epoch ms) of a value no read can use from ``unreachable_at`` (data time, us) on.
+
+    The remaining lifetime is measured from the materialization's end and applied from now, so a
+    backfill materialized for a past ``end`` still serves reads replayed at that time; a grace period
+    keeps values for reads a little after that (reads enforce windows and ttl themselves).
+    """
+    return int(time.time() * 1000) + max(0, (unreachable_at - end) // 1000) + EXPIRY_GRACE_MS
+
+
+def array_header(count: int) -> bytes:
+    return bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
+
+
+def encode_values(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery, end: int) -> tuple[Batch, int]:
+    """Keys, values and expiries of the entities in ``tables`` (one per group, or the snapshot rows), in order
+    of their keys' bytes (SQLite inserts into its B-tree in order, far faster); and the number of tiles."""
+    if view.is_aggregation:
+        keys, values, unreachable = _aggregation(tables, prefix, view, end)
+        tiles = sum(table.num_rows for table in tables)
+    else:
+        table = tables[0]
+        keys = pack_keys([_array(table, k) for k in view.keys], prefix, plain)
+        names = ["__ts", "__cr", *view.columns]
+        values = join([lit(array_header(len(names))), *(pack_elements(_array(table, n), plain) for n in names)])
+        unreachable = None if view.ttl is None else _numpy(_array(table, "__ts")) + view.ttl
+        tiles = table.num_rows
+        order = pc.sort_indices(keys)
+        keys, values = keys.take(order), values.take(order)
+        if unreachable is not None:
+            unreachable = unreachable[order.to_numpy()]
+    expire = None if unreachable is None else expiry(end, end) + np.maximum(0, (unreachable - end) // 1000)
+    return Batch(keys, values, None if expire is None else pa.array(expire)), tiles
+
+
+def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
+                 end: int) -> tuple[pa.Array, pa.Array, np.ndarray | None]:
+    groups = Layout.of(view).groups
+    parts = [_group(table, group, prefix, view) for group, table in zip(groups, tables, strict=True)]
+    every = pc.unique(pa.concat_arrays([keys for keys, _, _ in parts]))
+    every = every.take(pc.sort_indices(every))
+    pieces: list[pa.Array | pa.Scalar] = [lit(array_header(1 + len(groups)) + _PACK(end))]
+    unreachable: pa.Array | None = None
+    for keys, value, reach in parts:
+        rows = pc.index_in(every, value_set=keys)  # per entity: its row in the group, null when it has none
+        pieces.append(value.take(rows).fill_null(lit(NIL)))
+        if reach is not None:
+            taken = pa.array(reach).take(rows)
+            unreachable = taken if unreachable is None else pc.max_element_wise(unreachable, taken, skip_nulls=True)
+    # A cumulative row never leaves its window: such values never expire.
+    never = unreachable is None or any(group.hop == 0 for group in groups)
+    return every, join(pieces), None if never else _numpy(unreachable)
+
+
+def _group(table: pa.Table, group: Group, prefix: bytes, view: ViewQuery) -> tuple[pa.Array, pa.Array,
+                                                                                  np.ndarray | None]:
+    """The group's entities: packed keys, group values, and (bounded groups) the data time from which no
+    window reaches their tiles."""
+    key_columns = [_array(table, k) for k in view.keys]
+    if group.hop == 0:  # one row per entity: its partials
+        columns = [pack_elements(_array(table, p), plain) for p in group.partials]
+        return pack_keys(key_columns, prefix, plain), join([lit(array_header(len(columns))), *columns]), None
+    starts = _entity_starts(key_columns, table.num_rows)
+    first_rows = pa.array(starts[:-1])
+    keys = pack_keys([column.take(first_rows) for column in key_columns], prefix, plain)
+    headers = array_headers(np.diff(starts))
+    names = ["__pos", *group.partials]
+    pieces: list[pa.Array | pa.Scalar] = [lit(array_header(len(names)))]
+    for name in names:  # the entity's tiles are rows [starts[e], starts[e + 1]) of every column
+        elements = pack_elements(_array(table, name), plain)
+        pieces += [headers, from_buffers(data_of(elements), offsets_of(elements)[starts])]
+    positions = _numpy(_array(table, "__pos"))
+    reach = positions[starts[1:] - 1] + group.hop + group.window if len(starts) > 1 else np.zeros(0, np.int64)
+    return keys, join(pieces), reach
+
+
+def _entity_starts(key_columns: Sequence[pa.Array], rows: int) -> np.ndarray:
+    """Row offsets where each entity's rows start (rows sorted by key), then the row count."""
+    starts = np.zeros(rows, dtype=bool)
+    if rows:
+        starts[0] = True
+        for column in key_columns:
+            starts[1:] |= np.asarray(pc.not_equal(column.slice(1), column.slice(0, rows - 1)).to_numpy(
+                zero_copy_only=False), dtype=bool)
+    return np.append(np.flatnonzero(starts), rows).astype(np.int64)
+
+
+def _numpy(column: pa.Array) -> np.ndarray:
+    return np.asarray(column.to_numpy(zero_copy_only=False), dtype=np.int64)
+
+
+def _array(table: pa.Table, name: str) -> pa.Array:
+    column = table.column(name)
+    if column.num_chunks == 1:
+        return column.chunk(0)
+    return pa.concat_arrays(column.chunks) if column.num_chunks else pa.array([], column.type)
