@@ -37,6 +37,15 @@ EXPIRY_GRACE_MS = 3_600_000
 _PACK = msgpack.Packer(autoreset=True).pack  # ints and strings only: no callback, safe across threads
 
 
+def pack_key(key: tuple[Any, ...]) -> bytes:
+    """An entity key as it follows the view's prefix in a store key (packing.pack_keys, one at a time)."""
+    return _PACK(list(key))
+
+
+def encode_key(prefix: bytes, key: tuple[Any, ...]) -> bytes:
+    return prefix + pack_key(key)
+
+
 def plain(value: Any) -> Any:
     """msgpack-able: timestamps and dates as ISO strings, decimals as floats."""
     if value is None or isinstance(value, bool | int | float | str | bytes):

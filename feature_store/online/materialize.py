@@ -6,9 +6,9 @@ writes. Running twice, or again after a crash halfway, writes the same values ag
 ever added on top of a stored value, so nothing can be counted twice. A changed definition
 (another data signature) starts the view over.
 
-Speed: DuckDB computes one row per entity with each group's tile columns as lists (values_sql);
-the values are packed column by column by packing.py (no Python object per value or per entity)
-and written in batches that Redis receives as one buffer of commands (writes.py). DuckDB computes
+Speed: DuckDB computes each hop group's tiles sorted by entity (tiles_sql); encode.py packs the
+values column by column (no Python object per value or per entity), and they are written in
+batches that Redis receives as one buffer of commands (writes.py). DuckDB computes
 the next hash bucket in a thread while this one is encoded and written; values are written in key
 order (SQLite inserts into its B-tree in order).
 """
@@ -17,10 +17,8 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import duckdb
-import msgpack
 import pyarrow as pa
 
 from feature_store.identifiers import quote
@@ -35,18 +33,6 @@ from feature_store.online.writes import Batch
 BATCH = 5_000  # entities per pipelined write
 ENTITIES_PER_CHUNK = 200_000  # entities computed and held in memory at once
 CHANGED = "__fs_changed_keys"
-
-
-_PACK = msgpack.Packer(autoreset=True).pack  # keys hold ints and strings only: no callback, safe across threads
-
-
-def pack_key(key: tuple[Any, ...]) -> bytes:
-    """An entity key as it follows the view's prefix in a store key."""
-    return _PACK(list(key))
-
-
-def encode_key(prefix: bytes, key: tuple[Any, ...]) -> bytes:
-    return prefix + pack_key(key)
 
 
 def materialize_view(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,

@@ -32,10 +32,10 @@ from typing import Any, ClassVar
 import msgpack
 
 from feature_store.offline.sql import ViewQuery
+from feature_store.online.encode import encode_key
 from feature_store.online.encode import expiry as _expiry
 from feature_store.online.encode import plain as _plain
 from feature_store.online.layout import Group, Layout, tile_columns, tile_rows
-from feature_store.online.materialize import encode_key
 from feature_store.online.stores import Compute, OnlineStore
 from feature_store.online.writes import Batch, Item, Writes, items_of
 from feature_store.push_rows import PushRows

@@ -24,8 +24,8 @@ from feature_store.errors import EntityDataFrameError
 from feature_store.offline.entity_input import key_family
 from feature_store.offline.sql import ViewQuery
 from feature_store.online.combine import Finisher, empty_value, finisher
+from feature_store.online.encode import pack_key
 from feature_store.online.layout import Layout
-from feature_store.online.materialize import pack_key
 from feature_store.online.stores import OnlineStore
 
 _unpack = msgpack.unpackb

@@ -10,7 +10,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -93,7 +92,3 @@ def _resp_columns(batch: Batch) -> bytes:
         commands = pc.if_else(batch.expire_at.is_valid(), with_expiry, without)
     offsets = offsets_of(commands)
     return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
-
-
-def batch_of(keys: pa.Array, values: pa.Array, expire_at: np.ndarray | None) -> Batch:
-    return Batch(keys, values, None if expire_at is None else pa.array(expire_at, pa.int64()))
