@@ -146,6 +146,11 @@ def test_pushed_events_online_equal_reference_and_training_after_every_step(
                       label="steps")
     repo = Path(scratch_dir("push_"))
     store = open_push_repo(repo, spend, profile, online_store)
+    if not has_created:
+        # A pushed row's arrival plays the role of the created timestamp even when the source has none (batch
+        # rows are created at their event time): the reference needs the column to order ties on (ts, created).
+        spend = _with_created(spend, "event_timestamp", ref.default_event_schema("created"))
+        profile = _with_created(profile, "updated_at", ref.default_profile_schema("created"))
     try:
         store.materialize()  # online serves what was materialized, and what was pushed since
         for i, step in enumerate(steps):
@@ -156,8 +161,8 @@ def test_pushed_events_online_equal_reference_and_training_after_every_step(
                 rows = data.draw(rows_of(view.name, start, has_created, data.draw(st.integers(1, 4))), label=step)
                 result = store.push(f"{view.name}_push", pd.DataFrame(rows))
                 pushed = us(result.pushed_at)
-                if has_created:  # availability is the push's arrival, whatever the created column says
-                    rows = [{**r, "created": ref.from_micros(pushed)} for r in rows]
+                # availability is the push's arrival, whatever the created column says (or without one)
+                rows = [{**r, "created": ref.from_micros(pushed)} for r in rows]
                 if view is spend:
                     spend = replace(spend, rows=spend.rows + tuple(rows))
                 else:
@@ -168,6 +173,12 @@ def test_pushed_events_online_equal_reference_and_training_after_every_step(
     finally:
         store.close()
         shutil.rmtree(repo, ignore_errors=True)
+
+
+def _with_created(view: Any, ts_field: str, schema: Any) -> Any:
+    """The reference view with a created column equal to each batch row's event time."""
+    rows = tuple({**row, "created": row[ts_field]} for row in view.rows)
+    return replace(view, rows=rows, created_field="created", schema=schema)
 
 
 # --------------------------------------------------------------------------
@@ -254,6 +265,24 @@ def test_push_destinations(pushed_repo: Any) -> None:
     store.materialize()
     store.materialize(full=True)
     assert online() == [2, 11.5] == offline()
+
+
+def test_a_pushed_event_tied_on_time_with_a_batch_row_arrived_later(pushed_repo: Any) -> None:
+    """The source has no created column: batch rows are created at their event time, a pushed row at its
+    arrival, so on a tie of event times the pushed row is the later one (Last takes it), online and offline
+    alike, before and after a materialization."""
+    store, spend, _profile = pushed_repo
+    tied = {**spend.rows[0], "amount": -1000.0}  # same key and event time as the batch row of 5.0
+    store.push("spend_push", [tied])
+
+    def values() -> tuple[Any, Any]:
+        online = store.get_online_features(["spend:l_all"], {"customer_id": [1]}).values["l_all"][0]
+        df = pd.DataFrame({"customer_id": [1], "event_timestamp": [datetime.now(UTC)]})
+        return online, store.get_historical_features(df, ["spend:l_all"]).to_df()["l_all"].iloc[0]
+
+    assert values() == (-1000.0, -1000.0)
+    store.materialize()
+    assert values() == (-1000.0, -1000.0)
 
 
 def test_snapshot_push_keeps_the_latest_row(pushed_repo: Any) -> None:
