@@ -201,6 +201,12 @@ class Registry:
             return None
         return int(row[1])
 
+    def online_views(self) -> set[str]:
+        """The views that have online state, of whatever definition: the only ones with keys in the store."""
+        with self._errors("reading online watermarks"), self.engine.connect() as conn:
+            rows = conn.execute(select(online_state.c.view).where(online_state.c.project == self.project)).all()
+        return {row[0] for row in rows}
+
     def set_online_watermark(self, view: str, signature: str, watermark: int | None,
                              files: dict[str, list[int]] | None = None) -> None:
         where = (online_state.c.project == self.project) & (online_state.c.view == view)

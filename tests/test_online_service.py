@@ -41,3 +41,22 @@ def test_integer_keys_numpy_ints_and_digit_strings_are_coerced_the_rest_is_an_er
         for bad in [2**64, "1" * 30, 1.5, True, "1_0", " 1"]:
             with pytest.raises(EntityDataFrameError, match="customer_id"):
                 store.get_online_features(refs, {"customer_id": [bad]})
+
+
+def test_old_keys_are_deleted_only_where_there_can_be_some(example_repo: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view never materialized online has no keys: its first run deletes nothing (a shared Redis would be
+    walked whole for nothing). A rebuild of a materialized view, and --full, delete what the view had."""
+    with FeatureStore(example_repo) as store:
+        store.apply()
+        deleted: list[list[bytes]] = []
+        original = store.online.store.delete_prefixes
+        monkeypatch.setattr(store.online.store, "delete_prefixes",
+                            lambda prefixes: deleted.append(list(prefixes)) or original(prefixes))
+        store.materialize(views=["customer_profile"])
+        assert deleted == [[]]
+        stale = store.online.prefix("customer_profile") + b"stale"
+        store.online.store.write([(stale, b"\x90", None)])
+        store.materialize(views=["customer_profile", "customer_spend"], full=True)
+        assert deleted[-1] == [store.online.prefix("customer_profile"), store.online.prefix("customer_spend")]
+        assert store.online.store.read([stale]) == [None]

@@ -74,8 +74,11 @@ class OnlineService:
                                                  from_us(previous), 0, False))
             else:
                 todo.append((view, signature, files, previous))
-        # values of any earlier definition of a rebuilt view go; one pass over the store for all of them
-        self.store.delete_prefixes([self.prefix(view.name) for view, _, _, previous in todo if previous is None])
+        # Values of any earlier definition of a rebuilt view go, in one pass over the store for all of them. A view
+        # never materialized online has none (its first run need not walk a large shared Redis); --full always looks.
+        stored = None if full else self.registry.online_views()
+        self.store.delete_prefixes([self.prefix(view.name) for view, _, _, previous in todo
+                                    if previous is None and (stored is None or view.name in stored)])
         for view, signature, files, previous in todo:
             name = view.name
             query = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
