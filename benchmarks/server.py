@@ -53,24 +53,6 @@ from common import FEATURES_1X10, latency_stats, loadavg, percentile, scan_prefi
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REPO = ROOT / "feature_repo"
-# The push source and view the --push cases write to (tests/server_fixtures.py has its own copy: the tests do not
-# import from benchmarks/).
-PUSH_PY = '''
-from feature_store import Count, Entity, FeatureView, FileSource, PushSource, Sum
-
-transactions_push = PushSource(
-    name="transactions_push",
-    batch_source=FileSource(name="transactions", path="data/transactions.parquet",
-                            timestamp_field="event_timestamp", created_timestamp_field="created"),
-)
-customer_live = FeatureView(
-    name="customer_live",
-    entities=[Entity(name="customer", join_keys=["customer_id"], description="A card holder.")],
-    source=transactions_push,
-    features=[Sum("amount", window="1d", name="spend_1d"), Count(window="1h", name="txn_count_1h_live")],
-    hop="5m",
-)
-'''
 TARGET_P99_MS_1_CLIENT = 1.5
 TARGET_RPS_8_CLIENTS = 4_000
 
@@ -92,12 +74,12 @@ def git_commit() -> str:
 
 
 def make_repo(repo: Path, customers: int, redis_url: str, prefix: str) -> None:
+    """The example repo as users get it; pushes go to its transactions_push, which feeds two views."""
     from feature_store import FeatureStore, example
 
     repo.mkdir(parents=True)
     for name in ("feature_store.yaml", "features.py"):
         shutil.copy(EXAMPLE_REPO / name, repo / name)
-    (repo / "push.py").write_text(PUSH_PY)
     online = json.dumps({"type": "redis", "url": redis_url, "key_prefix": prefix})
     config = repo / "feature_store.yaml"
     config.write_text(re.sub(r"(?m)^online_store:.*$", f"online_store: {online}", config.read_text()))
