@@ -114,9 +114,8 @@ class RedisOnlineStore:
             return
         for attempt in range(UPDATE_ATTEMPTS):
             with self._connection() as connection:
-                connection.send_command("WATCH", *keys)
-                connection.read_response()
-                connection.send_command("MGET", *keys)
+                connection.send_packed_command(connection.pack_commands([("WATCH", *keys), ("MGET", *keys)]))
+                connection.read_response()  # WATCH is in effect before MGET runs: both in one round trip
                 current: list[bytes | None] = connection.read_response()
                 writes = compute(current)
                 connection.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", resp_sets(writes), b"*1\r\n$4\r\nEXEC\r\n"])
