@@ -22,14 +22,13 @@ from feature_store.offline.sql import ViewQuery
 from feature_store.online.layout import Group, Layout
 from feature_store.online.packing import (
     NIL,
+    array_header,
     array_headers,
-    data_of,
-    from_buffers,
     join,
     lit,
-    offsets_of,
     pack_elements,
     pack_keys,
+    spans,
 )
 from feature_store.online.writes import Batch
 
@@ -63,10 +62,6 @@ def expiry(unreachable_at: int, end: int) -> int:
     keeps values for reads a little after that (reads enforce windows and ttl themselves).
     """
     return int(time.time() * 1000) + max(0, (unreachable_at - end) // 1000) + EXPIRY_GRACE_MS
-
-
-def array_header(count: int) -> bytes:
-    return bytes([0x90 | count]) if count < 16 else b"\xdc" + count.to_bytes(2, "big")
 
 
 def encode_values(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery, end: int) -> tuple[Batch, int]:
@@ -125,7 +120,7 @@ def _group(table: pa.Table, group: Group, prefix: bytes, view: ViewQuery) -> tup
     pieces: list[pa.Array | pa.Scalar] = [lit(array_header(len(names)))]
     for name in names:  # the entity's tiles are rows [starts[e], starts[e + 1]) of every column
         elements = pack_elements(_array(table, name), plain)
-        pieces += [headers, from_buffers(data_of(elements), offsets_of(elements)[starts])]
+        pieces += [headers, spans(elements, starts)]
     positions = _numpy(_array(table, "__pos"))
     reach = positions[starts[1:] - 1] + group.hop + group.window if len(starts) > 1 else np.zeros(0, np.int64)
     return keys, join(pieces), reach

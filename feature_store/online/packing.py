@@ -48,12 +48,16 @@ def join(pieces: Sequence[pa.Array | pa.Scalar]) -> pa.Array:
     return pc.binary_join_element_wise(*pieces, lit(b""))
 
 
-def from_buffers(data: np.ndarray, offsets: np.ndarray, valid: np.ndarray | None = None) -> pa.Array:
-    """A large_binary array whose row i is ``data[offsets[i]:offsets[i + 1]]`` (null where not valid)."""
-    n = len(offsets) - 1
-    validity = None if valid is None or valid.all() else pa.array(valid).buffers()[1]
-    return pa.Array.from_buffers(BIN, n, [validity, pa.py_buffer(np.ascontiguousarray(offsets, np.int64)),
-                                          pa.py_buffer(np.ascontiguousarray(data, np.uint8))])
+def from_buffers(data: np.ndarray, offsets: np.ndarray) -> pa.Array:
+    """A large_binary array whose row i is ``data[offsets[i]:offsets[i + 1]]``."""
+    return pa.Array.from_buffers(BIN, len(offsets) - 1, [None, pa.py_buffer(np.ascontiguousarray(offsets, np.int64)),
+                                                         pa.py_buffer(np.ascontiguousarray(data, np.uint8))])
+
+
+def spans(elements: pa.Array, starts: np.ndarray) -> pa.Array:
+    """Row i: the packed elements ``starts[i]`` to ``starts[i + 1]`` back to back (``starts`` ascending), without
+    copying them: lists, and an entity's tiles, are runs of consecutive elements."""
+    return from_buffers(data_of(elements), offsets_of(elements)[starts])
 
 
 def _valid(array: pa.Array) -> np.ndarray:
@@ -131,6 +135,11 @@ def _headers(lengths: np.ndarray, small: tuple[int, int], wide: tuple[tuple[int,
     return _by_class(_big_endian(small_values, ">i8"), np.ones(len(lengths), dtype=bool), classes)
 
 
+def array_header(count: int) -> bytes:
+    """The msgpack header of an array of ``count`` elements."""
+    return bytes(array_headers(np.array([count], dtype=np.int64))[0].as_py())
+
+
 def array_headers(counts: np.ndarray) -> pa.Array:
     """msgpack array headers for arrays of ``counts`` elements."""
     return _headers(counts, (0x90, 16), ((0xDC, 2**16, ">u2"), (0xDD, 2**32, ">u4")))
@@ -153,7 +162,7 @@ def pack_generic(array: pa.Array, default: Callable[[Any], Any]) -> pa.Array:
 
 
 def pack_elements(array: pa.Array, default: Callable[[Any], Any]) -> pa.Array:
-    """Each element of a (non-nested) column as its msgpack bytes."""
+    """Each element of a column (lists of such columns too) as its msgpack bytes."""
     kind = array.type
     if pa.types.is_integer(kind) and not (pa.types.is_uint64(kind) and len(array)
                                           and (pc.max(array).as_py() or 0) >= 2**63):
@@ -168,7 +177,7 @@ def pack_elements(array: pa.Array, default: Callable[[Any], Any]) -> pa.Array:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         offsets = array.offsets.to_numpy().astype(np.int64)
         elements = pack_elements(array.values, default)
-        packed = join([array_headers(np.diff(offsets)), from_buffers(data_of(elements), offsets_of(elements)[offsets])])
+        packed = join([array_headers(np.diff(offsets)), spans(elements, offsets)])
         return pc.if_else(array.is_valid(), packed, lit(NIL)) if array.null_count else packed
     return pack_generic(array, default)
 

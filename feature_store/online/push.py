@@ -37,7 +37,7 @@ from feature_store.online.encode import expiry as _expiry
 from feature_store.online.encode import plain as _plain
 from feature_store.online.layout import Group, Layout, tile_columns, tile_rows
 from feature_store.online.stores import Compute, OnlineStore
-from feature_store.online.writes import Batch, Item, Writes, items_of
+from feature_store.online.writes import Batch, Item, Writes, items_of, keys_of
 from feature_store.push_rows import PushRows
 
 Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
@@ -330,7 +330,7 @@ class MergingWriter:
     def write(self, writes: Writes) -> None:
         """The batch in one transaction that watches the view's marker alone; if a push (or another
         materialization) rewrote the marker meanwhile, again in small transactions watching their keys."""
-        keys = writes.key_list() if isinstance(writes, Batch) else [key for key, _, _ in writes]
+        keys = keys_of(writes)
         done: dict[bytes, tuple[bytes | None, Item]] = {}
         calls = 0
 

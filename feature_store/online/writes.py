@@ -53,6 +53,10 @@ def items_of(writes: Writes) -> Sequence[Item]:
     return writes.items() if isinstance(writes, Batch) else writes
 
 
+def keys_of(writes: Writes) -> list[bytes]:
+    return writes.key_list() if isinstance(writes, Batch) else [key for key, _, _ in writes]
+
+
 def resp_sets(writes: Writes) -> bytes:
     """The RESP encoding of one ``SET key value [PXAT ms]`` command per write, back to back."""
     if not isinstance(writes, Batch):
