@@ -31,6 +31,7 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,7 @@ from hypothesis import strategies as st
 
 import feature_store as fs
 from feature_store.errors import EntityDataFrameError, FeatureNotFoundError
+from feature_store.online import reader
 from feature_store.online.stores import LAYOUT_VERSION
 from feature_store.store import FeatureStore
 
@@ -55,6 +57,8 @@ SPAN = T0 + D  # most events fall in [SPAN, SPAN + 1d]
 LAST_END = T0 + 4 * D  # after every created timestamp the strategies draw (at most SPAN + 2d 14min), before now
 GRID = 15 * MIN
 STORES = ["sqlite", "redis"]
+# reader.SMALL_READ values: reads finish in numpy (combine.py), or entity by entity in Python (scalar.py)
+READ_PATHS = {"numpy": -1, "python": 10**9}
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 
 
@@ -361,10 +365,14 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
     reads, with ``available_before``, unless None)."""
     responses = []
     for now, _keys, sent in reads:
-        response = store.get_online_features(refs, {"customer_id": sent}, now=dt(now))
-        assert response.to_dict()["customer_id"] == sent
-        assert list(response.values) == output_order(refs)
-        responses.append(response)
+        both = []
+        for small in READ_PATHS.values():  # every read by both finishing paths, whatever its size
+            with mock.patch.object(reader, "SMALL_READ", small):
+                response = store.get_online_features(refs, {"customer_id": sent}, now=dt(now))
+            assert response.to_dict()["customer_id"] == sent
+            assert list(response.values) == output_order(refs)
+            both.append(response)
+        responses.append(both)
     rows = [(now, key, i, j) for i, (now, keys, _sent) in enumerate(reads) for j, key in enumerate(keys)]
     entity_rows = [{"customer_id": key, "event_timestamp": dt(now)} for now, key, _i, _j in rows]
     # the reference over every snapshot field in declaration order: which of several tied rows wins depends on
@@ -376,9 +384,10 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
     cutoff = None if available_before is None else dt(available_before)
     offline = store.get_historical_features(entity_df, refs, available_before=cutoff).to_df()
     problems = []
-    for r, ((now, key, i, j), row_constraints) in enumerate(zip(rows, constraints, strict=True)):
-        response, sent = responses[i], reads[i][2][j]
-        where = f"key {sent!r} at {dt(now)}"
+    for (r, ((now, key, i, j), row_constraints)), path in itertools.product(
+            enumerate(zip(rows, constraints, strict=True)), range(len(READ_PATHS))):
+        response, sent = responses[i][path], reads[i][2][j]
+        where = f"key {sent!r} at {dt(now)} ({list(READ_PATHS)[path]})"
         expected: dict[str, tuple[Any, float, list[Any]]] = {}  # column -> (value, float slack, tied candidates)
         for columns, acceptable, slack in row_constraints:
             best = greatest(acceptable)

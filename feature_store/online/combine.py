@@ -1,28 +1,52 @@
-"""Finishing feature values from online tiles at read time.
+"""Finishing feature values from online tiles at read time, for every entity of a read at once.
 
 The same semantics as the offline engine: at ``now`` a feature with window W and hop H combines
 the tiles starting at or after ``floor_H(now - W)``; every stored event was available before the
 last materialization, so all of them are visible at any ``now`` after it.
 
-A bounded group's value holds its tiles column by column (layout.py), so a feature is finished
-from slices of its partials' columns: the reader finds the first tile in the window once per
-window and entity, and sums, compares or merges the slices in C where it can.
+A read puts one group's tiles of all its entities in one matrix (tiles.TileBatch); a feature is
+then a few numpy reductions over the tiles in the window, per entity (``ufunc.reduceat``). Object
+partials (strings, dates, distinct sets) are finished per entity in Python.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
 from feature_store.offline.sql import FeatureRequest
-from feature_store.online.layout import Group
+from feature_store.online.layout import FLOAT, OBJECT, Group
+from feature_store.online.tiles import TileBatch
 
-# (group value, index of the first tile in the window) -> feature value. A bounded group's value is
-# [positions, partial columns...]; the cumulative group's is one partial row (the index is unused).
-Finisher = Callable[[Sequence[Any], int], Any]
-Aggregate = Callable[..., Any]  # partial columns (tiles in position order) -> feature value
+
+@dataclass(frozen=True)
+class Selection:
+    """The tiles of a batch inside one window at ``now``."""
+
+    mask: np.ndarray  # per tile
+    inside: np.ndarray  # per entity: whether it has any tile in the window
+
+    def firsts(self, batch: TileBatch) -> list[int]:
+        """Per entity, its first tile in the window counted from its own first tile (an entity's tiles are in
+        position order, so those in the window are its last ones)."""
+        result: list[int] = (batch.counts - batch.per_entity(np.add, self.mask.astype(np.int64))).tolist()
+        return result
+
+
+def select(batch: TileBatch, start: int | None) -> Selection:
+    """Tiles at or after ``start`` (None: all, the cumulative group)."""
+    positions = batch.positions
+    if start is None:
+        return Selection(np.ones(len(positions), dtype=bool), np.ones(len(batch.rows), bool))
+    return Selection(positions >= start, positions[batch.starts[1:] - 1] >= start)
+
+
+# (tiles of the entities that have any, the window's selection) -> a value per entity of the batch
+Finisher = Callable[[TileBatch, Selection], list[Any]]
 
 
 def empty_value(request: FeatureRequest) -> Any:
@@ -33,82 +57,103 @@ def empty_value(request: FeatureRequest) -> Any:
 
 
 def finisher(request: FeatureRequest, group: Group) -> Finisher:
-    """A function from a group's stored value and the first tile in the window to the feature value."""
-    aggregate, names = _aggregate(request)
-    if group.hop == 0:  # the cumulative row: each partial is a column of one tile
-        k = tuple(group.partials.index(name) for name in names)
-        return lambda row, _i: aggregate(*((row[j],) for j in k))
-    # Bounded groups: column 0 holds the tile positions. Reads call these once per entity and feature:
-    # the common aggregates get a closure of their own (one Python call), the others share the generic one.
-    k = tuple(1 + group.partials.index(name) for name in names)
-    feature = request.feature
-    a, b = k[0], k[-1]
-    if isinstance(feature, Count):
-        return lambda columns, i: sum(columns[a][i:])
-    if isinstance(feature, Sum):
-        zero = empty_value(request)
-        return lambda columns, i: sum(filter(None, columns[a][i:]), zero)
-    if isinstance(feature, Last):  # no slices: scans back from the latest tile
-        return lambda columns, i: _last(columns[a], columns[b], i)
-    if len(k) == 1:
-        return lambda columns, i: aggregate(columns[a][i:])
-    if len(k) == 2:
-        return lambda columns, i: aggregate(columns[a][i:], columns[b][i:])
-    m = k[1]
-    return lambda columns, i: aggregate(columns[a][i:], columns[m][i:], columns[b][i:])  # StdDev
-
-
-def _aggregate(request: FeatureRequest) -> tuple[Aggregate, tuple[str, ...]]:
-    """How a feature combines its partials over the tiles of its window, and which partials it reads."""
+    """A function from a read's tiles of ``group`` and a window's selection to the feature's values."""
     feature = request.feature
     column = getattr(feature, "column", None) or ""
+    index = group.partials.index
     if isinstance(feature, Count):
-        return sum, (f"n__{column}",)
+        return _total(index(f"n__{column}"), nullable=False)
     if isinstance(feature, Sum):
-        zero = empty_value(request)
-        # filter(None) drops nulls (an all-null tile) and zeros, which leave a sum unchanged, bit for bit
-        return (lambda sums: sum(filter(None, sums), zero)), (f"sum__{column}",)
+        return _total(index(f"sum__{column}"), nullable=True)
     if isinstance(feature, Mean):
-        return _mean, (f"n__{column}", f"sum__{column}")
-    if isinstance(feature, Min | Max):
-        pick = min if isinstance(feature, Min) else max
-        return (lambda xs: _pick(pick, xs)), (f"{pick.__name__}__{column}",)
+        return _mean(index(f"n__{column}"), index(f"sum__{column}"))
     if isinstance(feature, StdDev):
-        return _stddev, (f"n__{column}", f"mean__{column}", f"m2__{column}")
+        return _stddev(index(f"n__{column}"), index(f"mean__{column}"), index(f"m2__{column}"))
     if isinstance(feature, Last):
-        return (lambda values, times: _last(values, times, 0)), (f"last__{column}", f"lastt__{column}")
+        return _last(index(f"last__{column}"), index(f"lastt__{column}"), group.kinds[index(f"last__{column}")])
+    if isinstance(feature, Min | Max):
+        name = f"{'min' if isinstance(feature, Min) else 'max'}__{column}"
+        i = index(name)
+        if group.kinds[i] == OBJECT:
+            pick = min if isinstance(feature, Min) else max
+            return _per_entity(i, lambda xs: pick((x for x in xs if x is not None), default=None))
+        return _extreme(i, isinstance(feature, Min), group.kinds[i])
     if isinstance(feature, CountDistinct):
-        return (lambda sets: len(set().union(*filter(None, sets)))), (f"set__{column}",)
+        return _per_entity(index(f"set__{column}"), lambda sets: len(set().union(*filter(None, sets))))
     raise TypeError(f"no online finisher for {type(feature).__name__}")
 
 
-def _mean(counts: Sequence[int], sums: Sequence[Any]) -> float | None:
-    count = sum(counts)
-    return None if count == 0 else sum(filter(None, sums)) / count
+def _total(i: int, nullable: bool) -> Finisher:
+    """Count and Sum: the sum of the non-null partials in the window (0 when none, typed as the column)."""
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        values = batch.column(i)
+        keep = sel.mask & batch.valid(i) if nullable else sel.mask
+        totals: list[Any] = batch.per_entity(np.add, np.where(keep, values, values.dtype.type(0))).tolist()
+        return totals
+    return finish
 
 
-def _pick(pick: Callable[..., Any], xs: Sequence[Any]) -> Any:
-    return pick((x for x in xs if x is not None), default=None) if None in xs else pick(xs, default=None)
+def _mean(n: int, s: int) -> Finisher:
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        counts = batch.per_entity(np.add, np.where(sel.mask, batch.column(n), 0))
+        sums = batch.column(s)
+        totals = batch.per_entity(np.add, np.where(sel.mask & batch.valid(s), sums, sums.dtype.type(0)))
+        means = (totals / np.maximum(counts, 1)).tolist()
+        return [m if c else None for m, c in zip(means, counts.tolist(), strict=True)]
+    return finish
 
 
-def _stddev(counts: Sequence[int], means: Sequence[float], m2s: Sequence[float]) -> float | None:
-    """Chan et al.'s parallel merge of (count, mean, M2) across tiles."""
-    total, mean, acc = 0, 0.0, 0.0
-    for count, m, m2 in zip(counts, means, m2s, strict=True):
-        if not count:
-            continue
-        delta = m - mean
-        new_total = total + count
-        mean += delta * count / new_total
-        acc += m2 + delta * delta * total * count / new_total
-        total = new_total
-    return None if total < 2 else math.sqrt(max(acc, 0.0) / (total - 1))
+def _stddev(n: int, mean: int, m2: int) -> Finisher:
+    """The tiles' (count, mean, M2) merged exactly: M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2)."""
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        keep = sel.mask & batch.valid(mean) & batch.valid(m2)
+        weights = np.where(keep, batch.column(n), 0).astype(np.float64)
+        means = np.where(keep, batch.column(mean), 0.0)
+        total = batch.per_entity(np.add, weights)
+        centre = batch.per_entity(np.add, weights * means) / np.maximum(total, 1.0)
+        deviation = means - np.repeat(centre, batch.counts)
+        acc = batch.per_entity(np.add, np.where(keep, batch.column(m2), 0.0) + weights * deviation * deviation)
+        spread = np.sqrt(np.maximum(acc, 0.0) / np.maximum(total - 1.0, 1.0)).tolist()
+        return [s if t >= 2 else None for s, t in zip(spread, total.tolist(), strict=True)]
+    return finish
 
 
-def _last(values: Sequence[Any], times: Sequence[int | None], first: int) -> Any:
-    """The value of the latest tile from ``first`` on with a non-null value. A tile's events lie in [position,
+def _extreme(i: int, smallest: bool, kind: str) -> Finisher:
+    """Min or Max of numeric partials. NaN is the greatest value, as in DuckDB: Max keeps it, Min skips it."""
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        keep = sel.mask & batch.valid(i)
+        values = batch.column(i)
+        ufunc: np.ufunc
+        if kind == FLOAT:
+            ufunc, fill = (np.fmin, np.inf) if smallest else (np.maximum, -np.inf)
+        else:
+            info = np.iinfo(np.int64)
+            ufunc, fill = (np.minimum, info.max) if smallest else (np.maximum, info.min)
+        picked = batch.per_entity(ufunc, np.where(keep, values, fill))
+        found = batch.per_entity(np.add, keep.astype(np.int64))
+        if kind == FLOAT and smallest:  # fmin skipped NaN: where there was nothing else, the minimum is NaN
+            picked[batch.per_entity(np.add, (keep & ~np.isnan(values)).astype(np.int64)) == 0] = np.nan
+        return [v if k else None for v, k in zip(picked.tolist(), found.tolist(), strict=True)]
+    return finish
+
+
+def _last(value: int, time: int, kind: str) -> Finisher:
+    """The value of the latest tile in the window with a non-null value. A tile's events lie in [position,
     position + hop), so the latest (ts, created) of the window is in that tile, which chose among its ties."""
-    for j in range(len(times) - 1, first - 1, -1):
-        if times[j] is not None:
-            return values[j]
-    return None
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        keep = sel.mask & batch.valid(time)
+        latest = batch.per_entity(np.maximum, np.where(keep, np.arange(len(keep)), -1))
+        if kind != OBJECT:
+            values = batch.column(value)[np.maximum(latest, 0)].tolist()
+            return [None if t < 0 else v for v, t in zip(values, latest.tolist(), strict=True)]
+        columns = batch.objects(value)
+        starts = batch.starts.tolist()
+        return [None if t < 0 else columns[e][t - starts[e]] for e, t in enumerate(latest.tolist())]
+    return finish
+
+
+def _per_entity(i: int, aggregate: Callable[[Sequence[Any]], Any]) -> Finisher:
+    """Object partials: ``aggregate`` over each entity's tiles in the window, in Python."""
+    def finish(batch: TileBatch, sel: Selection) -> list[Any]:
+        return [aggregate(column[first:]) for column, first in zip(batch.objects(i), sel.firsts(batch), strict=True)]
+    return finish

@@ -1,10 +1,11 @@
 """Online values of many entities at once, from the tiles or latest rows DuckDB computed (layout.py).
 
 An aggregation view's groups come as one table each: bounded groups one row per (entity, tile) in
-(entity, position) order, the cumulative group one row per entity. An entity's group value takes
-the spans of its tiles in every packed column (packing.py); entities are then matched across the
-groups by their packed keys, so each value is ``[end, group values...]`` with nil for a group in
-which the entity has nothing. No Python object is made per entity, let alone per tile.
+(entity, position) order, the cumulative group one row per entity. The numeric partials of all tiles
+become one matrix of words, of which an entity's group value takes its rows as they lie, beside the
+spans of its tiles in every packed object column (tiles.py, packing.py); entities are then matched
+across the groups by their packed keys, so each value is ``[end, group values...]`` with nil for a
+group in which the entity has nothing. No Python object is made per entity, let alone per tile.
 """
 
 from __future__ import annotations
@@ -19,17 +20,20 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.layout import Group, Layout
+from feature_store.online.layout import FLOAT, Group, Layout
 from feature_store.online.packing import (
     NIL,
     array_header,
     array_headers,
+    bin_headers,
+    from_buffers,
     join,
     lit,
     pack_elements,
     pack_keys,
     spans,
 )
+from feature_store.online.tiles import Shape
 from feature_store.online.writes import Batch
 
 EXPIRY_GRACE_MS = 3_600_000
@@ -106,24 +110,50 @@ def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
 
 def _group(table: pa.Table, group: Group, prefix: bytes, view: ViewQuery) -> tuple[pa.Array, pa.Array,
                                                                                   np.ndarray | None]:
-    """The group's entities: packed keys, group values, and (bounded groups) the data time from which no
-    window reaches their tiles."""
+    """The group's entities: packed keys, group values (tiles.py), and (bounded groups) the data time from
+    which no window reaches their tiles."""
     key_columns = [_array(table, k) for k in view.keys]
-    if group.hop == 0:  # one row per entity: its partials
-        columns = [pack_elements(_array(table, p), plain) for p in group.partials]
-        return pack_keys(key_columns, prefix, plain), join([lit(array_header(len(columns))), *columns]), None
-    starts = _entity_starts(key_columns, table.num_rows)
-    first_rows = pa.array(starts[:-1])
-    keys = pack_keys([column.take(first_rows) for column in key_columns], prefix, plain)
-    headers = array_headers(np.diff(starts))
-    names = ["__pos", *group.partials]
-    pieces: list[pa.Array | pa.Scalar] = [lit(array_header(len(names)))]
-    for name in names:  # the entity's tiles are rows [starts[e], starts[e + 1]) of every column
-        elements = pack_elements(_array(table, name), plain)
-        pieces += [headers, spans(elements, starts)]
-    positions = _numpy(_array(table, "__pos"))
+    if group.hop == 0:  # one row per entity: its cumulative tile
+        starts = np.arange(table.num_rows + 1, dtype=np.int64)
+        positions = np.zeros(table.num_rows, dtype=np.int64)
+    else:
+        starts = _entity_starts(key_columns, table.num_rows)
+        positions = _numpy(_array(table, "__pos"))
+    keys = pack_keys([column.take(pa.array(starts[:-1])) for column in key_columns], prefix, plain)
+    shape = Shape.of(group)
+    words = _words(table, group, shape, positions)
+    row_bytes = 8 * shape.width
+    pieces: list[pa.Array | pa.Scalar] = [
+        lit(array_header(1 + len(shape.objects))),
+        bin_headers(np.diff(starts) * row_bytes),
+        from_buffers(words.view(np.uint8).reshape(-1), starts * row_bytes),  # an entity's rows, as they lie
+    ]
+    if shape.objects:
+        headers = array_headers(np.diff(starts))
+        for i in shape.objects:  # the entity's tiles are rows [starts[e], starts[e + 1]) of every column
+            pieces += [headers, spans(pack_elements(_array(table, group.partials[i]), plain), starts)]
+    if group.hop == 0:
+        return keys, join(pieces), None
     reach = positions[starts[1:] - 1] + group.hop + group.window if len(starts) > 1 else np.zeros(0, np.int64)
     return keys, join(pieces), reach
+
+
+def _words(table: pa.Table, group: Group, shape: Shape, positions: np.ndarray) -> np.ndarray:
+    """The tiles as rows of little-endian words: position, numeric partials, validity (tiles.py)."""
+    words = np.zeros((table.num_rows, shape.width), dtype="<i8")
+    words[:, 0] = positions
+    for i in shape.numeric:
+        column = _array(table, group.partials[i])
+        kind = pa.float64() if group.kinds[i] == FLOAT else pa.int64()
+        values = pc.cast(column, kind).fill_null(0).to_numpy(zero_copy_only=False)
+        words[:, shape.word(i)] = values.view(np.int64)
+        if column.null_count:
+            valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.uint64)
+        else:
+            valid = np.ones(table.num_rows, dtype=np.uint64)
+        word, bit = shape.validity(i)
+        words[:, word].view(np.uint64)[:] |= valid << bit
+    return words
 
 
 def _entity_starts(key_columns: Sequence[pa.Array], rows: int) -> np.ndarray:

@@ -1,12 +1,10 @@
 """What is kept online for a view, and the SQL that computes it from the offline sources.
 
 Aggregation view, per entity: one msgpack value ``[end, group values...]`` with, per hop group, the
-tiles that a window can still reach, stored column by column: ``[positions, partial 1 values,
-partial 2 values, ...]`` (tiles in position order, one list per partial, each as long as
-``positions``), or null when the entity has no such tile; and for unbounded windows one cumulative
-partial row ``[partial 1, partial 2, ...]``. Columns rather than one list per tile keep the number
-of objects per entity small when writing and reading: a read bisects the positions once per window
-and sums slices. Pushes may append a last element, their buckets (see push.py), which reads ignore.
+tiles that a window can still reach (in position order), or null when the entity has no such tile;
+the group of unbounded windows holds one cumulative tile. How a group's tiles are stored (numeric
+partials as one block of 8-byte words, the others as msgpack lists) is tiles.py's. Pushes may append
+a last element, their buckets (see push.py), which reads ignore.
 Snapshot view, per entity: the latest row ``[ts, created, columns...]``.
 The layout is derived from the definition alone, so writer and reader agree without storing any
 schema; a change of it bumps ``LAYOUT_VERSION`` (stores.py), which is part of every key.
@@ -14,11 +12,9 @@ schema; a change of it bumps ``LAYOUT_VERSION`` (stores.py), which is part of ev
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
-from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+from feature_store.aggregations import INTEGER_TYPES, Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum, base_type
 from feature_store.identifiers import quote
 from feature_store.offline.sql import FeatureRequest, ViewQuery, events_sql, floor_sql
 
@@ -46,17 +42,43 @@ def partials_for(request: FeatureRequest) -> list[str]:
     return names
 
 
+INT, FLOAT, OBJECT = "i", "f", "o"  # how a partial is stored: int64, float64, or a msgpack value
+_WORD_INTEGERS = INTEGER_TYPES - {"HUGEINT", "UBIGINT"}  # integer types that every int64 holds
+
+
+def partial_kind(name: str, input_type: str | None) -> str:
+    """int64 for counts, times and integer sums, minima, maxima and lasts; float64 for means, M2s and
+    the same over floating-point columns; anything else (strings, decimals, dates, sets) an object."""
+    kind = name.partition("__")[0]
+    if kind in ("maxts", "n", "lastt", "lastc"):
+        return INT
+    if kind in ("mean", "m2"):
+        return FLOAT
+    base = base_type(input_type) if input_type else ""
+    if kind == "sum":  # as Sum's output type: BIGINT for every integer input, else DOUBLE
+        return INT if base in INTEGER_TYPES else FLOAT
+    if kind in ("min", "max", "last"):
+        return INT if base in _WORD_INTEGERS else FLOAT if base in ("DOUBLE", "FLOAT") else OBJECT
+    return OBJECT
+
+
 def _last_row(c: str) -> str:
     return f"max({{'t': __ts, 'c': __cr, 'v': {c}}}) FILTER (WHERE {c} IS NOT NULL)"
 
 
-def partial_sql(name: str, output_type: str) -> str:
+def partial_sql(name: str, kind: str) -> str:
+    """The partial's aggregate, cast to the type its kind stores (a no-op but for narrower types)."""
+    sql = _aggregate_sql(name)
+    return sql if kind == OBJECT else f"CAST({sql} AS {'BIGINT' if kind == INT else 'DOUBLE'})"
+
+
+def _aggregate_sql(name: str) -> str:
     kind, _, column = name.partition("__")
     c = quote(column) if column else ""
     return {
         "maxts": "max(__ts)",
         "n": f"count({c})" if column else "count(*)",
-        "sum": f"CAST(sum({c}) AS {'BIGINT' if output_type == 'BIGINT' else 'DOUBLE'})",
+        "sum": f"sum({c})",
         "min": f"min({c})",
         "max": f"max({c})",
         "mean": f"avg({c})",
@@ -76,7 +98,7 @@ class Group:
     hop: int  # microseconds; 0 for the cumulative (unbounded) group
     window: int  # the widest window of the group; 0 for the cumulative group
     partials: tuple[str, ...]
-    types: tuple[str, ...]  # output type per partial, for sums
+    kinds: tuple[str, ...]  # per partial: INT, FLOAT or OBJECT (partial_kind)
 
 
 @dataclass(frozen=True)
@@ -99,7 +121,7 @@ class Layout:
         names: dict[str, str] = {}
         for request in requests:
             for name in partials_for(request):
-                names.setdefault(name, request.output_type)
+                names.setdefault(name, partial_kind(name, request.input_type))
         windows = [r.window for r in requests]
         window = 0 if hop == 0 else max(w for w in windows if w is not None)
         return Group(hop, window, tuple(names), tuple(names.values()))
@@ -111,21 +133,11 @@ class Layout:
         raise KeyError(request.output)
 
 
-def tile_rows(columns: Sequence[Sequence[Any]] | None) -> list[list[Any]]:
-    """A bounded group's stored columns as one ``[position, *partials]`` row per tile."""
-    return [list(tile) for tile in zip(*columns, strict=True)] if columns else []
-
-
-def tile_columns(rows: Sequence[Sequence[Any]]) -> list[list[Any]] | None:
-    """``[position, *partials]`` rows (in position order) as a bounded group's stored columns."""
-    return [list(column) for column in zip(*rows, strict=True)] if rows else None
-
-
 def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None = None) -> str:
     """Partial aggregates of every event available before ``end``: per (key, tile) the window can still
     reach, in (key, position) order, or per key for the cumulative group."""
     keys = ", ".join(quote(k) for k in view.keys)
-    aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.types, strict=True))
+    aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.kinds, strict=True))
     where = [f"__cr < {end}", f"__ts < {end}"]
     if keys_filter:
         where.append(keys_filter)

@@ -145,6 +145,11 @@ def array_headers(counts: np.ndarray) -> pa.Array:
     return _headers(counts, (0x90, 16), ((0xDC, 2**16, ">u2"), (0xDD, 2**32, ">u4")))
 
 
+def bin_headers(lengths: np.ndarray) -> pa.Array:
+    """msgpack bin headers for byte strings of ``lengths`` bytes."""
+    return _headers(lengths, (0, 0), ((0xC4, 2**8, ">u1"), (0xC5, 2**16, ">u2"), (0xC6, 2**32, ">u4")))
+
+
 def _string_headers(lengths: np.ndarray) -> pa.Array:
     return _headers(lengths, (0xA0, 32), ((0xD9, 2**8, ">u1"), (0xDA, 2**16, ">u2"), (0xDB, 2**32, ">u4")))
 

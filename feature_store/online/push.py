@@ -10,9 +10,10 @@ nothing is lost and nothing is counted twice, whichever finishes first. The buck
 the time between materializations, not by the number of pushes.
 
 Value layout (see layout.py): ``[end, group values..., pushed]``, pushed = ``[[bucket start, group
-values...], ...]`` in bucket order. A bounded group is stored column by column; this module merges
-tiles as rows (``[position, *partials]``, in position order) and converts when it decodes and
-encodes a value. The pushed buckets, which only this module reads, are stored as rows.
+values...], ...]`` in bucket order. Groups are stored as tiles.py says; this module merges tiles as
+rows (``[position, *partials]``, in position order; the cumulative group as its one row of partials)
+and converts when it decodes and encodes a value. The pushed buckets, which only this module reads,
+are stored as rows.
 
 Every push also rewrites the view's *marker* key. Materialization writes a batch of values in one
 transaction that watches only that key (push source views, MergingWriter): when no push landed
@@ -35,8 +36,9 @@ from feature_store.offline.sql import ViewQuery
 from feature_store.online.encode import encode_key
 from feature_store.online.encode import expiry as _expiry
 from feature_store.online.encode import plain as _plain
-from feature_store.online.layout import Group, Layout, tile_columns, tile_rows
+from feature_store.online.layout import FLOAT, INT, Group, Layout
 from feature_store.online.stores import Compute, OnlineStore
+from feature_store.online.tiles import decode_tiles, encode_tiles
 from feature_store.online.writes import Batch, Item, Writes, items_of, keys_of
 from feature_store.push_rows import PushRows
 
@@ -116,23 +118,25 @@ class PushTarget:
         return self._encode(value), self._expiry(value, now_us)
 
     def _decode(self, blob: bytes | None) -> list[Any]:
-        """The stored value with every bounded group as tile rows (None: no tile), and its pushed buckets."""
+        """The stored value with every bounded group as tile rows and the cumulative group as its row (None:
+        no tile), and its pushed buckets."""
         groups = self.layout.groups if self.layout else ()
         value: list[Any] = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
         for g, group in enumerate(groups):
-            if group.hop and value[1 + g] is not None:
-                value[1 + g] = tile_rows(value[1 + g]) or None
+            if value[1 + g] is not None:
+                rows = decode_tiles(group, value[1 + g])
+                value[1 + g] = rows[0][1:] if group.hop == 0 else rows
         if len(value) == 1 + len(groups):  # as materialized: nothing pushed since
             value.append([])
         return value
 
     def _encode(self, value: list[Any]) -> bytes:
-        """The value as stored: bounded groups column by column; the pushed buckets stay rows."""
+        """The value as stored (tiles.py); the pushed buckets stay rows."""
         groups = self.layout.groups if self.layout else ()
         stored = list(value)
         for g, group in enumerate(groups):
-            if group.hop and stored[1 + g] is not None:
-                stored[1 + g] = tile_columns(stored[1 + g])
+            if stored[1 + g] is not None:
+                stored[1 + g] = encode_tiles(group, [[0, *stored[1 + g]]] if group.hop == 0 else stored[1 + g])
         return msgpack.packb(stored, default=_plain)
 
     def _merge_event(self, value: list[Any], event: Event, now_us: int) -> None:
@@ -216,7 +220,7 @@ def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
     """The group's partials over one event: [maxts, *partials], as tiles_sql computes them."""
     ts, created, values = event
     row: list[Any] = []
-    for name, output_type in zip(group.partials, group.types, strict=True):
+    for name, stored in zip(group.partials, group.kinds, strict=True):
         kind, _, column = name.partition("__")
         v = values[columns.index(column)] if column else None
         if kind == "maxts":
@@ -226,7 +230,7 @@ def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
         elif v is None:  # every other partial of a null value is null (SQL aggregates skip nulls)
             row.append(None)
         elif kind == "sum":
-            row.append(int(v) if output_type == "BIGINT" else float(v))
+            row.append(int(v) if stored == INT else float(v))
         elif kind == "mean":
             row.append(float(v))
         elif kind == "m2":
@@ -237,8 +241,8 @@ def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
             row.append(created)
         elif kind == "set":
             row.append([v])
-        else:  # min, max, last
-            row.append(v)
+        else:  # min, max, last: as their kind stores them (decimals as floats, narrower ints as ints)
+            row.append(int(v) if stored == INT else float(v) if stored == FLOAT else v)
     return row
 
 

@@ -2,8 +2,8 @@
 
 A request's features are compiled once into a plan (views, key columns, per-feature finishing
 functions, with their windows and hops) and cached; a read is then: build keys, one store read,
-msgpack-decode each value, find the first tile in the window once per entity and window (a bisect
-on the group's tile positions), and run the finishers over the column slices from there.
+msgpack-decode each value, put each group's tiles of all entities in one matrix (tiles.py), select
+the tiles of each window once, and run the finishers (combine.py), each over every entity at once.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ import pandas as pd
 from feature_store.errors import EntityDataFrameError
 from feature_store.offline.entity_input import key_family
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.combine import Finisher, empty_value, finisher
+from feature_store.online import scalar
+from feature_store.online.combine import Finisher, empty_value, finisher, select
 from feature_store.online.encode import pack_key
 from feature_store.online.layout import Layout
 from feature_store.online.stores import OnlineStore
+from feature_store.online.tiles import EntityTiles, Shape, TileBatch
 
 _unpack = msgpack.unpackb
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
@@ -38,8 +40,10 @@ class FeaturePlan:
     group: int  # index into the view's layout groups; -1 for snapshot columns
     hop: int
     window: int | None
-    finish: Finisher  # (stored value of the group, or the snapshot row; first tile in the window) -> value
+    finish: Finisher | None  # aggregations, for many entities at once (combine.py)
+    finish_one: scalar.Finisher | None  # aggregations, entity by entity (scalar.py)
     empty: Any
+    column: int = -1  # snapshots: the index of the feature's column in the stored row, after ts and created
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class ViewPlan:
     is_aggregation: bool
     ttl: int | None
     features: tuple[FeaturePlan, ...]
+    shapes: tuple[Shape, ...]  # how the stored layout's groups are stored (aggregation views)
 
 
 @dataclass
@@ -82,17 +87,15 @@ def compile_view(full: ViewQuery, view: ViewQuery, prefix: bytes, key_types: Map
     for request in view.features:
         if layout is None:
             index = full.columns.index(request.feature.name)
-            features.append(FeaturePlan(request.output, -1, 0, None, _column(index), None))
+            features.append(FeaturePlan(request.output, -1, 0, None, None, None, None, index))
             continue
         group = layout.group_of(request)
         features.append(FeaturePlan(request.output, group, request.hop, request.window,
-                                    finisher(request, layout.groups[group]), empty_value(request)))
+                                    finisher(request, layout.groups[group]),
+                                    scalar.finisher(request, layout.groups[group]), empty_value(request)))
     kinds = tuple(key_family(key_types[k]) for k in view.keys)
-    return ViewPlan(view.name, prefix, view.keys, kinds, view.is_aggregation, view.ttl, tuple(features))
-
-
-def _column(index: int) -> Finisher:
-    return lambda row, _i: row[2 + index]  # snapshot value: [ts, created, *columns]
+    shapes = tuple(Shape.of(group) for group in layout.groups) if layout else ()
+    return ViewPlan(view.name, prefix, view.keys, kinds, view.is_aggregation, view.ttl, tuple(features), shapes)
 
 
 def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
@@ -100,8 +103,10 @@ def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
     if isinstance(entity_rows, Mapping):
         many = list | tuple | np.ndarray | pd.Series
         columns = {k: list(v) if isinstance(v, many) else [v] for k, v in entity_rows.items()}
-    elif isinstance(entity_rows, Sequence) and all(isinstance(r, Mapping) for r in entity_rows):
-        names = list(dict.fromkeys(k for r in entity_rows for k in r))
+    elif isinstance(entity_rows, Sequence) and all(type(r) is dict or isinstance(r, Mapping) for r in entity_rows):
+        names: dict[str, None] = {}
+        for row in entity_rows:
+            names.update(dict.fromkeys(row))
         columns = {n: [r.get(n) for r in entity_rows] for n in names}
     else:
         raise EntityDataFrameError("entity_rows must be a list of {join_key: value} dicts or {join_key: [values]}.")
@@ -177,8 +182,8 @@ def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any],
     alive = [value is not None and (plan.ttl is None or value[0] >= now_us - plan.ttl) for value in decoded]
     stamps = [None if value is None else value[0] for value in decoded]
     for feature in plan.features:
-        finish = feature.finish
-        values = [finish(value, 0) if ok else None for value, ok in zip(decoded, alive, strict=True)]
+        at = 2 + feature.column  # a stored row is [ts, created, *columns]
+        values = [value[at] if ok else None for value, ok in zip(decoded, alive, strict=True)]
         response.values[feature.output] = values
         response.statuses[feature.output] = [
             NOT_FOUND if value is None else (OUTSIDE_MAX_AGE if not ok else (PRESENT if x is not None else NULL_VALUE))
@@ -187,45 +192,93 @@ def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any],
         response.stamps_us[feature.output] = stamps
 
 
+SMALL_READ = 12  # entities up to which a group is finished in Python (scalar.py), not numpy (combine.py)
+
+
 def _fill_aggregation(response: OnlineResponse, plan: ViewPlan, decoded: list[Any], now_us: int) -> None:
-    # Features that share a group and a window read the same tiles: find them once per entity.
-    selections: dict[tuple[int, int | None], tuple[list[Any], list[int | None], list[int | None]]] = {}
+    """Per group, the tiles of every entity read once; per window, its tiles selected once; per feature,
+    its values for every entity, put in entity-row order."""
+    n = len(decoded)
+    missing = [e for e, value in enumerate(decoded) if value is None]
+    groups: dict[int, _GroupRead] = {}
     for feature in plan.features:
-        key = (feature.group, feature.window)
-        if key not in selections:
-            selections[key] = _select(decoded, feature, now_us)
-        groups, firsts, stamps = selections[key]
-        finish, empty = feature.finish, feature.empty
-        values = [empty if i is None else finish(g, i) for g, i in zip(groups, firsts, strict=True)]
+        g = feature.group
+        if g not in groups:
+            rows = [e for e, value in enumerate(decoded) if value is not None and value[1 + g] is not None]
+            groups[g] = _GroupRead(plan.shapes[g], rows, [decoded[e][1 + g] for e in rows], now_us, n)
+        values, stamps = groups[g].finish(feature)
         response.values[feature.output] = values
-        response.statuses[feature.output] = [
-            NOT_FOUND if blob is None else (PRESENT if x is not None else NULL_VALUE)
-            for blob, x in zip(decoded, values, strict=True)
-        ]
+        response.statuses[feature.output] = _statuses(values, missing)
         response.stamps_us[feature.output] = stamps
 
 
-def _select(decoded: list[Any], feature: FeaturePlan, now_us: int) -> tuple[list[Any], list[int | None],
-                                                                           list[int | None]]:
-    """Per entity: the group's stored value, the index of its first tile in the window at now (None: no tile
-    in the window), and the latest event time among the tiles from there."""
-    index = 1 + feature.group
-    groups = [None if blob is None else blob[index] for blob in decoded]
-    if feature.window is None:  # the cumulative row: [maxts, ...]
-        return groups, [None if row is None else 0 for row in groups], [None if row is None else row[0]
-                                                                         for row in groups]
-    start = now_us - feature.window
-    start -= start % feature.hop
-    firsts: list[int | None] = []
-    stamps: list[int | None] = []
-    for columns in groups:  # [positions, maxts, partials...]: positions ascending
-        if columns is not None and (i := bisect_left(columns[0], start)) < len(columns[0]):
-            firsts.append(i)
-            stamps.append(columns[1][-1])  # a tile's events lie in [position, position + hop): the last is the latest
-        else:
-            firsts.append(None)
-            stamps.append(None)
-    return groups, firsts, stamps
+class _GroupRead:
+    """One group's tiles of the entities of a read: as a numpy batch when they are many, else as Python
+    columns per entity; and, per window, its selection and the entities' latest event times in it."""
+
+    def __init__(self, shape: Shape, rows: list[int], stored: list[Any], now_us: int, n: int) -> None:
+        self.rows, self.now_us, self.n = rows, now_us, n
+        self.many = len(rows) > SMALL_READ
+        self.batch = TileBatch(shape, rows, stored) if self.many else None
+        self.tiles = [] if self.many else [EntityTiles(shape, value) for value in stored]
+        self.windows: dict[int | None, tuple[Any, list[int | None]]] = {}
+
+    def finish(self, feature: FeaturePlan) -> tuple[list[Any], list[int | None]]:
+        """The feature's values and latest event times, per entity row."""
+        if not self.rows:
+            return [feature.empty] * self.n, [None] * self.n
+        if feature.window not in self.windows:
+            self.windows[feature.window] = self._select(feature)
+        selection, stamps = self.windows[feature.window]
+        if self.batch is not None and feature.finish is not None:
+            return _scatter(feature.finish(self.batch, selection), self.rows, self.n, feature.empty), stamps
+        finish_one, empty = feature.finish_one, feature.empty
+        if finish_one is None:
+            raise TypeError(f"{feature.output} has no finisher")  # snapshot columns never come here
+        values = [empty if i is None else finish_one(tiles, i) for tiles, i in zip(self.tiles, selection, strict=True)]
+        return _scatter(values, self.rows, self.n, empty), stamps
+
+    def _select(self, feature: FeaturePlan) -> tuple[Any, list[int | None]]:
+        """The window's tiles at now, and per entity row the latest event time among them (None: no tile in
+        the window). A tile's events lie in [position, position + hop): the latest is in the entity's last
+        tile. Many entities: a combine.Selection; few: each one's first tile in the window (None: none), by
+        bisecting its positions."""
+        start = None
+        if feature.window is not None:
+            start = self.now_us - feature.window
+            start -= start % feature.hop
+        if self.batch is not None:
+            batch = self.batch
+            selection = select(batch, start)
+            stamps: list[int | None] = batch.column(0)[batch.starts[1:] - 1].tolist()  # partial 0 is maxts__
+            for e in np.flatnonzero(~selection.inside).tolist():
+                stamps[e] = None
+            return selection, _scatter(stamps, self.rows, self.n, None)
+        firsts: list[int | None] = []
+        stamps = []
+        for tiles in self.tiles:
+            i = 0 if start is None else bisect_left(tiles.positions, start)
+            inside = i < tiles.count
+            firsts.append(i if inside else None)
+            stamps.append(tiles.column(0, tiles.count - 1)[0] if inside else None)  # partial 0 is maxts__
+        return firsts, _scatter(stamps, self.rows, self.n, None)
+
+
+def _scatter(values: list[Any], rows: list[int], n: int, empty: Any) -> list[Any]:
+    """A batch's values in entity-row order, ``empty`` for the rows not in the batch."""
+    if len(rows) == n:  # every row is in the batch, in order
+        return values
+    out = [empty] * n
+    for e, value in zip(rows, values, strict=True):
+        out[e] = value
+    return out
+
+
+def _statuses(values: list[Any], missing: list[int]) -> list[str]:
+    statuses = [NULL_VALUE if x is None else PRESENT for x in values]
+    for e in missing:  # rows of entities with no stored value
+        statuses[e] = NOT_FOUND
+    return statuses
 
 
 def _dt(micros: int | None) -> datetime | None:

@@ -26,7 +26,7 @@ from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
 from feature_store.online.writes import Writes, items_of, resp_sets
 
-LAYOUT_VERSION = 2
+LAYOUT_VERSION = 3
 
 Compute = Callable[[list[bytes | None]], Writes]
 UPDATE_ATTEMPTS = 100  # optimistic retries of an atomic update that concurrent writers keep invalidating
@@ -133,7 +133,13 @@ class RedisOnlineStore:
         if not keys:
             return []
         command = [b"*%d\r\n$4\r\nMGET\r\n" % (len(keys) + 1)]
-        command += [b"$%d\r\n%b\r\n" % (len(key), key) for key in keys]  # redis-py's packing costs 3x this
+        headers: dict[int, bytes] = {}  # redis-py's packing costs 3x this; keys of a read mostly share a length
+        for key in keys:
+            size = len(key)
+            header = headers.get(size) or headers.setdefault(size, b"\r\n$%d\r\n" % size)
+            command += (header, key)
+        command.append(b"\r\n")
+        command[1] = command[1][2:]  # the first header has no CRLF before it
         with self._connection() as connection:
             connection.send_packed_command([b"".join(command)])
             values: list[bytes | None] = connection.read_response()

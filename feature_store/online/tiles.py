@@ -1,0 +1,188 @@
+"""How a group's tiles are stored online, and read back for many entities at once.
+
+An entity's group value is the msgpack array ``[block, object columns...]``. The block is bytes: per
+tile (in position order) one row of 8-byte little-endian words: the tile's position, the group's
+numeric partials (int64 or float64, layout.partial_kind) in partial order, then validity words (bit
+``k % 64`` of word ``k // 64`` is set when numeric partial ``k`` is not null). Every other partial
+(strings, decimals, dates, distinct sets) is a msgpack list with an element per tile, nil for null.
+The cumulative group of unbounded windows is one tile at position 0.
+
+Blocks of many entities concatenate into one (tiles x words) matrix, so a read finishes a feature
+for every entity at once in numpy, with no Python object per tile; Python lists of rows are for
+pushes, which merge a few tiles at a time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from feature_store.errors import PushDataError
+from feature_store.online.layout import FLOAT, OBJECT, Group
+
+_ONE = np.uint64(1)
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Where each partial of a group lives: its word in a tile's row, or its object column."""
+
+    kinds: tuple[str, ...]
+    numeric: tuple[int, ...]  # partial indices stored as words, in order
+    objects: tuple[int, ...]  # partial indices stored as msgpack lists, in order
+    width: int  # words per tile: position, numeric partials, validity words
+
+    @classmethod
+    def of(cls, group: Group) -> Shape:
+        numeric = tuple(i for i, kind in enumerate(group.kinds) if kind != OBJECT)
+        objects = tuple(i for i, kind in enumerate(group.kinds) if kind == OBJECT)
+        return cls(group.kinds, numeric, objects, 1 + len(numeric) + -(-len(numeric) // 64))
+
+    def word(self, partial: int) -> int:
+        return 1 + self.numeric.index(partial)
+
+    def validity(self, partial: int) -> tuple[int, np.uint64]:
+        """The word and bit that say whether numeric ``partial`` is not null."""
+        slot = self.numeric.index(partial)
+        return 1 + len(self.numeric) + slot // 64, np.uint64(slot % 64)
+
+    def object_column(self, partial: int) -> int:
+        """The index of object ``partial`` in a stored group value."""
+        return 1 + self.objects.index(partial)
+
+    @cached_property
+    def full(self) -> tuple[int, ...]:
+        """Each validity word's value when every partial it covers is not null (as a signed int64)."""
+        sizes = [min(64, len(self.numeric) - 64 * w) for w in range(self.width - 1 - len(self.numeric))]
+        return tuple((1 << k) - 1 - (1 << 64 if k == 64 else 0) for k in sizes)
+
+    @cached_property
+    def plan(self) -> tuple[tuple[bool, bool, int, int, int], ...]:
+        """Per partial: (object?, float?, word or object column, validity word counted from the first, bit)."""
+        out = []
+        for i, kind in enumerate(self.kinds):
+            if kind == OBJECT:
+                out.append((True, False, self.object_column(i), 0, 0))
+            else:
+                word, bit = self.validity(i)
+                out.append((False, kind == FLOAT, self.word(i), word - 1 - len(self.numeric), int(bit)))
+        return tuple(out)
+
+
+def encode_tiles(group: Group, rows: Sequence[Sequence[Any]]) -> list[Any] | None:
+    """``[position, *partials]`` rows (in position order) as the stored group value (None: no tile)."""
+    if not rows:
+        return None
+    shape = Shape.of(group)
+    words = np.zeros((len(rows), shape.width), dtype=np.int64)
+    words[:, 0] = [row[0] for row in rows]
+    for i in shape.numeric:
+        values = [row[1 + i] for row in rows]
+        valid = np.array([v is not None for v in values])
+        target = words[:, shape.word(i)]
+        if group.kinds[i] == FLOAT:
+            target.view(np.float64)[:] = [0.0 if v is None else v for v in values]
+        else:
+            try:
+                target[:] = [0 if v is None else v for v in values]
+            except OverflowError as exc:  # materialization's SQL cast fails on the same sums
+                raise PushDataError(
+                    f"partial {group.partials[i]!r} of a tile outgrew 64-bit integers ({exc}); sums of integers "
+                    "must stay within BIGINT. Push smaller values or sum a DOUBLE column.", partial=group.partials[i],
+                ) from exc
+        column, bit = shape.validity(i)
+        words[:, column].view(np.uint64)[:] |= valid.astype(np.uint64) << bit
+    return [words.astype("<i8").tobytes(), *([row[1 + i] for row in rows] for i in shape.objects)]
+
+
+def decode_tiles(group: Group, stored: Sequence[Any] | None) -> list[list[Any]]:
+    """The stored group value as ``[position, *partials]`` rows, nulls as None."""
+    if stored is None:
+        return []
+    return EntityTiles(Shape.of(group), stored).rows()
+
+
+class EntityTiles:
+    """One entity's stored group value as Python lists, for reads of a few entities: no numpy call, and a
+    column is one slice of the block's words (in C), from any tile on."""
+
+    __slots__ = ("_floats", "_ints", "_shape", "_stored", "_valid", "count")
+
+    def __init__(self, shape: Shape, stored: Sequence[Any]) -> None:
+        block = memoryview(stored[0])  # native order below: every host this runs on is little-endian
+        self._shape, self._stored = shape, stored
+        self._ints: list[int] = block.cast("q").tolist()
+        self._floats: list[float] | None = None
+        self.count = len(self._ints) // shape.width
+        width, first = shape.width, 1 + len(shape.numeric)
+        self._valid = [self._ints[w::width].count(full) == self.count  # validity words all full: no null
+                       for w, full in zip(range(first, width), shape.full, strict=True)]
+
+    @property
+    def positions(self) -> list[int]:
+        return self._ints[0::self._shape.width]
+
+    def column(self, partial: int, first: int = 0) -> list[Any]:
+        """The partial's values of the tiles from ``first`` on, nulls as None."""
+        is_object, is_float, at, word, bit = self._shape.plan[partial]
+        if is_object:
+            return list(self._stored[at][first:])
+        width = self._shape.width
+        if is_float:
+            if self._floats is None:
+                self._floats = memoryview(self._stored[0]).cast("d").tolist()
+            values: list[Any] = self._floats[first * width + at::width]
+        else:
+            values = self._ints[first * width + at::width]
+        if self._valid[word]:
+            return values
+        flags = self._ints[first * width + 1 + len(self._shape.numeric) + word::width]
+        return [v if flag >> bit & 1 else None for v, flag in zip(values, flags, strict=True)]
+
+    def rows(self) -> list[list[Any]]:
+        """``[position, *partials]`` per tile."""
+        columns = [self.positions, *(self.column(i) for i in range(len(self._shape.kinds)))]
+        return [list(row) for row in zip(*columns, strict=True)]
+
+
+class TileBatch:
+    """One group's tiles of the entities of a read that have any, as one matrix (tiles x words)."""
+
+    def __init__(self, shape: Shape, rows: list[int], stored: list[Sequence[Any]]) -> None:
+        self.shape = shape
+        self.rows = rows  # the entity rows of the read, in batch order
+        self.stored = stored  # their group values (for object columns)
+        blocks = [value[0] for value in stored]
+        self.words = np.frombuffer(b"".join(blocks), dtype="<i8").reshape(-1, shape.width)
+        self.counts = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks)) // (8 * shape.width)
+        self.starts = np.zeros(len(blocks) + 1, dtype=np.int64)
+        np.cumsum(self.counts, out=self.starts[1:])
+        self.heads = self.starts[:-1]
+        self._valid: dict[int, np.ndarray] = {}
+
+    @property
+    def positions(self) -> np.ndarray:
+        return self.words[:, 0]
+
+    def column(self, partial: int) -> np.ndarray:
+        values = self.words[:, self.shape.word(partial)]
+        return values.view(np.float64) if self.shape.kinds[partial] == FLOAT else values
+
+    def valid(self, partial: int) -> np.ndarray:
+        if partial not in self._valid:
+            column, bit = self.shape.validity(partial)
+            self._valid[partial] = ((self.words[:, column].view(np.uint64) >> bit) & _ONE).astype(bool)
+        return self._valid[partial]
+
+    def objects(self, partial: int) -> list[Sequence[Any]]:
+        """Per entity, the partial's object column."""
+        k = self.shape.object_column(partial)
+        return [value[k] for value in self.stored]
+
+    def per_entity(self, ufunc: np.ufunc, values: np.ndarray) -> np.ndarray:
+        """``ufunc`` reduced over each entity's tiles (every entity of a batch has at least one)."""
+        return ufunc.reduceat(values, self.heads)

@@ -1,0 +1,119 @@
+"""The stored form of a group's tiles (tiles.py), and the two ways a read finishes features from them:
+numpy over many entities at once (combine.py) and entity by entity in Python (scalar.py). Tiles are
+built from random events with the partials pushes compute (push.py), nulls and NaN included."""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+from feature_store.errors import PushDataError
+from feature_store.offline.sql import FeatureRequest
+from feature_store.online import combine, scalar
+from feature_store.online.layout import FLOAT, INT, OBJECT, Layout
+from feature_store.online.push import _merge, _single
+from feature_store.online.tiles import EntityTiles, Shape, TileBatch, decode_tiles, encode_tiles
+
+HOP, WINDOW = 10, 40
+COLUMNS = ("x", "i", "c")  # a DOUBLE, a BIGINT and a VARCHAR column
+
+
+def request(feature: Any, input_type: str | None, output_type: str) -> FeatureRequest:
+    return FeatureRequest(feature, feature.name, input_type, output_type, HOP, WINDOW)
+
+
+REQUESTS = [
+    request(Count(window="1h", name="n"), None, "BIGINT"),
+    request(Count("x", window="1h", name="nx"), "DOUBLE", "BIGINT"),
+    request(Sum("x", window="1h", name="sx"), "DOUBLE", "DOUBLE"),
+    request(Sum("i", window="1h", name="si"), "BIGINT", "BIGINT"),
+    request(Mean("x", window="1h", name="mx"), "DOUBLE", "DOUBLE"),
+    request(StdDev("x", window="1h", name="dx"), "DOUBLE", "DOUBLE"),
+    request(Min("x", window="1h", name="lox"), "DOUBLE", "DOUBLE"),
+    request(Max("x", window="1h", name="hix"), "DOUBLE", "DOUBLE"),
+    request(Min("i", window="1h", name="loi"), "BIGINT", "BIGINT"),
+    request(Max("c", window="1h", name="hic"), "VARCHAR", "VARCHAR"),
+    request(Last("c", window="1h", name="lc"), "VARCHAR", "VARCHAR"),
+    request(Last("x", window="1h", name="lx"), "DOUBLE", "DOUBLE"),
+    request(CountDistinct("c", window="1h", name="dc"), "VARCHAR", "BIGINT"),
+]
+GROUP = Layout._group(HOP, REQUESTS)
+
+values_x = st.one_of(st.none(), st.just(math.nan), st.floats(-1e6, 1e6, allow_nan=False))
+values_i = st.one_of(st.none(), st.integers(-(2**59), 2**59))  # sums of 12 fit int64
+values_c = st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))
+events = st.lists(st.tuples(st.integers(0, 99), st.integers(0, 5), st.tuples(values_x, values_i, values_c)),
+                  max_size=12)
+
+
+def tiles_of(drawn: list[tuple[int, int, tuple[Any, ...]]]) -> list[list[Any]]:
+    """``[position, *partials]`` rows of the events, as pushes merge them."""
+    tiles: dict[int, list[Any]] = {}
+    for ts, late, values in drawn:
+        single = _single(GROUP, COLUMNS, (ts, ts + late, values))
+        position = ts - ts % HOP
+        tiles[position] = single if position not in tiles else _merge(GROUP, tiles[position], single)
+    return [[position, *tiles[position]] for position in sorted(tiles)]
+
+
+def same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-6)
+    return type(a) is type(b) and a == b
+
+
+def test_an_integer_sum_beyond_64_bits_is_a_clear_error() -> None:
+    row = [0, *_single(GROUP, COLUMNS, (0, 0, (None, 2**62, None)))]
+    big = _merge(GROUP, row[1:], row[1:])
+    big = _merge(GROUP, big, big)  # 2**64
+    with pytest.raises(PushDataError, match="sum__i"):
+        encode_tiles(GROUP, [[0, *big]])
+
+
+def test_partial_kinds() -> None:
+    kinds = dict(zip(GROUP.partials, GROUP.kinds, strict=True))
+    assert kinds["maxts__"] == kinds["n__"] == kinds["sum__i"] == kinds["min__i"] == kinds["lastt__c"] == INT
+    assert kinds["sum__x"] == kinds["mean__x"] == kinds["m2__x"] == kinds["max__x"] == kinds["last__x"] == FLOAT
+    assert kinds["max__c"] == kinds["last__c"] == kinds["set__c"] == OBJECT
+
+
+@settings(max_examples=150, deadline=None)
+@given(drawn=events)
+def test_stored_tiles_round_trip(drawn: list[tuple[int, int, tuple[Any, ...]]]) -> None:
+    rows = tiles_of(drawn)
+    stored = encode_tiles(GROUP, rows)
+    assert (stored is None) == (not rows)
+    back = decode_tiles(GROUP, msgpack.unpackb(msgpack.packb(stored), use_list=False))
+    assert len(back) == len(rows)
+    for got, want in zip(back, rows, strict=True):
+        assert all(same(g, w) or (isinstance(w, list) and sorted(g) == sorted(w))
+                   for g, w in zip(got, want, strict=True)), (got, want)
+
+
+@settings(max_examples=150, deadline=None)
+@given(entities=st.lists(events.filter(bool), min_size=1, max_size=6), now=st.integers(0, 150),
+       unbounded=st.booleans())
+def test_numpy_and_python_finishing_agree(entities: list[list[tuple[int, int, tuple[Any, ...]]]], now: int,
+                                          unbounded: bool) -> None:
+    """Every feature, every entity: the many-entity path equals the entity-by-entity one, NaN and nulls
+    included (NaN is the greatest value, as in DuckDB)."""
+    stored = [msgpack.unpackb(msgpack.packb(encode_tiles(GROUP, tiles_of(e))), use_list=False) for e in entities]
+    shape = Shape.of(GROUP)
+    start = None if unbounded else (now - WINDOW) - (now - WINDOW) % HOP
+    batch = TileBatch(shape, list(range(len(stored))), stored)
+    selection = combine.select(batch, start)
+    few = [EntityTiles(shape, value) for value in stored]
+    firsts = [0 if start is None else bisect_left(t.positions, start) for t in few]
+    for req in REQUESTS:
+        many = combine.finisher(req, GROUP)(batch, selection)
+        finish = scalar.finisher(req, GROUP)
+        empty = combine.empty_value(req)
+        one = [empty if i == t.count else finish(t, i) for t, i in zip(few, firsts, strict=True)]
+        assert all(same(a, b) for a, b in zip(many, one, strict=True)), (req.output, many, one)
