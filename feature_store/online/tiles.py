@@ -133,9 +133,10 @@ class EntityTiles:
             return list(self._stored[at][first:])
         width = self._shape.width
         if is_float:
-            if self._floats is None:
-                self._floats = memoryview(self._stored[0]).cast("d").tolist()
-            values: list[Any] = self._floats[first * width + at::width]
+            floats = self._floats
+            if floats is None:
+                floats = self._floats = memoryview(self._stored[0]).cast("d").tolist()
+            values: list[Any] = floats[first * width + at::width]
         else:
             values = self._ints[first * width + at::width]
         if self._valid[word]:
