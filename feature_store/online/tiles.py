@@ -116,7 +116,7 @@ class EntityTiles:
         block = memoryview(stored[0])  # native order below: every host this runs on is little-endian
         self._shape, self._stored = shape, stored
         self._ints: list[int] = block.cast("q").tolist()
-        self._floats: list[float] | None = None
+        self._floats: list[Any] | None = None  # typeshed: memoryview.tolist() -> list[int], whatever the format
         self.count = len(self._ints) // shape.width
         width, first = shape.width, 1 + len(shape.numeric)
         self._valid = [self._ints[w::width].count(full) == self.count  # validity words all full: no null
@@ -133,10 +133,9 @@ class EntityTiles:
             return list(self._stored[at][first:])
         width = self._shape.width
         if is_float:
-            floats = self._floats
-            if floats is None:
-                floats = self._floats = memoryview(self._stored[0]).cast("d").tolist()
-            values: list[Any] = floats[first * width + at::width]
+            if self._floats is None:
+                self._floats = memoryview(self._stored[0]).cast("d").tolist()
+            values: list[Any] = self._floats[first * width + at::width]
         else:
             values = self._ints[first * width + at::width]
         if self._valid[word]:
