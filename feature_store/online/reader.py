@@ -260,7 +260,7 @@ class _GroupRead:
             i = 0 if start is None else bisect_left(tiles.positions, start)
             inside = i < tiles.count
             firsts.append(i if inside else None)
-            stamps.append(tiles.column(0, tiles.count - 1)[0] if inside else None)  # partial 0 is maxts__
+            stamps.append(tiles.latest if inside else None)
         return firsts, _scatter(stamps, self.rows, self.n, None)
 
 

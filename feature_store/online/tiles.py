@@ -110,7 +110,7 @@ class EntityTiles:
     """One entity's stored group value as Python lists, for reads of a few entities: no numpy call, and a
     column is one slice of the block's words (in C), from any tile on."""
 
-    __slots__ = ("_floats", "_ints", "_shape", "_stored", "_valid", "count")
+    __slots__ = ("_floats", "_ints", "_shape", "_stored", "_valid", "count", "latest", "positions")
 
     def __init__(self, shape: Shape, stored: Sequence[Any]) -> None:
         block = memoryview(stored[0])  # native order below: every host this runs on is little-endian
@@ -121,10 +121,8 @@ class EntityTiles:
         width, first = shape.width, 1 + len(shape.numeric)
         self._valid = [self._ints[w::width].count(full) == self.count  # validity words all full: no null
                        for w, full in zip(range(first, width), shape.full, strict=True)]
-
-    @property
-    def positions(self) -> list[int]:
-        return self._ints[0::self._shape.width]
+        self.positions = self._ints[0::width]
+        self.latest = self._ints[(self.count - 1) * width + 1]  # maxts__ (partial 0) of the last tile
 
     def column(self, partial: int, first: int = 0) -> list[Any]:
         """The partial's values of the tiles from ``first`` on, nulls as None."""
