@@ -14,6 +14,7 @@ pushes, which merge a few tiles at a time.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -55,6 +56,12 @@ class Shape:
         return 1 + self.objects.index(partial)
 
     @cached_property
+    def row_format(self) -> struct.Struct:
+        """A tile's words: position, numeric partials (int64 or float64), validity words (unsigned)."""
+        numeric = "".join("d" if self.kinds[i] == FLOAT else "q" for i in self.numeric)
+        return struct.Struct(f"<q{numeric}{'Q' * (self.width - 1 - len(self.numeric))}")
+
+    @cached_property
     def full(self) -> tuple[int, ...]:
         """Each validity word's value when every partial it covers is not null (as a signed int64)."""
         sizes = [min(64, len(self.numeric) - 64 * w) for w in range(self.width - 1 - len(self.numeric))]
@@ -78,25 +85,26 @@ def encode_tiles(group: Group, rows: Sequence[Sequence[Any]]) -> list[Any] | Non
     if not rows:
         return None
     shape = Shape.of(group)
-    words = np.zeros((len(rows), shape.width), dtype=np.int64)
-    words[:, 0] = [row[0] for row in rows]
-    for i in shape.numeric:
-        values = [row[1 + i] for row in rows]
-        valid = np.array([v is not None for v in values])
-        target = words[:, shape.word(i)]
-        if group.kinds[i] == FLOAT:
-            target.view(np.float64)[:] = [0.0 if v is None else v for v in values]
-        else:
-            try:
-                target[:] = [0 if v is None else v for v in values]
-            except OverflowError as exc:  # materialization's SQL cast fails on the same sums
-                raise PushDataError(
-                    f"partial {group.partials[i]!r} of a tile outgrew 64-bit integers ({exc}); sums of integers "
-                    "must stay within BIGINT. Push smaller values or sum a DOUBLE column.", partial=group.partials[i],
-                ) from exc
-        column, bit = shape.validity(i)
-        words[:, column].view(np.uint64)[:] |= valid.astype(np.uint64) << bit
-    return [words.astype("<i8").tobytes(), *([row[1 + i] for row in rows] for i in shape.objects)]
+    pack, numeric = shape.row_format.pack, [(1 + i, shape.kinds[i] == FLOAT) for i in shape.numeric]
+    blocks = []
+    for row in rows:
+        words: list[Any] = [row[0]]
+        flags = [0] * (shape.width - 1 - len(numeric))
+        for slot, (at, is_float) in enumerate(numeric):
+            value = row[at]
+            if value is None:
+                words.append(0.0 if is_float else 0)
+            else:
+                words.append(value)
+                flags[slot // 64] |= 1 << slot % 64
+        try:
+            blocks.append(pack(*words, *flags))
+        except struct.error as exc:  # materialization's SQL cast fails on the same sums
+            raise PushDataError(
+                f"a tile of partials {group.partials} does not fit 64-bit words ({exc}): sums of integers must stay "
+                "within BIGINT. Push smaller values or sum a DOUBLE column.", partials=list(group.partials),
+            ) from exc
+    return [b"".join(blocks), *([row[1 + i] for row in rows] for i in shape.objects)]
 
 
 def decode_tiles(group: Group, stored: Sequence[Any] | None) -> list[list[Any]]:
