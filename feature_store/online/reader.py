@@ -2,8 +2,10 @@
 
 A request's features are compiled once into a plan (views, key columns, per-feature finishing
 functions, with their windows and hops) and cached; a read is then: build keys, one store read,
-msgpack-decode each value, put each group's tiles of all entities in one matrix (tiles.py), select
-the tiles of each window once, and run the finishers (combine.py), each over every entity at once.
+msgpack-decode each value, then per group: for many entities, put their tiles in one matrix
+(tiles.TileBatch), select each window's tiles once and run each finisher over every entity at once
+(combine.py); for a few, read each entity's tiles as Python lists (tiles.EntityTiles), bisect each
+window's first tile once and run the finishers entity by entity (scalar.py).
 """
 
 from __future__ import annotations
