@@ -14,10 +14,12 @@ pushes, which merge a few tiles at a time.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
+from itertools import chain
 from typing import Any
 
 import numpy as np
@@ -38,6 +40,7 @@ class Shape:
     width: int  # words per tile: position, numeric partials, validity words
 
     @classmethod
+    @functools.cache  # pushes ask per entity; a registry has few groups
     def of(cls, group: Group) -> Shape:
         numeric = tuple(i for i, kind in enumerate(group.kinds) if kind != OBJECT)
         objects = tuple(i for i, kind in enumerate(group.kinds) if kind == OBJECT)
@@ -81,30 +84,42 @@ class Shape:
 
 
 def encode_tiles(group: Group, rows: Sequence[Sequence[Any]]) -> list[Any] | None:
-    """``[position, *partials]`` rows (in position order) as the stored group value (None: no tile)."""
+    """``[position, *partials]`` rows (in position order) as the stored group value (None: no tile).
+
+    Column by column, so that Python touches a value only in a column with nulls; the words are then
+    packed row-major in one ``struct`` call."""
     if not rows:
         return None
     shape = Shape.of(group)
-    pack, numeric = shape.row_format.pack, [(1 + i, shape.kinds[i] == FLOAT) for i in shape.numeric]
-    blocks = []
-    for row in rows:
-        words: list[Any] = [row[0]]
-        flags = [0] * (shape.width - 1 - len(numeric))
-        for slot, (at, is_float) in enumerate(numeric):
-            value = row[at]
-            if value is None:
-                words.append(0.0 if is_float else 0)
-            else:
-                words.append(value)
-                flags[slot // 64] |= 1 << slot % 64
-        try:
-            blocks.append(pack(*words, *flags))
-        except struct.error as exc:  # materialization's SQL cast fails on the same sums
-            raise PushDataError(
-                f"a tile of partials {group.partials} does not fit 64-bit words ({exc}): sums of integers must stay "
-                "within BIGINT. Push smaller values or sum a DOUBLE column.", partials=list(group.partials),
-            ) from exc
-    return [b"".join(blocks), *([row[1 + i] for row in rows] for i in shape.objects)]
+    count = len(rows)
+    columns = list(zip(*rows, strict=True))
+    words: list[Sequence[Any]] = [columns[0]]
+    flags = [[0] * count for _ in range(shape.width - 1 - len(shape.numeric))]
+    for slot, i in enumerate(shape.numeric):
+        column, bit, word = columns[1 + i], 1 << slot % 64, flags[slot // 64]
+        if None in column:
+            zero = 0.0 if shape.kinds[i] == FLOAT else 0
+            words.append([zero if v is None else v for v in column])
+            for t, value in enumerate(column):
+                if value is not None:
+                    word[t] |= bit
+        else:
+            words.append(column)
+            flags[slot // 64] = [f | bit for f in word]
+    row_major = chain.from_iterable(zip(*words, *flags, strict=True))
+    try:
+        block = _rows_format(shape.row_format.format, count).pack(*row_major)
+    except struct.error as exc:  # materialization's SQL cast fails on the same sums
+        raise PushDataError(
+            f"a tile of partials {group.partials} does not fit 64-bit words ({exc}): sums of integers must stay "
+            "within BIGINT. Push smaller values or sum a DOUBLE column.", partials=list(group.partials),
+        ) from exc
+    return [block, *(list(columns[1 + i]) for i in shape.objects)]
+
+
+@functools.lru_cache(maxsize=1024)
+def _rows_format(row: str, count: int) -> struct.Struct:
+    return struct.Struct("<" + row.lstrip("<") * count)
 
 
 def decode_tiles(group: Group, stored: Sequence[Any] | None) -> list[list[Any]]:
