@@ -8,19 +8,21 @@ numeric partials (int64 or float64, layout.partial_kind) in partial order, then 
 The cumulative group of unbounded windows is one tile at position 0.
 
 Blocks of many entities concatenate into one (tiles x words) matrix, so a read finishes a feature
-for every entity at once in numpy, with no Python object per tile; Python lists of rows are for
-pushes, which merge a few tiles at a time.
+for every entity at once in numpy, with no Python object per tile (TileBatch); reads of a few
+entities, and pushes, which merge a few tiles at a time, read an entity's words as Python lists
+(EntityTiles), where numpy's fixed cost per call would dominate.
 """
 
 from __future__ import annotations
 
 import functools
 import struct
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -28,6 +30,7 @@ from feature_store.errors import PushDataError
 from feature_store.online.layout import FLOAT, OBJECT, Group
 
 _ONE = np.uint64(1)
+_LITTLE = sys.byteorder == "little"
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,7 @@ class Shape:
     width: int  # words per tile: position, numeric partials, validity words
 
     @classmethod
-    @functools.cache  # pushes ask per entity; a registry has few groups
+    @functools.lru_cache(maxsize=1024)  # pushes ask per entity; bounded for servers that see many registries
     def of(cls, group: Group) -> Shape:
         numeric = tuple(i for i, kind in enumerate(group.kinds) if kind != OBJECT)
         objects = tuple(i for i, kind in enumerate(group.kinds) if kind == OBJECT)
@@ -136,9 +139,8 @@ class EntityTiles:
     __slots__ = ("_floats", "_ints", "_shape", "_stored", "_valid", "count", "latest", "positions")
 
     def __init__(self, shape: Shape, stored: Sequence[Any]) -> None:
-        block = memoryview(stored[0])  # native order below: every host this runs on is little-endian
         self._shape, self._stored = shape, stored
-        self._ints: list[int] = block.cast("q").tolist()
+        self._ints: list[int] = _words(stored[0], "q")
         self._floats: list[Any] | None = None  # typeshed: memoryview.tolist() -> list[int], whatever the format
         self.count = len(self._ints) // shape.width
         width, first = shape.width, 1 + len(shape.numeric)
@@ -155,7 +157,7 @@ class EntityTiles:
         width = self._shape.width
         if is_float:
             if self._floats is None:
-                self._floats = memoryview(self._stored[0]).cast("d").tolist()
+                self._floats = _words(self._stored[0], "d")
             values: list[Any] = self._floats[first * width + at::width]
         else:
             values = self._ints[first * width + at::width]
@@ -168,6 +170,14 @@ class EntityTiles:
         """``[position, *partials]`` per tile."""
         columns = [self.positions, *(self.column(i) for i in range(len(self._shape.kinds)))]
         return [list(row) for row in zip(*columns, strict=True)]
+
+
+def _words(block: bytes, kind: Literal["q", "d"]) -> list[Any]:
+    """The block's little-endian words as Python ints ("q") or floats ("d")."""
+    if _LITTLE:  # memoryview casts read native order, without numpy's fixed cost
+        return memoryview(block).cast(kind).tolist()
+    words: list[Any] = np.frombuffer(block, dtype="<i8" if kind == "q" else "<f8").tolist()
+    return words
 
 
 class TileBatch:
