@@ -27,6 +27,7 @@ from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
 from feature_store.online.writes import Writes, items_of, resp_sets
 
 LAYOUT_VERSION = 3
+SQLITE_TIMEOUT_SECONDS = 10.0  # how long a SQLite writer waits for another
 
 Compute = Callable[[list[bytes | None]], Writes]
 UPDATE_ATTEMPTS = 100  # optimistic retries of an atomic update that concurrent writers keep invalidating
@@ -197,7 +198,7 @@ class SqliteOnlineStore:
         con = getattr(self._local, "con", None)
         if con is None:
             try:
-                con = sqlite3.connect(self.path, timeout=10, check_same_thread=False)
+                con = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_SECONDS, check_same_thread=False)
             except sqlite3.Error as exc:
                 raise OnlineStoreUnavailable(f"cannot open the SQLite online store {self.path}: {exc}") from exc
             con.execute("PRAGMA journal_mode=WAL")
@@ -218,7 +219,7 @@ class SqliteOnlineStore:
         """Read and write in one IMMEDIATE transaction: other writers (threads or processes) wait."""
         con = self._connection()
         try:
-            con.execute("BEGIN IMMEDIATE")
+            self._begin_immediate(con)
             try:
                 current = self._select(con, keys, int(time.time() * 1000))
                 con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
@@ -229,6 +230,20 @@ class SqliteOnlineStore:
             con.commit()
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"updating the SQLite online store {self.path} failed: {exc}") from exc
+
+    @staticmethod
+    def _begin_immediate(con: sqlite3.Connection) -> None:
+        """BEGIN IMMEDIATE, again while SQLite says the database is locked without waiting its busy timeout
+        (it does so where waiting could deadlock: seen under load with several writers), up to that timeout."""
+        deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
+        while True:
+            try:
+                con.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(random.uniform(0.001, 0.01))
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
