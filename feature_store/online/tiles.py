@@ -50,12 +50,11 @@ class Shape:
         return cls(group.kinds, numeric, objects, 1 + len(numeric) + -(-len(numeric) // 64))
 
     def word(self, partial: int) -> int:
-        return 1 + self.numeric.index(partial)
+        return self.plan[partial][2]
 
     def validity(self, partial: int) -> tuple[int, np.uint64]:
         """The word and bit that say whether numeric ``partial`` is not null."""
-        slot = self.numeric.index(partial)
-        return 1 + len(self.numeric) + slot // 64, np.uint64(slot % 64)
+        return self.plan[partial][3], np.uint64(self.plan[partial][4])
 
     def object_column(self, partial: int) -> int:
         """The index of object ``partial`` in a stored group value."""
@@ -75,14 +74,14 @@ class Shape:
 
     @cached_property
     def plan(self) -> tuple[tuple[bool, bool, int, int, int], ...]:
-        """Per partial: (object?, float?, word or object column, validity word counted from the first, bit)."""
+        """Per partial: (object?, float?, its word or object column, its validity word, its bit there)."""
         out = []
         for i, kind in enumerate(self.kinds):
             if kind == OBJECT:
                 out.append((True, False, self.object_column(i), 0, 0))
             else:
-                word, bit = self.validity(i)
-                out.append((False, kind == FLOAT, self.word(i), word - 1 - len(self.numeric), int(bit)))
+                slot = self.numeric.index(i)
+                out.append((False, kind == FLOAT, 1 + slot, 1 + len(self.numeric) + slot // 64, slot % 64))
         return tuple(out)
 
 
@@ -144,8 +143,8 @@ class EntityTiles:
         self._floats: list[Any] | None = None  # typeshed: memoryview.tolist() -> list[int], whatever the format
         self.count = len(self._ints) // shape.width
         width, first = shape.width, 1 + len(shape.numeric)
-        self._valid = [self._ints[w::width].count(full) == self.count  # validity words all full: no null
-                       for w, full in zip(range(first, width), shape.full, strict=True)]
+        self._valid = {w: self._ints[w::width].count(full) == self.count  # validity word all full: no null
+                       for w, full in zip(range(first, width), shape.full, strict=True)}
         self.positions = self._ints[0::width]
         self.latest = self._ints[(self.count - 1) * width + 1]  # maxts__ (partial 0) of the last tile
 
@@ -163,7 +162,7 @@ class EntityTiles:
             values = self._ints[first * width + at::width]
         if self._valid[word]:
             return values
-        flags = self._ints[first * width + 1 + len(self._shape.numeric) + word::width]
+        flags = self._ints[first * width + word::width]
         return [v if flag >> bit & 1 else None for v, flag in zip(values, flags, strict=True)]
 
     def rows(self) -> list[list[Any]]:
