@@ -233,17 +233,22 @@ class SqliteOnlineStore:
 
     @staticmethod
     def _begin_immediate(con: sqlite3.Connection) -> None:
-        """BEGIN IMMEDIATE, again while SQLite says the database is locked without waiting its busy timeout
-        (it does so where waiting could deadlock: seen under load with several writers), up to that timeout."""
+        """BEGIN IMMEDIATE, trying every millisecond or so for up to the timeout. SQLite's own busy handler
+        backs off to 100 ms between tries, so a writer that commits often (a stream of pushes) can starve a
+        waiting one (seen in CI: a materialization timed out after 10 s behind a pusher)."""
         deadline = time.monotonic() + SQLITE_TIMEOUT_SECONDS
-        while True:
-            try:
-                con.execute("BEGIN IMMEDIATE")
-                return
-            except sqlite3.OperationalError as exc:
-                if "locked" not in str(exc) or time.monotonic() > deadline:
-                    raise
-            time.sleep(random.uniform(0.001, 0.01))
+        con.execute("PRAGMA busy_timeout = 1")
+        try:
+            while True:
+                try:
+                    con.execute("BEGIN IMMEDIATE")
+                    return
+                except sqlite3.OperationalError as exc:
+                    if "locked" not in str(exc) or time.monotonic() > deadline:
+                        raise
+                time.sleep(random.uniform(0.0002, 0.002))
+        finally:
+            con.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_SECONDS * 1000)}")
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
