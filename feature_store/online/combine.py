@@ -42,7 +42,7 @@ def select(batch: TileBatch, start: int | None) -> Selection:
     positions = batch.positions
     if start is None:
         return Selection(np.ones(len(positions), dtype=bool), np.ones(len(batch.rows), bool))
-    return Selection(positions >= start, positions[batch.starts[1:] - 1] >= start)
+    return Selection(positions >= start, batch.last_positions >= start)
 
 
 # (tiles of the entities that have any, the window's selection) -> a value per entity of the batch
@@ -87,7 +87,7 @@ def _total(i: int, nullable: bool) -> Finisher:
     """Count and Sum: the sum of the non-null partials in the window (0 when none, typed as the column)."""
     def finish(batch: TileBatch, sel: Selection) -> list[Any]:
         values = batch.column(i)
-        keep = sel.mask & batch.valid(i) if nullable else sel.mask
+        keep = batch.keep(sel.mask, i) if nullable else sel.mask
         totals: list[Any] = batch.per_entity(np.add, np.where(keep, values, values.dtype.type(0))).tolist()
         return totals
     return finish
@@ -97,7 +97,7 @@ def _mean(n: int, s: int) -> Finisher:
     def finish(batch: TileBatch, sel: Selection) -> list[Any]:
         counts = batch.per_entity(np.add, np.where(sel.mask, batch.column(n), 0))
         sums = batch.column(s)
-        totals = batch.per_entity(np.add, np.where(sel.mask & batch.valid(s), sums, sums.dtype.type(0)))
+        totals = batch.per_entity(np.add, np.where(batch.keep(sel.mask, s), sums, sums.dtype.type(0)))
         means = (totals / np.maximum(counts, 1)).tolist()
         return [m if c else None for m, c in zip(means, counts.tolist(), strict=True)]
     return finish
@@ -106,7 +106,7 @@ def _mean(n: int, s: int) -> Finisher:
 def _stddev(n: int, mean: int, m2: int) -> Finisher:
     """The tiles' (count, mean, M2) merged exactly: M2 = sum(M2_i) + sum(n_i (mean_i - mean)^2)."""
     def finish(batch: TileBatch, sel: Selection) -> list[Any]:
-        keep = sel.mask & batch.valid(mean) & batch.valid(m2)
+        keep = batch.keep(sel.mask, mean, m2)
         weights = np.where(keep, batch.column(n), 0).astype(np.float64)
         means = np.where(keep, batch.column(mean), 0.0)
         total = batch.per_entity(np.add, weights)
@@ -121,7 +121,7 @@ def _stddev(n: int, mean: int, m2: int) -> Finisher:
 def _extreme(i: int, smallest: bool, kind: str) -> Finisher:
     """Min or Max of numeric partials. NaN is the greatest value, as in DuckDB: Max keeps it, Min skips it."""
     def finish(batch: TileBatch, sel: Selection) -> list[Any]:
-        keep = sel.mask & batch.valid(i)
+        keep = batch.keep(sel.mask, i)
         values = batch.column(i)
         ufunc: np.ufunc
         if kind == FLOAT:
@@ -130,7 +130,7 @@ def _extreme(i: int, smallest: bool, kind: str) -> Finisher:
             info = np.iinfo(np.int64)
             ufunc, fill = (np.minimum, info.max) if smallest else (np.maximum, info.min)
         picked = batch.per_entity(ufunc, np.where(keep, values, fill))
-        found = batch.per_entity(np.add, keep.astype(np.int64))
+        found = batch.per_entity(np.logical_or, keep)
         if kind == FLOAT and smallest:  # fmin skipped NaN: where there was nothing else, the minimum is NaN
             picked[batch.per_entity(np.add, (keep & ~np.isnan(values)).astype(np.int64)) == 0] = np.nan
         return [v if k else None for v, k in zip(picked.tolist(), found.tolist(), strict=True)]
@@ -141,14 +141,14 @@ def _last(value: int, time: int, kind: str) -> Finisher:
     """The value of the latest tile in the window with a non-null value. A tile's events lie in [position,
     position + hop), so the latest (ts, created) of the window is in that tile, which chose among its ties."""
     def finish(batch: TileBatch, sel: Selection) -> list[Any]:
-        keep = sel.mask & batch.valid(time)
-        latest = batch.per_entity(np.maximum, np.where(keep, np.arange(len(keep)), -1))
+        keep = batch.keep(sel.mask, time)
+        latest = batch.per_entity(np.maximum, np.where(keep, batch.index, -1))
         if kind != OBJECT:
             values = batch.column(value)[np.maximum(latest, 0)].tolist()
             return [None if t < 0 else v for v, t in zip(values, latest.tolist(), strict=True)]
         columns = batch.objects(value)
-        starts = batch.starts.tolist()
-        return [None if t < 0 else columns[e][t - starts[e]] for e, t in enumerate(latest.tolist())]
+        heads = batch.heads.tolist()
+        return [None if t < 0 else columns[e][t - heads[e]] for e, t in enumerate(latest.tolist())]
     return finish
 
 

@@ -33,6 +33,8 @@ from feature_store.online.stores import OnlineStore
 from feature_store.online.tiles import EntityTiles, Shape, TileBatch
 
 _unpack = msgpack.unpackb
+_pack = msgpack.Packer(autoreset=True).pack  # ints and strings only: no callback, safe across threads
+_ONE_KEY = b"\x91"  # msgpack: an array of one element
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 
 
@@ -166,8 +168,11 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
         shape = (plan.keys, plan.key_kinds)
         if shape not in encoded:
             coerced = [_coerced(columns[k], kind, k) for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
-            encoded[shape] = [pack_key(key) for key in zip(*coerced, strict=True)]
-        prefix = plan.prefix
+            if len(coerced) == 1:  # pack_key((v,)) is a one-element array's header, then v: the header joins the prefix
+                encoded[shape] = [_pack(v) for v in coerced[0]]
+            else:
+                encoded[shape] = [pack_key(key) for key in zip(*coerced, strict=True)]
+        prefix = plan.prefix + _ONE_KEY if len(plan.keys) == 1 else plan.prefix
         keys.extend([prefix + key for key in encoded[shape]])
     raw = store.read(keys)  # one round trip for every view and entity
     response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})
@@ -181,8 +186,17 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
 
 
 def _fill_snapshot(response: OnlineResponse, plan: ViewPlan, decoded: list[Any], now_us: int) -> None:
-    alive = [value is not None and (plan.ttl is None or value[0] >= now_us - plan.ttl) for value in decoded]
+    times: list[int] = [value[0] for value in decoded] if None not in decoded else []
+    if times and (plan.ttl is None or min(times) >= now_us - plan.ttl):
+        stamps: list[int | None] = list(times)
+        for feature in plan.features:  # every row found and fresh: the common case, with fewer passes
+            at = 2 + feature.column
+            response.values[feature.output] = values = [value[at] for value in decoded]
+            response.statuses[feature.output] = _statuses(values, [])
+            response.stamps_us[feature.output] = stamps
+        return
     stamps = [None if value is None else value[0] for value in decoded]
+    alive = [value is not None and (plan.ttl is None or value[0] >= now_us - plan.ttl) for value in decoded]
     for feature in plan.features:
         at = 2 + feature.column  # a stored row is [ts, created, *columns]
         values = [value[at] if ok else None for value, ok in zip(decoded, alive, strict=True)]
@@ -201,13 +215,19 @@ def _fill_aggregation(response: OnlineResponse, plan: ViewPlan, decoded: list[An
     """Per group, the tiles of every entity read once; per window, its tiles selected once; per feature,
     its values for every entity, put in entity-row order."""
     n = len(decoded)
-    missing = [e for e, value in enumerate(decoded) if value is None]
+    missing = [e for e, value in enumerate(decoded) if value is None] if None in decoded else []
     groups: dict[int, _GroupRead] = {}
     for feature in plan.features:
         g = feature.group
         if g not in groups:
-            rows = [e for e, value in enumerate(decoded) if value is not None and value[1 + g] is not None]
-            groups[g] = _GroupRead(plan.shapes[g], rows, [decoded[e][1 + g] for e in rows], now_us, n)
+            stored = [value[1 + g] for value in decoded] if not missing else \
+                [None if value is None else value[1 + g] for value in decoded]
+            if None in stored:  # entities with nothing stored, or nothing in this group
+                rows = [e for e, value in enumerate(stored) if value is not None]
+                stored = [stored[e] for e in rows]
+            else:
+                rows = list(range(n))
+            groups[g] = _GroupRead(plan.shapes[g], rows, stored, now_us, n)
         values, stamps = groups[g].finish(feature)
         response.values[feature.output] = values
         response.statuses[feature.output] = _statuses(values, missing)
@@ -252,9 +272,9 @@ class _GroupRead:
         if self.batch is not None:
             batch = self.batch
             selection = select(batch, start)
-            stamps: list[int | None] = batch.column(0)[batch.starts[1:] - 1].tolist()  # partial 0 is maxts__
-            for e in np.flatnonzero(~selection.inside).tolist():
-                stamps[e] = None
+            stamps: list[int | None] = batch.latest  # shared by the windows that every entity reaches
+            if start is not None and not selection.inside.all():
+                stamps = [t if inside else None for t, inside in zip(stamps, selection.inside.tolist(), strict=True)]
             return selection, _scatter(stamps, self.rows, self.n, None)
         firsts: list[int | None] = []
         stamps = []
@@ -277,7 +297,8 @@ def _scatter(values: list[Any], rows: list[int], n: int, empty: Any) -> list[Any
 
 
 def _statuses(values: list[Any], missing: list[int]) -> list[str]:
-    statuses = [NULL_VALUE if x is None else PRESENT for x in values]
+    # no null: the common case, at C speed
+    statuses = [NULL_VALUE if x is None else PRESENT for x in values] if None in values else [PRESENT] * len(values)
     for e in missing:  # rows of entities with no stored value
         statuses[e] = NOT_FOUND
     return statuses

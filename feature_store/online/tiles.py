@@ -188,25 +188,56 @@ class TileBatch:
         self.stored = stored  # their group values (for object columns)
         blocks = [value[0] for value in stored]
         self.words = np.frombuffer(b"".join(blocks), dtype="<i8").reshape(-1, shape.width)
-        self.counts = np.fromiter(map(len, blocks), dtype=np.int64, count=len(blocks)) // (8 * shape.width)
-        self.starts = np.zeros(len(blocks) + 1, dtype=np.int64)
-        np.cumsum(self.counts, out=self.starts[1:])
-        self.heads = self.starts[:-1]
-        self._valid: dict[int, np.ndarray] = {}
+        sizes = np.array(list(map(len, blocks)), dtype=np.int64)
+        self.counts = sizes // (8 * shape.width)
+        ends = sizes.cumsum() // (8 * shape.width)
+        self.heads = ends - self.counts  # each entity's first tile
+        self.lasts = ends - 1  # and its last one
+        self._valid: dict[int, np.ndarray | None] = {}
+        self._full: dict[int, bool] = {}
 
     @property
     def positions(self) -> np.ndarray:
         return self.words[:, 0]
 
+    @cached_property
+    def index(self) -> np.ndarray:
+        """Each tile's row in the batch."""
+        return np.arange(len(self.words))
+
+    @cached_property
+    def last_positions(self) -> np.ndarray:
+        """Per entity, the position of its last tile."""
+        return self.words[self.lasts, 0]
+
+    @cached_property
+    def latest(self) -> list[int | None]:
+        """Per entity, its latest event time: maxts__ (partial 0) of its last tile, whose events are the latest."""
+        times: list[int | None] = self.words[self.lasts, 1].tolist()
+        return times
+
     def column(self, partial: int) -> np.ndarray:
         values = self.words[:, self.shape.word(partial)]
         return values.view(np.float64) if self.shape.kinds[partial] == FLOAT else values
 
-    def valid(self, partial: int) -> np.ndarray:
+    def valid(self, partial: int) -> np.ndarray | None:
+        """Per tile, whether numeric ``partial`` is not null; None when it never is (the common case)."""
         if partial not in self._valid:
             column, bit = self.shape.validity(partial)
-            self._valid[partial] = ((self.words[:, column].view(np.uint64) >> bit) & _ONE).astype(bool)
+            words = self.words[:, column]
+            if column not in self._full:  # a validity word equal to its full value everywhere: no null at all
+                self._full[column] = bool((words == self.shape.full[column - 1 - len(self.shape.numeric)]).all())
+            flags = None if self._full[column] else ((words.view(np.uint64) >> bit) & _ONE).astype(bool)
+            self._valid[partial] = flags
         return self._valid[partial]
+
+    def keep(self, mask: np.ndarray, *partials: int) -> np.ndarray:
+        """The tiles of ``mask`` in which every one of the numeric ``partials`` is not null."""
+        for partial in partials:
+            flags = self.valid(partial)
+            if flags is not None:
+                mask = mask & flags
+        return mask
 
     def objects(self, partial: int) -> list[Sequence[Any]]:
         """Per entity, the partial's object column."""
