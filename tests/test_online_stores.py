@@ -124,6 +124,7 @@ def test_read_with_repeated_and_only_missing_keys(store: OnlineStore, prefix: by
 def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """One command sent, one reply read, whatever the number of keys: counted on redis-py's connection."""
     store.write([(prefix + f"k{i}".encode(), b"v", None) for i in range(500)])
+    store.read([prefix + b"k0"])  # connected: the handshake of a new connection is not the read's
     sent: list[bytes] = []
     replies: list[object] = []
     original_send, original_read = Connection.send_packed_command, Connection.read_response

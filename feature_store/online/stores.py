@@ -7,6 +7,7 @@ layout version, so projects can share one Redis and a new layout never misreads 
 
 from __future__ import annotations
 
+import os
 import random
 import sqlite3
 import threading
@@ -14,12 +15,15 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
+import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection
-from redis.exceptions import RedisError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
@@ -74,6 +78,9 @@ class RedisOnlineStore:
             retry=Retry(NoBackoff(), 0),  # fail within the timeout; the next call reconnects by itself
             health_check_interval=30,
         )
+        self._local = threading.local()  # each thread's connection for reads
+        self._readers: list[Connection] = []  # all of them, to close
+        self._readers_lock = threading.Lock()
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
         return OnlineStoreUnavailable(
@@ -100,14 +107,34 @@ class RedisOnlineStore:
         finally:
             pool.release(connection)
 
+    @contextmanager
+    def _read_connection(self) -> Iterator[Connection]:
+        """This thread's own connection: reads skip the pool, whose checkout costs about as much as parsing
+        a small reply (a lock, and a poll for unread data). Dropped after any failure, like pooled ones, and
+        made again in a forked child (the parent's socket is not its own)."""
+        mine = getattr(self._local, "reader", None)
+        if mine is None or mine[0] != os.getpid():
+            pool = self.client.connection_pool
+            connection = pool.connection_class(**pool.connection_kwargs)
+            with self._readers_lock:
+                self._readers.append(connection)
+            self._local.reader = mine = (os.getpid(), connection)
+        connection = mine[1]
+        try:
+            yield connection
+        except BaseException as exc:
+            connection.disconnect()  # replies may be left unread on it; the next read connects again
+            if isinstance(exc, RedisError):
+                raise self._unavailable(exc) from exc
+            raise
+
     def write(self, writes: Writes) -> None:
         """Every ``SET`` in one buffer, then their replies: one round trip, packed by resp_sets."""
         if not len(writes):
             return
         with self._connection() as connection:
             connection.send_packed_command([resp_sets(writes)])
-            for _ in range(len(writes)):
-                connection.read_response()
+            _replies(connection, len(writes))
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """WATCH the keys, read them, and write in MULTI/EXEC; a concurrent write to any of them retries."""
@@ -120,9 +147,8 @@ class RedisOnlineStore:
                 current: list[bytes | None] = connection.read_response()
                 writes = compute(current)
                 connection.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", resp_sets(writes), b"*1\r\n$4\r\nEXEC\r\n"])
-                for _ in range(len(writes) + 1):  # OK, then QUEUED per command
-                    connection.read_response()
-                if connection.read_response() is not None:  # EXEC's replies; none when a watched key changed
+                # OK, QUEUED per command, then EXEC's replies: none when a watched key changed
+                if _replies(connection, len(writes) + 2) is not None:
                     return
             time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # spread the retries
         raise OnlineStoreConflict(
@@ -141,7 +167,7 @@ class RedisOnlineStore:
             command += (header, key)
         command.append(b"\r\n")
         command[1] = command[1][2:]  # the first header has no CRLF before it
-        with self._connection() as connection:
+        with self._read_connection() as connection:
             connection.send_packed_command([b"".join(command)])
             values: list[bytes | None] = connection.read_response()
         return values
@@ -177,7 +203,41 @@ class RedisOnlineStore:
             raise self._unavailable(exc) from exc
 
     def close(self) -> None:
+        with self._readers_lock:
+            readers, self._readers = self._readers, []
+        for connection in readers:
+            connection.disconnect()
+        self._local = threading.local()
         self.client.close()
+
+
+def _replies(connection: Connection, count: int) -> Any:
+    """Read ``count`` replies, raising the first error among them; return the last. redis-py spends about
+    3 us a reply in Python: a batch's thousands are parsed here by a hiredis reader of their own, straight
+    off the connection's socket (nothing else is in flight on it: every caller reads all it asked for)."""
+    sock = getattr(connection, "_sock", None)
+    if sock is None:  # not connected: redis-py's own path connects or raises
+        replies = [connection.read_response() for _ in range(count)]
+        return replies[-1] if replies else None
+    reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+    reply: Any = None
+    while count:
+        reply = reader.gets()
+        if reply is False:  # not a whole reply yet
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError as exc:
+                raise RedisTimeoutError(f"timeout reading replies: {exc}") from exc
+            except OSError as exc:
+                raise RedisConnectionError(f"error reading replies: {exc}") from exc
+            if not data:
+                raise RedisConnectionError("connection closed by server")
+            reader.feed(data)
+        elif isinstance(reply, ResponseError):
+            raise reply
+        else:
+            count -= 1
+    return reply
 
 
 class SqliteOnlineStore:
