@@ -9,14 +9,17 @@ ever added on top of a stored value, so nothing can be counted twice. A changed 
 Speed: DuckDB computes each hop group's tiles sorted by entity (tiles_sql); encode.py packs the
 values column by column (no Python object per value or per entity), and they are written in
 batches that Redis receives as one buffer of commands (writes.py). DuckDB computes
-the next hash bucket in a thread while this one is encoded and written; values are written in key
-order (SQLite inserts into its B-tree in order).
+the next hash bucket (of the view or of the next view) in a thread while this one is encoded and
+written; values are written in key order (SQLite inserts into its B-tree in order).
 """
 
 from __future__ import annotations
 
 import math
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 
 import duckdb
 import pyarrow as pa
@@ -31,50 +34,114 @@ from feature_store.online.stores import OnlineStore
 from feature_store.online.writes import Batch
 
 BATCH = 5_000  # entities per pipelined write
-ENTITIES_PER_CHUNK = 200_000  # entities computed and held in memory at once
+ENTITIES_PER_CHUNK = 200_000  # entities computed at once (a bucket)
+BUCKETS_AHEAD = 2  # buckets computed ahead of the one being encoded: at most 4 held in memory
 CHANGED = "__fs_changed_keys"
 
 
-def materialize_view(con: duckdb.DuckDBPyConnection, store: OnlineStore, prefix: bytes, view: ViewQuery,
-                     end: int, since: int | None, progress: ProgressCallback | None) -> tuple[int, int]:
-    """Write the view's online values for entities with rows available in [since, end) (all when since is None).
+@dataclass(frozen=True)
+class ViewTask:
+    """One view's online materialization: its values for entities with rows available in [since, end)
+    (all when since is None), written under ``prefix`` into ``store``."""
 
-    Entities are processed in hash buckets of about ENTITIES_PER_CHUNK, so memory stays bounded. A rebuild
+    view: ViewQuery
+    store: OnlineStore
+    prefix: bytes
+    end: int
+    since: int | None
+
+
+@dataclass(frozen=True)
+class _Bucket:
+    task: int  # index of the view's task
+    tables: list[pa.Table]
+    counter: _Progress
+    last: bool  # the view's last bucket
+
+
+def materialize_views(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
+                      progress: ProgressCallback | None) -> Iterator[tuple[int, int, int]]:
+    """Write the views' online values, one view after another; yield (task index, entities, tiles) as each
+    view's writes have all landed.
+
+    Entities are processed in hash buckets of about ENTITIES_PER_CHUNK, so memory stays bounded. One
+    pipeline for all views (query, encode, write), each stage in its own thread: on two cores that keeps
+    both busy, where views side by side fight over them. A rebuild
     (``since`` None) expects the caller to have deleted the view's keys (OnlineService.materialize deletes
     those of every definition of the view): deleting them again here would scan the store once more.
     """
+    steps = _steps(con, tasks, progress)
+    queries = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-online-query")
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-online-write")
+    writing: Future[None] | None = None
+    totals: dict[int, list[int]] = {}  # per view: entities and tiles encoded so far
+    landing: _Bucket | None = None  # a view's last bucket, being written
+    try:
+        # Three stages at once: DuckDB computes the next buckets (without the GIL; two ahead, so that a view
+        # whose queries are slow starts while a quick one is written), this thread encodes one, and a writer
+        # thread writes the one before, mostly waiting for the store.
+        ahead = deque(queries.submit(next, steps, None) for _ in range(BUCKETS_AHEAD))
+        while (bucket := ahead.popleft().result()) is not None:
+            ahead.append(queries.submit(next, steps, None))
+            task = tasks[bucket.task]
+            batch, tiles = encode_values(bucket.tables, task.prefix, task.view, task.end)
+            if writing is not None:
+                writing.result()
+                if landing is not None:
+                    yield _landed(landing, totals)
+            writing = writer.submit(_write, task.store, batch, bucket.counter)
+            counts = totals.setdefault(bucket.task, [0, 0])
+            counts[0] += len(batch)
+            counts[1] += tiles
+            landing = bucket if bucket.last else None
+        if writing is not None:
+            writing.result()
+            if landing is not None:
+                yield _landed(landing, totals)
+    finally:  # after an error, no more queries or writes
+        queries.shutdown(wait=True, cancel_futures=True)
+        writer.shutdown(wait=True, cancel_futures=True)
+
+
+def _landed(bucket: _Bucket, totals: dict[int, list[int]]) -> tuple[int, int, int]:
+    """A view whose writes have all landed: (task index, entities, tiles)."""
+    bucket.counter.finish()
+    entities, tiles = totals.pop(bucket.task)
+    return bucket.task, entities, tiles
+
+
+def _steps(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
+           progress: ProgressCallback | None) -> Iterator[_Bucket]:
+    """Every view's buckets in order, computed by DuckDB (on the thread that advances this iterator)."""
+    for index, task in enumerate(tasks):
+        filters, expected = _buckets(con, task)
+        counter = _Progress(f"{task.view.name} online", expected, progress)
+        for bucket, keys_filter in enumerate(filters):
+            tables = _fetch(con, _queries(task.view, task.end, keys_filter))
+            yield _Bucket(index, tables, counter, bucket == len(filters) - 1)
+
+
+def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[list[str | None], int]:
+    """The filters of the view's hash buckets, and how many entities they hold."""
+    view = task.view
     keys = ", ".join(quote(k) for k in view.keys)
-    if since is None:
+    if task.since is None:
         changed = None
         row = con.execute(
             f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({events_sql(view, [])}))").fetchall()
     else:
-        _changed_keys(con, view, since, end)
+        _changed_keys(con, view, task.since, task.end)
         changed = f"({keys}) IN (SELECT * FROM {CHANGED})"
         row = con.execute(f"SELECT count(*) FROM {CHANGED}").fetchall()
     expected = int(row[0][0]) if row else 0
     buckets = max(1, math.ceil(expected / ENTITIES_PER_CHUNK))
-    counter = _Progress(f"{view.name} online", expected, progress)
     filters = []
     for bucket in range(buckets):
         parts = [changed] if changed else []
         if buckets > 1:
             parts.append(f"hash({keys}) % {buckets} = {bucket}")
         filters.append(" AND ".join(parts) or None)
-    entities = tiles = 0
-    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="fs-online-query") as pool:
-        # DuckDB computes the next bucket (without the GIL) while this thread encodes and writes one
-        ahead = pool.submit(_fetch, con, _queries(view, end, filters[0]))
-        for bucket in range(buckets):
-            tables = ahead.result()
-            if bucket + 1 < buckets:
-                ahead = pool.submit(_fetch, con, _queries(view, end, filters[bucket + 1]))
-            batch, tiles_written = encode_values(tables, prefix, view, end)
-            _write(store, batch, counter)
-            entities += len(batch)
-            tiles += tiles_written
-    counter.finish()
-    return entities, tiles
+    return filters, expected
 
 
 def _queries(view: ViewQuery, end: int, keys_filter: str | None) -> list[str]:

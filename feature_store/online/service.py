@@ -6,7 +6,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
@@ -20,7 +19,7 @@ from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import from_us, to_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.materialize import materialize_view
+from feature_store.online.materialize import ViewTask, materialize_views
 from feature_store.online.push import MergingWriter, PushTarget, write_pushes
 from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read
 from feature_store.online.stores import OnlineStore, key_prefix, open_online_store
@@ -30,7 +29,6 @@ from feature_store.references import FeatureRefs, ResolvedFeature, resolve_featu
 from feature_store.registry import Registry
 
 PLAN_CACHE_SIZE = 1024
-VIEWS_IN_PARALLEL = 2
 PUSH_CHUNK_ROWS = 64
 PushTo = Literal["online", "offline", "online_and_offline"]
 
@@ -95,11 +93,16 @@ class OnlineService:
         stored = None if full else self.registry.online_views()
         self.store.delete_prefixes([self.prefix(view.name) for view, _, _, previous in todo
                                     if previous is None and (stored is None or view.name in stored)])
-        # Views in parallel: one's DuckDB query runs while another's values are packed and written (one view
-        # alone keeps a core busy at most about half of the time).
         jobs = [self._job(catalog, *item, end_us) for item in todo]  # on this thread: DuckDB's own connection
-        with ThreadPoolExecutor(max_workers=VIEWS_IN_PARALLEL, thread_name_prefix="fs-online-view") as pool:
-            results += pool.map(lambda job: self._run(job, progress), jobs)
+        tasks = [ViewTask(job.query, job.target, self.prefix(job.view, job.signature), job.end, job.previous)
+                 for job in jobs]
+        with self.offline.cursor() as con:
+            for index, entities, _tiles in materialize_views(con, tasks, progress):
+                job = jobs[index]
+                self.registry.set_online_watermark(job.view, job.signature, job.end, job.files)  # after the writes
+                results.append(MaterializeResult(job.view, "online", self.store.name,
+                                                 None if job.previous is None else from_us(job.previous),
+                                                 from_us(job.end), entities, job.previous is None))
         return sorted(results, key=lambda result: list(views).index(result.view))
 
     def _job(self, catalog: Catalog, view: FeatureView, signature: str, files: dict[str, list[int]],
@@ -112,15 +115,6 @@ class OnlineService:
             push_target = PushTarget.of(query, self.prefix(view.name, signature), self.offline.push_log.bucket_us)
             target = MergingWriter(self.store, push_target, view_end, now_us)
         return _ViewJob(view.name, signature, files, previous, query, view_end, target)
-
-    def _run(self, job: _ViewJob, progress: ProgressCallback | None) -> MaterializeResult:
-        with self.offline.cursor() as con:
-            entities, _tiles = materialize_view(con, job.target, self.prefix(job.view, job.signature), job.query,
-                                                job.end, job.previous, progress)
-        self.registry.set_online_watermark(job.view, job.signature, job.end, job.files)  # after every write landed
-        return MaterializeResult(job.view, "online", self.store.name,
-                                 None if job.previous is None else from_us(job.previous), from_us(job.end), entities,
-                                 job.previous is None)
 
     # --- push ---------------------------------------------------------------------------------
 
