@@ -98,10 +98,14 @@ def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
     pieces: list[pa.Array | pa.Scalar] = [lit(array_header(1 + len(groups)) + _PACK(end))]
     unreachable: pa.Array | None = None
     for keys, value, reach in parts:
-        rows = pc.index_in(every, value_set=keys)  # per entity: its row in the group, null when it has none
-        pieces.append(value.take(rows).fill_null(lit(NIL)))
-        if reach is not None:
-            taken = pa.array(reach).take(rows)
+        if len(keys) == len(every) and keys.equals(every):  # the group has every entity, in the same order
+            pieces.append(value)
+            taken = None if reach is None else pa.array(reach)
+        else:
+            rows = pc.index_in(every, value_set=keys)  # per entity: its row in the group, null when it has none
+            pieces.append(value.take(rows).fill_null(lit(NIL)))
+            taken = None if reach is None else pa.array(reach).take(rows)
+        if taken is not None:
             unreachable = taken if unreachable is None else pc.max_element_wise(unreachable, taken, skip_nulls=True)
     # A cumulative row never leaves its window: such values never expire.
     never = unreachable is None or any(group.hop == 0 for group in groups)
@@ -145,14 +149,16 @@ def _words(table: pa.Table, group: Group, shape: Shape, positions: np.ndarray) -
     for i in shape.numeric:
         column = _array(table, group.partials[i])
         kind = pa.float64() if group.kinds[i] == FLOAT else pa.int64()
-        values = pc.cast(column, kind).fill_null(0).to_numpy(zero_copy_only=False)
-        words[:, shape.word(i)] = values.view(np.int64)
-        if column.null_count:
-            valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.uint64)
-        else:
-            valid = np.ones(table.num_rows, dtype=np.uint64)
+        if column.type != kind:  # tiles_sql casts them already
+            column = pc.cast(column, kind)
         word, bit = shape.validity(i)
-        words[:, word].view(np.uint64)[:] |= valid << bit
+        if column.null_count:  # copies: to_numpy of a column without nulls does not
+            words[:, shape.word(i)] = column.fill_null(0).to_numpy(zero_copy_only=False).view(np.int64)
+            valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.uint64)
+            words[:, word].view(np.uint64)[:] |= valid << bit
+        else:
+            words[:, shape.word(i)] = column.to_numpy(zero_copy_only=False).view(np.int64)
+            words[:, word].view(np.uint64)[:] |= np.uint64(1) << bit
     return words
 
 
