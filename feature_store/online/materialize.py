@@ -9,8 +9,9 @@ ever added on top of a stored value, so nothing can be counted twice. A changed 
 Speed: DuckDB computes each hop group's tiles sorted by entity (tiles_sql); encode.py packs the
 values column by column (no Python object per value or per entity), and they are written in
 batches that Redis receives as one buffer of commands (writes.py). DuckDB computes
-the next hash bucket (of the view or of the next view) in a thread while this one is encoded and
-written; values are written in key order (SQLite inserts into its B-tree in order).
+the next hash buckets (of the view or of the next views) in a thread while this one is encoded and
+a writer thread writes the one before; values are written in key order (SQLite inserts into its
+B-tree in order).
 """
 
 from __future__ import annotations
