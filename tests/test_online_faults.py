@@ -20,7 +20,9 @@ import pytest
 import redis
 
 import feature_store as fs
+from feature_store.config import RedisOnlineConfig
 from feature_store.errors import OnlineStoreUnavailable
+from feature_store.online.stores import RedisOnlineStore
 from feature_store.store import FeatureStore
 from tests.conftest import _free_port, start_redis
 
@@ -212,3 +214,26 @@ def test_store_never_reachable() -> None:
             assert "s3cret" not in message and "s3cret" not in repr(caught.value.details)  # password hidden
     finally:
         shutil.rmtree(repo, ignore_errors=True)
+
+
+def test_refused_writes_raise_and_leave_no_reply_behind(server: Server) -> None:
+    """Redis refuses a batch part-way (maxmemory reached, noeviction): the write and the atomic update raise
+    OnlineStoreUnavailable with Redis' reason, and the connection with replies still unread is dropped, so the
+    store's next commands get their own replies."""
+    store = RedisOnlineStore(RedisOnlineConfig(url=server.url, timeout_seconds=TIMEOUT))
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        admin.config_set("maxmemory-policy", "noeviction")
+        admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 1_000_000)
+        batch = [(b"t:%d" % i, b"x" * 1000, None) for i in range(5_000)]  # about 5 MB: refused from ~1 MB on
+        with pytest.raises(OnlineStoreUnavailable, match="OOM"):
+            store.write(batch)
+        with pytest.raises(OnlineStoreUnavailable, match="OOM"):
+            store.update([b"t:0"], lambda current: batch[:2_000])
+        admin.config_set("maxmemory", 0)
+        store.write([(b"t:a", b"1", None)])
+        store.update([b"t:b"], lambda current: [(b"t:b", b"2" if current == [None] else b"?", None)])
+        assert store.read([b"t:a", b"t:b", b"t:missing"]) == [b"1", b"2", None]
+    finally:
+        admin.close()
+        store.close()
