@@ -221,7 +221,7 @@ class TileBatch:
         return values.view(np.float64) if self.shape.kinds[partial] == FLOAT else values
 
     def valid(self, partial: int) -> np.ndarray | None:
-        """Per tile, whether numeric ``partial`` is not null; None when it never is (the common case)."""
+        """Per tile, whether numeric ``partial`` is not null; None when no tile has it null (the common case)."""
         if partial not in self._valid:
             column, bit = self.shape.validity(partial)
             words = self.words[:, column]
