@@ -15,9 +15,8 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_store.online.encode import plain
+from feature_store.online.encode import pack_key, plain
 from feature_store.online.packing import array_headers, pack_elements, pack_keys
-from feature_store.online.reader import pack_key
 from feature_store.online.writes import Batch, items_of, resp_sets
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)

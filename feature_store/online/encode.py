@@ -38,11 +38,19 @@ from feature_store.online.writes import Batch
 
 EXPIRY_GRACE_MS = 3_600_000
 _PACK = msgpack.Packer(autoreset=True).pack  # ints and strings only: no callback, safe across threads
+_ONE_ELEMENT = b"\x91"  # msgpack's header of an array of one element
 
 
 def pack_key(key: tuple[Any, ...]) -> bytes:
     """An entity key as it follows the view's prefix in a store key (packing.pack_keys, one at a time)."""
     return _PACK(list(key))
+
+
+def pack_key_columns(columns: Sequence[Sequence[Any]]) -> list[bytes]:
+    """pack_key of every row of the key columns; one column (the common case) without a tuple per row."""
+    if len(columns) == 1:
+        return [_ONE_ELEMENT + _PACK(value) for value in columns[0]]
+    return [pack_key(key) for key in zip(*columns, strict=True)]
 
 
 def encode_key(prefix: bytes, key: tuple[Any, ...]) -> bytes:

@@ -27,14 +27,12 @@ from feature_store.offline.entity_input import key_family
 from feature_store.offline.sql import ViewQuery
 from feature_store.online import scalar
 from feature_store.online.combine import Finisher, empty_value, finisher, select
-from feature_store.online.encode import pack_key
+from feature_store.online.encode import pack_key_columns
 from feature_store.online.layout import Layout
 from feature_store.online.stores import OnlineStore
 from feature_store.online.tiles import EntityTiles, Shape, TileBatch
 
 _unpack = msgpack.unpackb
-_pack = msgpack.Packer(autoreset=True).pack  # ints and strings only: no callback, safe across threads
-_ONE_KEY = b"\x91"  # msgpack: an array of one element
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 
 
@@ -168,11 +166,8 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
         shape = (plan.keys, plan.key_kinds)
         if shape not in encoded:
             coerced = [_coerced(columns[k], kind, k) for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
-            if len(coerced) == 1:  # pack_key((v,)) is a one-element array's header, then v: the header joins the prefix
-                encoded[shape] = [_pack(v) for v in coerced[0]]
-            else:
-                encoded[shape] = [pack_key(key) for key in zip(*coerced, strict=True)]
-        prefix = plan.prefix + _ONE_KEY if len(plan.keys) == 1 else plan.prefix
+            encoded[shape] = pack_key_columns(coerced)
+        prefix = plan.prefix
         keys.extend([prefix + key for key in encoded[shape]])
     raw = store.read(keys)  # one round trip for every view and entity
     response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})

@@ -98,14 +98,23 @@ class RedisOnlineStore:
         except RedisError as exc:
             raise self._unavailable(exc) from exc
         try:
-            yield connection
-        except BaseException as exc:
-            connection.disconnect()
-            if isinstance(exc, RedisError):  # refused writes too (out of memory, read-only replica)
-                raise self._unavailable(exc) from exc
-            raise
+            with self._dropped_on_failure(connection):
+                yield connection
         finally:
             pool.release(connection)
+
+    @contextmanager
+    def _dropped_on_failure(self, connection: Connection) -> Iterator[None]:
+        """After any failure the connection is disconnected (replies may be left unread on it, or a WATCH
+        pending; its next use connects again), and a Redis error, refused writes too (out of memory,
+        read-only replica), becomes OnlineStoreUnavailable."""
+        try:
+            yield
+        except BaseException as exc:
+            connection.disconnect()
+            if isinstance(exc, RedisError):
+                raise self._unavailable(exc) from exc
+            raise
 
     @contextmanager
     def _read_connection(self) -> Iterator[Connection]:
@@ -119,14 +128,8 @@ class RedisOnlineStore:
             with self._readers_lock:
                 self._readers.append(connection)
             self._local.reader = mine = (os.getpid(), connection)
-        connection = mine[1]
-        try:
-            yield connection
-        except BaseException as exc:
-            connection.disconnect()  # replies may be left unread on it; the next read connects again
-            if isinstance(exc, RedisError):
-                raise self._unavailable(exc) from exc
-            raise
+        with self._dropped_on_failure(mine[1]):
+            yield mine[1]
 
     def write(self, writes: Writes) -> None:
         """Every ``SET`` in one buffer, then their replies: one round trip, packed by resp_sets."""

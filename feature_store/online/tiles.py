@@ -194,7 +194,6 @@ class TileBatch:
         self.heads = ends - self.counts  # each entity's first tile
         self.lasts = ends - 1  # and its last one
         self._valid: dict[int, np.ndarray | None] = {}
-        self._full: dict[int, bool] = {}
 
     @property
     def positions(self) -> np.ndarray:
@@ -224,11 +223,8 @@ class TileBatch:
         """Per tile, whether numeric ``partial`` is not null; None when no tile has it null (the common case)."""
         if partial not in self._valid:
             column, bit = self.shape.validity(partial)
-            words = self.words[:, column]
-            if column not in self._full:  # a validity word equal to its full value everywhere: no null at all
-                self._full[column] = bool((words == self.shape.full[column - 1 - len(self.shape.numeric)]).all())
-            flags = None if self._full[column] else ((words.view(np.uint64) >> bit) & _ONE).astype(bool)
-            self._valid[partial] = flags
+            flags = ((self.words[:, column].view(np.uint64) >> bit) & _ONE).astype(bool)
+            self._valid[partial] = None if flags.all() else flags
         return self._valid[partial]
 
     def keep(self, mask: np.ndarray, *partials: int) -> np.ndarray:
