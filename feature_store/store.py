@@ -139,6 +139,15 @@ class FeatureStore:
         version, catalog = self._serving_catalog()
         return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
 
+    async def get_online_features_async(
+        self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
+        now: datetime | None = None,
+    ) -> OnlineResponse:
+        """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
+        and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
+        version, catalog = self._serving_catalog()
+        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
             self.refresh_serving()

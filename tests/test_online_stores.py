@@ -6,6 +6,7 @@ write only under the test's own ``key_prefix`` and delete only those keys afterw
 
 from __future__ import annotations
 
+import asyncio
 import random
 import threading
 import time
@@ -290,3 +291,71 @@ def test_close_then_use_again(config: RedisOnlineConfig | SqliteOnlineConfig, tm
     opened.close()
     assert opened.read([prefix + b"k"]) == [b"v"]  # a closed store reconnects on its next use
     opened.close()
+
+
+# --- read_async: the feature server's reads, on an event loop --------------------------------------------
+
+
+def test_read_async_equals_read(store: OnlineStore, prefix: bytes) -> None:
+    items = [(prefix + f"k{i}".encode(), f"value-{i}".encode() * (1 + i % 3), None) for i in range(1500)]
+    store.write(items)
+    keys = [k for k, _, _ in items] + [prefix + b"missing", prefix + b"k7"]
+    random.Random(3).shuffle(keys)
+
+    async def both() -> tuple[list[bytes | None], list[bytes | None], list[bytes | None]]:
+        return await store.read_async(keys), await store.read_async([]), await store.read_async([prefix + b"no"])
+
+    got, empty, missing = asyncio.run(both())
+    assert got == store.read(keys)
+    assert empty == [] and missing == [None]
+
+
+def test_concurrent_async_reads_each_get_their_own_values(store: OnlineStore, prefix: bytes) -> None:
+    """Reads in flight together share one pipelined Redis connection: each must get its own reply, in
+    whatever order the tasks run, also when some read many keys and some none."""
+    store.write([(prefix + b"c%d" % i, b"v%d" % i, None) for i in range(400)])
+    rng = random.Random(11)
+    requests = [[prefix + b"c%d" % rng.randrange(450) for _ in range(rng.choice([0, 1, 3, 100]))] for _ in range(300)]
+
+    async def all_at_once() -> list[list[bytes | None]]:
+        return list(await asyncio.gather(*(store.read_async(keys) for keys in requests)))
+
+    expected = [[b"v" + k[len(prefix) + 1:] if int(k[len(prefix) + 1:]) < 400 else None for k in keys]
+                for keys in requests]
+    assert asyncio.run(all_at_once()) == expected
+
+
+def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: bytes) -> None:
+    store.write([(prefix + b"t%d" % i, b"%d" % i, None) for i in range(20)])
+    errors: list[BaseException] = []
+
+    def work(t: int) -> None:
+        async def reads() -> None:
+            for i in range(20):
+                if await store.read_async([prefix + b"t%d" % i, prefix + b"none"]) != [b"%d" % i, None]:
+                    raise AssertionError(f"thread {t}: wrong value for t{i}")
+
+        try:
+            for _ in range(3):  # a new loop each time: the previous loop's connection is not reused
+                asyncio.run(reads())
+        except BaseException as exc:  # surfaced below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("kind", ["redis"])
+def test_async_reads_over_tls_block_as_the_sdk_does(store: OnlineStore) -> None:
+    """A TLS socket is not handed to the event loop (asyncio would redo the handshake): such a store reads
+    with its blocking path. Opening one connects nowhere, so no TLS server is needed to see the choice."""
+    from feature_store.online.stores import RedisOnlineStore
+
+    assert isinstance(store, RedisOnlineStore) and store._async is not None
+    tls = RedisOnlineStore(RedisOnlineConfig(url="rediss://127.0.0.1:1/0"))
+    assert tls._async is None
+    tls.close()

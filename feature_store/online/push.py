@@ -322,6 +322,9 @@ class MergingWriter:
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self.store.read(keys)
 
+    async def read_async(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        return await self.store.read_async(keys)
+
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         self.store.update(keys, compute)
 

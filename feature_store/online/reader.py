@@ -152,8 +152,23 @@ def _coerce(value: Any, kind: str, key: str) -> Any:
 
 def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],
          now: datetime | None) -> OnlineResponse:
-    now_us = int(((now or datetime.now(UTC)).timestamp()) * 1_000_000)
-    n = len(next(iter(columns.values()))) if columns else 0
+    now_us = _epoch_us(now)
+    return _respond(plans, columns, store.read(_keys(plans, columns)), now_us)  # one round trip for all
+
+
+async def read_async(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],
+                     now: datetime | None) -> OnlineResponse:
+    """``read`` on an event loop: other requests run while the store answers."""
+    now_us = _epoch_us(now)
+    return _respond(plans, columns, await store.read_async(_keys(plans, columns)), now_us)
+
+
+def _epoch_us(now: datetime | None) -> int:
+    return int(((now or datetime.now(UTC)).timestamp()) * 1_000_000)
+
+
+def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[bytes]:
+    """The store keys of every view's value for every entity row, view after view."""
     keys: list[bytes] = []
     encoded: dict[tuple[tuple[str, ...], tuple[str, ...]], list[bytes]] = {}  # views usually share their keys
     for plan in plans:
@@ -169,7 +184,12 @@ def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[
             encoded[shape] = pack_key_columns(coerced)
         prefix = plan.prefix
         keys.extend([prefix + key for key in encoded[shape]])
-    raw = store.read(keys)  # one round trip for every view and entity
+    return keys
+
+
+def _respond(plans: Sequence[ViewPlan], columns: dict[str, list[Any]], raw: list[bytes | None],
+             now_us: int) -> OnlineResponse:
+    n = len(next(iter(columns.values()))) if columns else 0
     response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})
     for v, plan in enumerate(plans):
         decoded = [None if b is None else _unpack(b, use_list=False) for b in raw[v * n:(v + 1) * n]]

@@ -21,7 +21,7 @@ from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import ViewQuery
 from feature_store.online.materialize import ViewTask, materialize_views
 from feature_store.online.push import MergingWriter, PushTarget, write_pushes
-from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read
+from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read, read_async
 from feature_store.online.stores import OnlineStore, key_prefix, open_online_store
 from feature_store.plan import view_signature
 from feature_store.push_rows import PushRows, check_rows
@@ -194,6 +194,11 @@ class OnlineService:
             full_feature_names: bool, now: datetime | None) -> OnlineResponse:
         plans = self.plans(catalog, version, features, full_feature_names)
         return read(self.store, plans, entity_columns(entity_rows), now)
+
+    async def get_async(self, catalog: Catalog, version: int, features: FeatureRefs, entity_rows: Any,
+                        full_feature_names: bool, now: datetime | None) -> OnlineResponse:
+        plans = self.plans(catalog, version, features, full_feature_names)
+        return await read_async(self.store, plans, entity_columns(entity_rows), now)
 
     def close(self) -> None:
         if self._store is not None:

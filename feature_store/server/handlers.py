@@ -54,13 +54,17 @@ class OnlineFeatures:
         # event loop unless configured otherwise (server.threadpool).
         if self.threadpool:
             return await run_in_threadpool(self.read, request)
-        return self.read(request)
+        response = await self.store.get_online_features_async(self._features(request), request.entities,
+                                                               request.full_feature_names, request.now)
+        return online_body(response)
 
     def read(self, request: GetOnlineFeaturesRequest) -> bytes:
-        features: Any = request.features
+        response = self.store.get_online_features(self._features(request), request.entities,
+                                                  request.full_feature_names, request.now)
+        return online_body(response)
+
+    def _features(self, request: GetOnlineFeaturesRequest) -> Any:
         if request.feature_service is not None:
             # From the serving catalog, not store.get_feature_service: a request never reads the registry.
-            features = self.store.serving_catalog()[1].service(request.feature_service)
-        response = self.store.get_online_features(features, request.entities, request.full_feature_names,
-                                                  request.now)
-        return online_body(response)
+            return self.store.serving_catalog()[1].service(request.feature_service)
+        return request.features
