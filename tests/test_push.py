@@ -326,6 +326,35 @@ def test_concurrent_pushes_for_one_entity_lose_nothing(pushed_repo: Any) -> None
     assert [int(offline["n_all"][0]), float(offline["s_1d"][0])] == [online["n_all"][0], online["s_1d"][0]]
 
 
+def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: Any,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another client's push lands on one entity while a push of three is being merged (after Redis WATCHes
+    them): the transaction is retried, re-merging that entity alone onto its new value, and no event is lost."""
+    store, _spend, _profile = pushed_repo
+    if store.config.online_store.type != "redis":
+        pytest.skip("SQLite's update holds the write lock: no other writer can land meanwhile")
+    from feature_store.online.push import PushTarget
+
+    merged: list[int] = []
+    original = PushTarget.apply
+
+    def apply(self: PushTarget, blob: bytes | None, events: Any, now_us: int) -> Any:
+        if not merged and not other_pushed:
+            other_pushed.append(True)  # once, from inside the first merge: another client pushes
+            with fast_settling(FeatureStore(store.repo_path)) as other:
+                other.push("spend_push", [event(21, 1000.0)])
+        merged.append(len(events))
+        return original(self, blob, events, now_us)
+
+    other_pushed: list[bool] = []
+    monkeypatch.setattr(PushTarget, "apply", apply)
+    store.push("spend_push", [event(20, 1.0), event(21, 2.0), event(22, 3.0)])
+    assert len(merged) == 1 + 3 + 1, merged  # the other push, this push's three, then 21 again
+    monkeypatch.undo()
+    online = store.get_online_features(["spend:n_all", "spend:s_1d"], {"customer_id": [20, 21, 22]}).to_dict()
+    assert online["n_all"] == [1, 2, 1] and online["s_1d"] == [1.0, 1002.0, 3.0]
+
+
 def test_materialize_while_pushing_counts_every_event_once(pushed_repo: Any) -> None:
     """Pushes race a materialization (with the real settle time): every event is online exactly once."""
     store, _spend, _profile = pushed_repo

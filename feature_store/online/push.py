@@ -291,13 +291,17 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
             work.setdefault(key, (target, []))[1].append(event)
     keys = list(work)
     markers = {target.marker for target, _ in work.values()}
+    done: dict[bytes, tuple[bytes | None, Item]] = {}  # per key: the stored value merged last, and the result
 
     def compute(current: Sequence[bytes | None]) -> list[Item]:
         items: list[Item] = []
         for key, blob in zip(keys, current, strict=True):
-            target, events = work[key]
-            value, expire = target.apply(blob, events, now_us)
-            items.append((key, value, expire))
+            merged = done.get(key)
+            if merged is None or merged[0] != blob:  # a retry merges again only the keys another writer changed
+                target, events = work[key]
+                value, expire = target.apply(blob, events, now_us)
+                merged = done[key] = (blob, (key, value, expire))
+            items.append(merged[1])
         # in the same transaction: a materialization writing meanwhile sees its marker change, and retries
         return items + [(marker, os.urandom(8), None) for marker in markers]
 
