@@ -126,6 +126,8 @@ def pack_floats(values: np.ndarray, valid: np.ndarray) -> pa.Array:
 def _headers(lengths: np.ndarray, small: tuple[int, int], wide: tuple[tuple[int, int, str], ...]) -> pa.Array:
     """Length headers: one byte ``base | n`` below ``limit``, else a tag and a big-endian length."""
     base, limit = small
+    if len(lengths) and int(lengths.max()) < limit:  # short strings and arrays, the usual case: one byte each
+        return _fixed(lengths | base, None, None)
     classes: list[Class] = [(lengths < limit, None, None)]
     low = limit
     for tag, high, dtype in wide:
