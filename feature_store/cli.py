@@ -316,7 +316,10 @@ def _read_rows(path: Path) -> pd.DataFrame:
             return pd.read_csv(path)
         if suffix in (".json", ".jsonl", ".ndjson"):
             lines = suffix != ".json" or path.read_text().lstrip().startswith("{")
-            return pd.read_json(path, lines=lines, orient="records", convert_dates=False, dtype=False)
+            # Values as written (timestamps are parsed against the schema later): pandas 3 says so with
+            # dtype=False alone and deprecates convert_dates; pandas 2 still converts date-like columns without it.
+            dates: dict[str, Any] = {"convert_dates": False} if pd.__version__.startswith("2.") else {}
+            return pd.read_json(path, lines=lines, orient="records", dtype=False, **dates)
     except (OSError, ValueError) as exc:
         raise PushDataError(f"cannot read {path}: {exc}", path=str(path)) from exc
     raise PushDataError(f"{path}: push files must be .parquet, .csv, .json or .jsonl.", path=str(path))
