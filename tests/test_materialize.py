@@ -208,3 +208,39 @@ def test_progress_is_reported(repo: Path) -> None:
     last = {what: (done, total) for what, done, total in seen}
     assert all(done == total for done, total in last.values())
     assert all(0 <= done <= total for _, done, total in seen)
+
+
+def test_compound_keys_online_in_several_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view keyed by two join keys (an int and a string), materialized online in several hash buckets (their
+    sizes estimated): every entity is written once, and serves what get_historical_features computes."""
+    from feature_store.online import materialize as online_materialize
+
+    monkeypatch.setattr(online_materialize, "ENTITIES_PER_CHUNK", 7)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "feature_store.yaml").write_text("project: compound\n")
+    rng = np.random.default_rng(5)
+    n = 600
+    ts = pd.Timestamp(START) + pd.to_timedelta(rng.integers(0, 10 * 86400, n), "s")
+    pd.DataFrame({"store_id": rng.integers(0, 6, n).astype("int64"), "sku": rng.choice(["x", "y", "z", "w"], n),
+                  "event_timestamp": ts, "qty": rng.integers(1, 5, n).astype("int64")},
+                 ).to_parquet(tmp_path / "data" / "sales.parquet", index=False)
+    shelf = Entity(name="shelf", join_keys=["store_id", "sku"])
+    sales = FileSource(name="sales", path="data/sales.parquet")
+    view = FeatureView(name="sold", entities=[shelf], source=sales, hop="1h",
+                       features=[Sum("qty", window="2d", name="q2d"), Count(window="1d", name="n1d")])
+    end = START + timedelta(days=10)
+    seen: list[tuple[str, int, int]] = []
+    with FeatureStore(tmp_path) as store:
+        store.apply([shelf, sales, view])
+        results = store.materialize(end=end, progress=lambda what, done, total: seen.append((what, done, total)))
+        online_rows = next(r.rows_written for r in results if r.part == "online")
+        assert online_rows == 24  # 6 stores x 4 skus, each once
+        assert [(d, t) for w, d, t in seen if w == "sold online"][-1] == (24, 24)
+        keys = {"store_id": [s for s in range(7) for _ in "xyzw"], "sku": list("xyzw") * 7}  # store 6: unknown
+        now = end + timedelta(minutes=30)
+        online = store.get_online_features(["sold:q2d", "sold:n1d"], keys, now=now)
+        rows = pd.DataFrame({**keys, "event_timestamp": [now] * len(keys["sku"])})
+        offline = store.get_historical_features(rows, ["sold:q2d", "sold:n1d"]).to_df()
+        assert online.values["q2d"] == [int(v) for v in offline["q2d"]]
+        assert online.values["n1d"] == [int(v) for v in offline["n1d"]]
+        assert online.statuses["q2d"][-4:] == ["NOT_FOUND"] * 4

@@ -128,8 +128,9 @@ def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[list[str |
     keys = ", ".join(quote(k) for k in view.keys)
     if task.since is None:
         changed = None
-        row = con.execute(
-            f"SELECT count(*) FROM (SELECT DISTINCT {keys} FROM ({events_sql(view, [])}))").fetchall()
+        # HyperLogLog (about 2% off) instead of an exact DISTINCT, 4-5x faster: the count only sizes the buckets
+        # and the progress bar, whose last report gives the exact count written.
+        row = con.execute(f"SELECT approx_count_distinct({_key_value(view)}) FROM ({events_sql(view, [])})").fetchall()
     else:
         _changed_keys(con, view, task.since, task.end)
         changed = f"({keys}) IN (SELECT * FROM {CHANGED})"
@@ -143,6 +144,13 @@ def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[list[str |
             parts.append(f"hash({keys}) % {buckets} = {bucket}")
         filters.append(" AND ".join(parts) or None)
     return filters, expected
+
+
+def _key_value(view: ViewQuery) -> str:
+    """One value per entity key, for counting distinct keys: the key itself, or a struct of a compound key."""
+    if len(view.keys) == 1:
+        return quote(view.keys[0])
+    return "{" + ", ".join(f"'k{i}': {quote(k)}" for i, k in enumerate(view.keys)) + "}"
 
 
 def _queries(view: ViewQuery, end: int, keys_filter: str | None) -> list[str]:
@@ -164,12 +172,13 @@ class _Progress:
 
     def add(self, count: int) -> None:
         self.done += count
+        self.total = max(self.total, self.done)  # the total may be an estimate (see _buckets)
         if self.callback:
-            self.callback(self.what, min(self.done, self.total), self.total)
+            self.callback(self.what, self.done, self.total)
 
     def finish(self) -> None:
         if self.callback:
-            self.callback(self.what, self.total, self.total)
+            self.callback(self.what, self.done, self.done)
 
 
 def _changed_keys(con: duckdb.DuckDBPyConnection, view: ViewQuery, since: int, end: int) -> None:
