@@ -10,7 +10,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -267,17 +267,25 @@ def test_a_second_instance_sees_the_writes(config: RedisOnlineConfig | SqliteOnl
 
 
 def test_reads_and_writes_from_threads(store: OnlineStore, prefix: bytes) -> None:
+    def work(t: int) -> None:
+        keys = [prefix + f"t{t}-{i}".encode() for i in range(50)]
+        store.write([(k, k, None) for k in keys])
+        assert store.read(keys) == keys
+
+    in_threads(work, 6)
+
+
+def in_threads(work: Callable[[int], None], count: int) -> None:
+    """work(0) .. work(count - 1) at once, each in its own thread; the first failure fails the test."""
     errors: list[BaseException] = []
 
-    def work(t: int) -> None:
+    def run(t: int) -> None:
         try:
-            keys = [prefix + f"t{t}-{i}".encode() for i in range(50)]
-            store.write([(k, k, None) for k in keys])
-            assert store.read(keys) == keys
+            work(t)
         except BaseException as exc:  # surfaced below
             errors.append(exc)
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(6)]
+    threads = [threading.Thread(target=run, args=(t,)) for t in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -327,7 +335,6 @@ def test_concurrent_async_reads_each_get_their_own_values(store: OnlineStore, pr
 
 def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: bytes) -> None:
     store.write([(prefix + b"t%d" % i, b"%d" % i, None) for i in range(20)])
-    errors: list[BaseException] = []
 
     def work(t: int) -> None:
         async def reads() -> None:
@@ -335,18 +342,10 @@ def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: 
                 if await store.read_async([prefix + b"t%d" % i, prefix + b"none"]) != [b"%d" % i, None]:
                     raise AssertionError(f"thread {t}: wrong value for t{i}")
 
-        try:
-            for _ in range(3):  # a new loop each time: the previous loop's connection is not reused
-                asyncio.run(reads())
-        except BaseException as exc:  # surfaced below
-            errors.append(exc)
+        for _ in range(3):  # a new loop each time: the previous loop's connection is not reused
+            asyncio.run(reads())
 
-    threads = [threading.Thread(target=work, args=(t,)) for t in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors, errors
+    in_threads(work, 4)
 
 
 @pytest.mark.parametrize("kind", ["redis"])
