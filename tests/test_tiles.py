@@ -19,7 +19,7 @@ from feature_store.offline.sql import FeatureRequest
 from feature_store.online import combine, scalar
 from feature_store.online.layout import FLOAT, INT, OBJECT, Layout
 from feature_store.online.push import _merge, _single
-from feature_store.online.tiles import EntityTiles, Shape, TileBatch, decode_tiles, encode_tiles
+from feature_store.online.tiles import EntityTiles, Shape, StoredTiles, TileBatch, decode_tiles, encode_tiles
 
 HOP, WINDOW = 10, 40
 COLUMNS = ("x", "i", "c")  # a DOUBLE, a BIGINT and a VARCHAR column
@@ -77,6 +77,15 @@ def test_an_integer_sum_beyond_64_bits_is_a_clear_error() -> None:
         encode_tiles(GROUP, [[0, *big]])
 
 
+def test_an_integer_sum_beyond_64_bits_is_a_clear_error_when_a_push_edits_a_tile() -> None:
+    row = [0, *_single(GROUP, COLUMNS, (0, 0, (None, 2**62, None)))]
+    stored = StoredTiles(GROUP, encode_tiles(GROUP, [row]) or [])
+    before = stored.stored()
+    with pytest.raises(PushDataError, match="BIGINT"):
+        stored.merge(row, lambda a, b: _merge(GROUP, a, b))  # 2**63: one more than the largest
+    assert stored.stored() == before  # nothing half-edited
+
+
 def test_partial_kinds() -> None:
     kinds = dict(zip(GROUP.partials, GROUP.kinds, strict=True))
     assert kinds["maxts__"] == kinds["n__"] == kinds["sum__i"] == kinds["min__i"] == kinds["lastt__c"] == INT
@@ -95,6 +104,28 @@ def test_stored_tiles_round_trip(drawn: list[tuple[int, int, tuple[Any, ...]]]) 
     for got, want in zip(back, rows, strict=True):
         assert all(same(g, w) or (isinstance(w, list) and sorted(g) == sorted(w))
                    for g, w in zip(got, want, strict=True)), (got, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(stored_events=events.filter(bool), pushed=events, reach=st.integers(0, 100))
+def test_editing_stored_tiles_equals_encoding_them_again(stored_events: list[tuple[int, int, tuple[Any, ...]]],
+                                                         pushed: list[tuple[int, int, tuple[Any, ...]]],
+                                                         reach: int) -> None:
+    """What a push does to a stored value (StoredTiles: drop the tiles before ``reach``, merge each pushed
+    event's tile into the tile at its position or insert it) equals decoding every tile, merging as rows and
+    encoding them all again: byte for byte, nulls, NaN and object columns included."""
+    rows = {row[0]: row for row in tiles_of(stored_events) if row[0] >= reach}
+    edited = StoredTiles(GROUP, msgpack.unpackb(msgpack.packb(encode_tiles(GROUP, tiles_of(stored_events)))))
+    edited.drop_before(reach)
+    for tile in tiles_of(pushed):
+        if tile[0] < reach:
+            continue
+        old = rows.get(tile[0])
+        rows[tile[0]] = tile if old is None else [tile[0], *_merge(GROUP, old[1:], tile[1:])]
+        edited.merge(tile, lambda a, b: _merge(GROUP, a, b))
+    expected = encode_tiles(GROUP, [rows[p] for p in sorted(rows)])
+    assert edited.positions == sorted(rows)
+    assert msgpack.packb(edited.stored()) == msgpack.packb(expected)
 
 
 @settings(max_examples=150, deadline=None)

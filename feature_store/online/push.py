@@ -24,10 +24,12 @@ thousands of keys (Redis 7.0's WATCH is quadratic in the keys a transaction watc
 
 from __future__ import annotations
 
+import functools
 import os
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import msgpack
@@ -38,7 +40,7 @@ from feature_store.online.encode import expiry as _expiry
 from feature_store.online.encode import plain as _plain
 from feature_store.online.layout import FLOAT, INT, Group, Layout
 from feature_store.online.stores import Compute, OnlineStore
-from feature_store.online.tiles import decode_tiles, encode_tiles
+from feature_store.online.tiles import StoredTiles, decode_tiles, encode_tiles
 from feature_store.online.writes import Batch, Item, Writes, items_of, keys_of
 from feature_store.push_rows import PushRows
 
@@ -123,9 +125,9 @@ class PushTarget:
         groups = self.layout.groups if self.layout else ()
         value: list[Any] = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
         for g, group in enumerate(groups):
-            if value[1 + g] is not None:
-                rows = decode_tiles(group, value[1 + g])
-                value[1 + g] = rows[0][1:] if group.hop == 0 else rows
+            if value[1 + g] is not None:  # bounded groups are edited tile by tile (tiles.StoredTiles)
+                value[1 + g] = decode_tiles(group, value[1 + g])[0][1:] if group.hop == 0 else StoredTiles(
+                    group, value[1 + g])
         if len(value) == 1 + len(groups):  # as materialized: nothing pushed since
             value.append([])
         return value
@@ -135,8 +137,11 @@ class PushTarget:
         groups = self.layout.groups if self.layout else ()
         stored = list(value)
         for g, group in enumerate(groups):
-            if stored[1 + g] is not None:
-                stored[1 + g] = encode_tiles(group, [[0, *stored[1 + g]]] if group.hop == 0 else stored[1 + g])
+            tiles = stored[1 + g]
+            if isinstance(tiles, StoredTiles):
+                stored[1 + g] = tiles.stored()
+            elif tiles is not None:  # the cumulative row, or tiles of a value that had none
+                stored[1 + g] = encode_tiles(group, [[0, *tiles]] if group.hop == 0 else tiles)
         return msgpack.packb(stored, default=_plain)
 
     def _merge_event(self, value: list[Any], event: Event, now_us: int) -> None:
@@ -182,7 +187,14 @@ class PushTarget:
                 value[1 + g] = list(theirs) if mine is None else _merge(group, mine, theirs)
                 continue
             reach = _floor(now_us - group.window, group.hop)
-            tiles = [list(t) for t in (mine or []) if t[0] >= reach]
+            if isinstance(mine, StoredTiles):  # a stored value's tiles: only the tiles merged are re-encoded
+                mine.drop_before(reach)
+                for tile in theirs:
+                    if tile[0] >= reach:
+                        mine.merge(tile, partial(_merge, group))
+                value[1 + g] = mine if mine.positions else None
+                continue
+            tiles = [list(t) for t in (mine or []) if t[0] >= reach]  # pushed buckets, and values without tiles
             for tile in theirs:
                 if tile[0] < reach:
                     continue
@@ -197,7 +209,8 @@ class PushTarget:
         groups = self.layout.groups if self.layout else ()
         if any(g.hop == 0 for g in groups):
             return None
-        ends = [value[1 + g][-1][0] + group.hop + group.window for g, group in enumerate(groups) if value[1 + g]]
+        ends = [_last_position(value[1 + g]) + group.hop + group.window for g, group in enumerate(groups)
+                if value[1 + g]]
         return _expiry(max(ends), now_us) if ends else _expiry(now_us, now_us)
 
     def _snapshot_expiry(self, row: list[Any], now_us: int) -> int | None:
@@ -212,6 +225,10 @@ def _snapshot_row(event: Event) -> list[Any]:
     return [event[0], event[1], *event[2]]
 
 
+def _last_position(tiles: StoredTiles | list[list[Any]]) -> int:
+    return tiles.positions[-1] if isinstance(tiles, StoredTiles) else int(tiles[-1][0])
+
+
 def _floor(value: int, hop: int) -> int:
     return value - value % hop
 
@@ -220,13 +237,12 @@ def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
     """The group's partials over one event: [maxts, *partials], as tiles_sql computes them."""
     ts, created, values = event
     row: list[Any] = []
-    for name, stored in zip(group.partials, group.kinds, strict=True):
-        kind, _, column = name.partition("__")
-        v = values[columns.index(column)] if column else None
+    for kind, at, stored in _single_plan(group, columns):
+        v = values[at] if at >= 0 else None
         if kind == "maxts":
             row.append(ts)
         elif kind == "n":
-            row.append(1 if not column or v is not None else 0)
+            row.append(1 if at < 0 or v is not None else 0)
         elif v is None:  # every other partial of a null value is null (SQL aggregates skip nulls)
             row.append(None)
         elif kind == "sum":
@@ -246,12 +262,20 @@ def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
     return row
 
 
+@functools.lru_cache(maxsize=1024)
+def _single_plan(group: Group, columns: tuple[str, ...]) -> tuple[tuple[str, int, str], ...]:
+    """Per partial: its kind, the index of its column in an event's values (-1: none), how it is stored."""
+    plan = []
+    for name, stored in zip(group.partials, group.kinds, strict=True):
+        kind, _, column = name.partition("__")
+        plan.append((kind, columns.index(column) if column else -1, stored))
+    return tuple(plan)
+
+
 def _merge(group: Group, a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
     """Partials of two disjoint sets of events combined (rows without the tile position)."""
-    names = group.partials
     out = list(a)
-    for i, name in enumerate(names):
-        kind, _, column = name.partition("__")
+    for i, kind, j, k in _merge_plan(group):
         x, y = a[i], b[i]
         if kind in ("maxts", "min", "max"):
             out[i] = y if x is None else x if y is None else (min(x, y) if kind == "min" else max(x, y))
@@ -259,15 +283,28 @@ def _merge(group: Group, a: Sequence[Any], b: Sequence[Any]) -> list[Any]:
             out[i] = y if x is None else x if y is None else x + y
         elif kind == "set":
             out[i] = y if not x else x if not y else list(dict.fromkeys([*x, *y]))
-        elif kind == "mean":
-            n = names.index(f"n__{column}")
-            out[i], out[names.index(f"m2__{column}")] = _chan(a[n], x, a[names.index(f"m2__{column}")],
-                                                             b[n], y, b[names.index(f"m2__{column}")])
-        elif kind == "last":
-            t, c = names.index(f"lastt__{column}"), names.index(f"lastc__{column}")
-            if b[t] is not None and (a[t] is None or (b[t], b[c], y) > (a[t], a[c], x)):
-                out[i], out[t], out[c] = y, b[t], b[c]
+        elif kind == "mean":  # j, k: the column's count and M2
+            out[i], out[k] = _chan(a[j], x, a[k], b[j], y, b[k])
+        elif kind == "last" and b[j] is not None and (a[j] is None or (b[j], b[k], y) > (a[j], a[k], x)):
+            out[i], out[j], out[k] = y, b[j], b[k]  # j, k: its time and created time
     return out
+
+
+@functools.lru_cache(maxsize=1024)
+def _merge_plan(group: Group) -> tuple[tuple[int, str, int, int], ...]:
+    """Per partial that merges: its index, kind, and the partials it merges with (a mean's count and M2, a
+    last value's time and created time); M2s and last times change with their mean or value."""
+    names = group.partials
+    plan = []
+    for i, name in enumerate(names):
+        kind, _, column = name.partition("__")
+        if kind == "mean":
+            plan.append((i, kind, names.index(f"n__{column}"), names.index(f"m2__{column}")))
+        elif kind == "last":
+            plan.append((i, kind, names.index(f"lastt__{column}"), names.index(f"lastc__{column}")))
+        elif kind not in ("m2", "lastt", "lastc"):
+            plan.append((i, kind, -1, -1))
+    return tuple(plan)
 
 
 def _chan(na: int, ma: float | None, m2a: float | None, nb: int, mb: float | None,

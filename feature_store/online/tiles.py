@@ -18,7 +18,8 @@ from __future__ import annotations
 import functools
 import struct
 import sys
-from collections.abc import Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from itertools import chain
@@ -111,12 +112,17 @@ def encode_tiles(group: Group, rows: Sequence[Sequence[Any]]) -> list[Any] | Non
     row_major = chain.from_iterable(zip(*words, *flags, strict=True))
     try:
         block = _rows_format(shape.row_format.format, count).pack(*row_major)
-    except struct.error as exc:  # materialization's SQL cast fails on the same sums
-        raise PushDataError(
-            f"a tile of partials {group.partials} does not fit 64-bit words ({exc}): sums of integers must stay "
-            "within BIGINT. Push smaller values or sum a DOUBLE column.", partials=list(group.partials),
-        ) from exc
+    except struct.error as exc:
+        raise _too_big(group, exc) from exc
     return [block, *(list(columns[1 + i]) for i in shape.objects)]
+
+
+def _too_big(group: Group, exc: struct.error) -> PushDataError:
+    """Materialization's SQL cast fails on the same sums."""
+    return PushDataError(
+        f"a tile of partials {group.partials} does not fit 64-bit words ({exc}): sums of integers must stay "
+        "within BIGINT. Push smaller values or sum a DOUBLE column.", partials=list(group.partials),
+    )
 
 
 @functools.lru_cache(maxsize=1024)
@@ -169,6 +175,69 @@ class EntityTiles:
         """``[position, *partials]`` per tile."""
         columns = [self.positions, *(self.column(i) for i in range(len(self._shape.kinds)))]
         return [list(row) for row in zip(*columns, strict=True)]
+
+
+class StoredTiles:
+    """One entity's stored group value edited tile by tile, for pushes: a pushed event changes one tile (or adds
+    one) and drops those no window reaches any more, so only that tile is decoded and encoded again, not all."""
+
+    __slots__ = ("_row", "block", "group", "objects", "positions", "shape")
+
+    def __init__(self, group: Group, stored: Sequence[Any]) -> None:
+        self.group, self.shape = group, Shape.of(group)
+        self.block = bytes(stored[0])
+        self.objects = [list(column) for column in stored[1:]]
+        self._row = 8 * self.shape.width
+        self.positions: list[int] = _words(self.block, "q")[0::self.shape.width]
+
+    def drop_before(self, reach: int) -> None:
+        """Drop the tiles before position ``reach``."""
+        k = bisect_left(self.positions, reach)
+        if k:
+            self.block = self.block[k * self._row:]
+            self.objects = [column[k:] for column in self.objects]
+            self.positions = self.positions[k:]
+
+    def merge(self, row: Sequence[Any], combine: Callable[[Sequence[Any], Sequence[Any]], list[Any]]) -> None:
+        """Tile ``row`` (``[position, *partials]``) into the tile at its position (``combine`` of the two tiles'
+        partials), or inserted in position order."""
+        i = bisect_left(self.positions, row[0])
+        found = i < len(self.positions) and self.positions[i] == row[0]
+        if found:
+            row = [row[0], *combine(self._partials(i), row[1:])]
+        end = i + 1 if found else i
+        self.block = self.block[:i * self._row] + self._packed(row) + self.block[end * self._row:]
+        for column, k in zip(self.objects, self.shape.objects, strict=True):
+            column[i:end] = [row[1 + k]]
+        if not found:
+            self.positions.insert(i, row[0])
+
+    def _partials(self, i: int) -> list[Any]:
+        """Tile ``i``'s partials, nulls as None (EntityTiles.column, for one tile)."""
+        words = self.shape.row_format.unpack_from(self.block, i * self._row)
+        return [self.objects[at - 1][i] if is_object else (words[at] if words[word] >> bit & 1 else None)
+                for is_object, _is_float, at, word, bit in self.shape.plan]
+
+    def _packed(self, row: Sequence[Any]) -> bytes:
+        """One tile's row of words (encode_tiles, for one tile)."""
+        shape = self.shape
+        words: list[Any] = [row[0]]
+        flags = [0] * (shape.width - 1 - len(shape.numeric))
+        for slot, i in enumerate(shape.numeric):
+            value = row[1 + i]
+            if value is None:
+                words.append(0.0 if shape.kinds[i] == FLOAT else 0)
+            else:
+                words.append(value)
+                flags[slot // 64] |= 1 << slot % 64
+        try:
+            return shape.row_format.pack(*words, *flags)
+        except struct.error as exc:
+            raise _too_big(self.group, exc) from exc
+
+    def stored(self) -> list[Any] | None:
+        """The group value as stored; None when no tile is left."""
+        return [self.block, *self.objects] if self.positions else None
 
 
 def _words(block: bytes, kind: Literal["q", "d"]) -> list[Any]:
