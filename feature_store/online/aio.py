@@ -25,7 +25,7 @@ from typing import Any
 import hiredis
 from redis.connection import Connection, UnixDomainSocketConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import InvalidResponse, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 HANDED_OVER = (Connection, UnixDomainSocketConnection)  # plain sockets; an SSL socket stays with redis-py
@@ -35,7 +35,7 @@ class _Replies(asyncio.Protocol):
     """One Redis connection on the loop: each reply resolves the oldest waiting future."""
 
     def __init__(self) -> None:
-        self.reader = hiredis.Reader()
+        self.reader = reply_reader()
         self.waiting: deque[asyncio.Future[Any]] = deque()
         self.transport: asyncio.Transport | None = None
         self.unsent: list[bytes] = []  # commands sent before the loop took the socket over
@@ -56,11 +56,11 @@ class _Replies(asyncio.Protocol):
                 future = self.waiting.popleft()
                 if future.done():  # its read timed out, and the connection is being dropped
                     continue
-                if isinstance(reply, hiredis.ReplyError):
-                    future.set_exception(ResponseError(str(reply)))
+                if isinstance(reply, ResponseError):
+                    future.set_exception(reply)
                 else:
                     future.set_result(reply)
-        except (hiredis.ProtocolError, IndexError) as exc:  # garbage on the socket: nothing after it can be trusted
+        except (InvalidResponse, IndexError) as exc:  # garbage on the socket: nothing after it can be trusted
             self.fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -165,6 +165,12 @@ class AsyncReads:
                 if pid == os.getpid() and not loop.is_closed() and replies.transport is not None:
                     loop.call_soon_threadsafe(replies.transport.close)
             self._connections.clear()
+
+
+def reply_reader() -> hiredis.Reader:
+    """A parser of Redis replies: error replies come out as ResponseError values, garbage raises
+    InvalidResponse (redis-py's own exceptions, so callers handle them as any Redis error)."""
+    return hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
 
 
 def mget_command(keys: Sequence[bytes]) -> bytes:

@@ -120,14 +120,15 @@ class PushTarget:
         return self._encode(value), self._expiry(value, now_us)
 
     def _decode(self, blob: bytes | None) -> list[Any]:
-        """The stored value with every bounded group as tile rows and the cumulative group as its row (None:
-        no tile), and its pushed buckets."""
+        """The stored value with every bounded group as its tiles, edited tile by tile (tiles.StoredTiles), and
+        the cumulative group as its row (None: no event), and its pushed buckets."""
         groups = self.layout.groups if self.layout else ()
         value: list[Any] = [0, *([None] * len(groups))] if blob is None else list(msgpack.unpackb(blob))
         for g, group in enumerate(groups):
-            if value[1 + g] is not None:  # bounded groups are edited tile by tile (tiles.StoredTiles)
-                value[1 + g] = decode_tiles(group, value[1 + g])[0][1:] if group.hop == 0 else StoredTiles(
-                    group, value[1 + g])
+            if group.hop:
+                value[1 + g] = StoredTiles(group, value[1 + g])
+            elif value[1 + g] is not None:
+                value[1 + g] = decode_tiles(group, value[1 + g])[0][1:]
         if len(value) == 1 + len(groups):  # as materialized: nothing pushed since
             value.append([])
         return value
@@ -137,11 +138,10 @@ class PushTarget:
         groups = self.layout.groups if self.layout else ()
         stored = list(value)
         for g, group in enumerate(groups):
-            tiles = stored[1 + g]
-            if isinstance(tiles, StoredTiles):
-                stored[1 + g] = tiles.stored()
-            elif tiles is not None:  # the cumulative row, or tiles of a value that had none
-                stored[1 + g] = encode_tiles(group, [[0, *tiles]] if group.hop == 0 else tiles)
+            if group.hop:
+                stored[1 + g] = stored[1 + g].stored()
+            elif stored[1 + g] is not None:
+                stored[1 + g] = encode_tiles(group, [[0, *stored[1 + g]]])
         return msgpack.packb(stored, default=_plain)
 
     def _merge_event(self, value: list[Any], event: Event, now_us: int) -> None:
@@ -192,9 +192,8 @@ class PushTarget:
                 for tile in theirs:
                     if tile[0] >= reach:
                         mine.merge(tile, partial(_merge, group))
-                value[1 + g] = mine if mine.positions else None
                 continue
-            tiles = [list(t) for t in (mine or []) if t[0] >= reach]  # pushed buckets, and values without tiles
+            tiles = [list(t) for t in (mine or []) if t[0] >= reach]  # a pushed bucket's rows
             for tile in theirs:
                 if tile[0] < reach:
                     continue
@@ -209,8 +208,8 @@ class PushTarget:
         groups = self.layout.groups if self.layout else ()
         if any(g.hop == 0 for g in groups):
             return None
-        ends = [_last_position(value[1 + g]) + group.hop + group.window for g, group in enumerate(groups)
-                if value[1 + g]]
+        ends = [value[1 + g].positions[-1] + group.hop + group.window for g, group in enumerate(groups)
+                if value[1 + g].positions]
         return _expiry(max(ends), now_us) if ends else _expiry(now_us, now_us)
 
     def _snapshot_expiry(self, row: list[Any], now_us: int) -> int | None:
@@ -223,10 +222,6 @@ class PushTarget:
 
 def _snapshot_row(event: Event) -> list[Any]:
     return [event[0], event[1], *event[2]]
-
-
-def _last_position(tiles: StoredTiles | list[list[Any]]) -> int:
-    return tiles.positions[-1] if isinstance(tiles, StoredTiles) else int(tiles[-1][0])
 
 
 def _floor(value: int, hop: int) -> int:

@@ -17,18 +17,17 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
-import hiredis
 import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse, RedisError, ResponseError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig, resolve_path
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
-from feature_store.online.aio import HANDED_OVER, AsyncReads, mget_command
+from feature_store.online.aio import HANDED_OVER, AsyncReads, mget_command, reply_reader
 from feature_store.online.writes import Writes, items_of, resp_sets
 
 LAYOUT_VERSION = 3
@@ -86,10 +85,14 @@ class RedisOnlineStore:
         self._local = threading.local()  # each thread's connection for reads
         self._readers: list[Connection] = []  # all of them, to close
         self._readers_lock = threading.Lock()
+        handed = self.client.connection_pool.connection_class in HANDED_OVER  # not over TLS
+        self._async = AsyncReads(self._new_connection, config.timeout_seconds, self._unavailable) if handed else None
+
+    def _new_connection(self) -> Connection:
+        """A connection of its own (not from the pool), set up as the URL says."""
         pool = self.client.connection_pool
-        handed = pool.connection_class in HANDED_OVER  # not over TLS
-        self._async = AsyncReads(lambda: pool.connection_class(**pool.connection_kwargs), config.timeout_seconds,
-                                 self._unavailable) if handed else None
+        connection: Connection = pool.connection_class(**pool.connection_kwargs)
+        return connection
 
     def _unavailable(self, exc: Exception) -> OnlineStoreUnavailable:
         return OnlineStoreUnavailable(
@@ -132,8 +135,7 @@ class RedisOnlineStore:
         made again in a forked child (the parent's socket is not its own)."""
         mine = getattr(self._local, "reader", None)
         if mine is None or mine[0] != os.getpid():
-            pool = self.client.connection_pool
-            connection = pool.connection_class(**pool.connection_kwargs)
+            connection = self._new_connection()
             with self._readers_lock:
                 self._readers.append(connection)
             self._local.reader = mine = (os.getpid(), connection)
@@ -234,7 +236,7 @@ def _replies(connection: Connection, count: int) -> Any:
     if sock is None:  # not connected: redis-py's own path connects or raises
         replies = [connection.read_response() for _ in range(count)]
         return replies[-1] if replies else None
-    reader = hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+    reader = reply_reader()
     reply: Any = None
     while count:
         reply = reader.gets()

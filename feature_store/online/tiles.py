@@ -183,10 +183,11 @@ class StoredTiles:
 
     __slots__ = ("_row", "block", "group", "objects", "positions", "shape")
 
-    def __init__(self, group: Group, stored: Sequence[Any]) -> None:
+    def __init__(self, group: Group, stored: Sequence[Any] | None) -> None:
+        """``stored`` None: no tile yet."""
         self.group, self.shape = group, Shape.of(group)
-        self.block = bytes(stored[0])
-        self.objects = [list(column) for column in stored[1:]]
+        self.block = b"" if stored is None else bytes(stored[0])
+        self.objects = [[] for _ in self.shape.objects] if stored is None else [list(c) for c in stored[1:]]
         self._row = 8 * self.shape.width
         self.positions: list[int] = _words(self.block, "q")[0::self.shape.width]
 
