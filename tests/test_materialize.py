@@ -244,3 +244,48 @@ def test_compound_keys_online_in_several_buckets(tmp_path: Path, monkeypatch: py
         assert online.values["q2d"] == [int(v) for v in offline["q2d"]]
         assert online.values["n1d"] == [int(v) for v in offline["n1d"]]
         assert online.statuses["q2d"][-4:] == ["NOT_FOUND"] * 4
+
+
+def test_tile_tables_of_an_earlier_version_are_rebuilt(repo: Path) -> None:
+    """A tile table whose columns are not those this version computes (here: one without ``maxts__``, as
+    before online values were built on the offline tiles) is computed again, not appended to."""
+    store = FeatureStore(repo)
+    store.apply(definitions())
+    expected = training(store)  # from raw events alone
+    store.materialize(end=START + timedelta(days=10))
+    con = store.offline.con  # type: ignore[attr-defined]  # the DuckDB engine's own connection
+    con.execute('ALTER TABLE "fs_tiles__spend__3600000000" DROP COLUMN maxts__')
+    results = {r.part: r for r in store.materialize(end=START + timedelta(days=25))}
+    assert results["hop 1h"].rebuilt and not results["hop 1d"].rebuilt
+    columns = {row[0] for row in con.execute('DESCRIBE "fs_tiles__spend__3600000000"').fetchall()}
+    assert "maxts__" in columns
+    pd.testing.assert_frame_equal(training(store), expected, rtol=1e-9)
+    fresh = {r.part: r for r in FeatureStore(repo).materialize(end=START + timedelta(days=25), full=True)}
+    assert results["hop 1h"].rows_written == fresh["hop 1h"].rows_written
+
+
+def test_online_values_reuse_the_offline_tiles_they_can(repo: Path) -> None:
+    """Groups whose partials the offline tile table holds read it; a group with a standard deviation (mean and
+    M2 are not kept offline) reads raw events; without materialized tables every group reads raw events."""
+    from feature_store.offline.materialize import table_columns, to_us
+    from feature_store.online.compute import ViewCompute
+    from feature_store.references import ResolvedFeature
+
+    store = FeatureStore(repo)
+    store.apply(definitions())
+    end = START + timedelta(days=20)
+    catalog = store.catalog()
+    view = catalog.view("spend")
+    items = [ResolvedFeature(view, f, f) for f in view.feature_names]
+    con = store.offline.con  # type: ignore[attr-defined]
+
+    def reuse(materialized: bool) -> list[bool]:
+        query = store.offline.view_query(catalog, view, items, materialized=materialized)
+        compute = ViewCompute.of(query, to_us(end), lambda table: table_columns(con, table))
+        return [(g.group.hop, g.reuse is not None) for g in compute.groups]
+
+    hour, day = 3_600_000_000, 86_400_000_000
+    assert reuse(True) == [(hour, False), (day, False)]  # nothing materialized yet
+    store.materialize(end=end)
+    assert reuse(True) == [(hour, True), (day, False)]
+    assert reuse(False) == [(hour, False), (day, False)]

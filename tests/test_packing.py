@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import hiredis
 import msgpack
 import numpy as np
 import pyarrow as pa
@@ -17,7 +18,7 @@ from hypothesis import strategies as st
 
 from feature_store.online.encode import pack_key, plain
 from feature_store.online.packing import array_headers, pack_elements, pack_keys
-from feature_store.online.writes import Batch, items_of, resp_sets
+from feature_store.online.writes import MSET_KEYS, Batch, items_of, resp_sets
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # the edges of every msgpack integer width, where an off-by-one would show
@@ -90,4 +91,21 @@ def test_a_batch_is_written_as_its_items() -> None:
                   pa.array([None, 1_700_000_000_000], pa.int64())).with_items([(b"m", b"x", None)])
     assert items_of(batch) == [(b"a", b"\x01", None), (b"bb", b"", 1_700_000_000_000), (b"m", b"x", None)]
     assert resp_sets(batch) == resp_sets(items_of(batch))  # the column-wise commands equal the Python ones
-    assert resp_sets(batch).count(b"SET") == 3
+    assert resp_sets(batch).data.count(b"SET") == 3 and resp_sets(batch).count == 3
+
+
+def test_values_without_expiry_go_as_mset_commands() -> None:
+    """MSET_KEYS keys per MSET, then the batch's items as SETs: one reply per command."""
+    keys = [b"k%d" % i for i in range(MSET_KEYS + 3)]
+    values = [b"v" * (i % 7) for i in range(len(keys))]
+    batch = Batch(pa.array(keys, pa.large_binary()), pa.array(values, pa.large_binary())).with_items(
+        [(b"m", b"x", None)])
+    commands = resp_sets(batch)
+    assert commands.count == 3
+    reader = hiredis.Reader()
+    reader.feed(commands.data)
+    sent = [reader.gets() for _ in range(3)]
+    assert reader.gets() is False
+    assert [c[0] for c in sent] == [b"MSET", b"MSET", b"SET"]
+    pairs = [*sent[0][1:], *sent[1][1:]]
+    assert pairs[0::2] == keys and pairs[1::2] == values and sent[2][1:] == [b"m", b"x"]

@@ -184,6 +184,8 @@ class DuckDBOfflineEngine:
                 except duckdb.Error as exc:
                     raise OfflineStoreError(f"cannot open the offline DuckDB database {path}: {exc}") from exc
                 self._con.execute("SET TimeZone = 'UTC'")
+                # DuckDB's own bar, printed over the CLI's: materialize reports its progress itself
+                self._con.execute("SET enable_progress_bar = false")
                 if self.config.memory_limit:
                     self._con.execute(f"SET memory_limit = {quote_literal(self.config.memory_limit)}")
                 if self.config.threads:

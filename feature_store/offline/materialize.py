@@ -99,6 +99,8 @@ class Materializer:
         row = rows[0] if rows else None
         usable = row is not None and row[0] == signature and still_valid(json.loads(row[2] or "{}"),
                                                                           json.loads(self.files))
+        if usable and not self._same_columns(table, make(0, 0)):  # computed by an earlier version of this code
+            usable = False
         previous = int(row[1]) if row and usable and not full else None
         if previous is None:  # first run, changed definition, or --full: start over
             self.con.execute(f"DROP TABLE IF EXISTS {quote(table)}")
@@ -118,6 +120,11 @@ class Materializer:
             self._write_chunk(query.name, part, table, signature, None, watermark)
         return MaterializeResult(query.name, label, table, None if previous is None else from_us(previous),
                                  from_us(watermark), written, previous is None)
+
+    def _same_columns(self, table: str, rows: str) -> bool:
+        """Whether the table has the columns ``rows`` computes, in the same types."""
+        want = self.con.execute(f"DESCRIBE {rows}").fetchall()
+        return table_columns(self.con, table) == {str(name): str(kind) for name, kind, *_ in want}
 
     def _first_time(self, query: ViewQuery, hop: int) -> int | None:
         first = self.con.execute(f"SELECT min(__ts) FROM ({events_sql(query, [])})").fetchall()[0][0]
@@ -157,6 +164,13 @@ class Materializer:
         return written
 
 
+def table_columns(con: duckdb.DuckDBPyConnection, table: str) -> dict[str, str]:
+    """A table of the database (not a temporary one): its columns and their DuckDB types."""
+    rows = con.execute(
+        "SELECT column_name, data_type FROM duckdb_columns() WHERE database_name = current_database() "
+        "AND schema_name = 'main' AND table_name = ?", [table],
+    ).fetchall()
+    return {str(name): str(kind) for name, kind in rows}
 
 
 def _tile_rows(query: ViewQuery, hop: int, partials: dict[str, str], events: str) -> RowsSql:

@@ -180,7 +180,7 @@ _LAST_KEY = "{'t': __ts, 'c': __cr}"
 
 def tile_partials(requests: Sequence[FeatureRequest]) -> dict[str, str]:
     """Partial aggregate columns of a tile -> the SQL aggregate over the tile's on-time events."""
-    out: dict[str, str] = {}
+    out: dict[str, str] = {"maxts__": "max(__ts)"}  # training sets do not read it: online values are built on it
     for request in requests:
         feature = request.feature
         col = feature.column if isinstance(feature, Aggregation) else None

@@ -105,13 +105,13 @@ def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
     every = every.take(pc.sort_indices(every))
     pieces: list[pa.Array | pa.Scalar] = [lit(array_header(1 + len(groups)) + _PACK(end))]
     unreachable: pa.Array | None = None
-    for keys, value, reach in parts:
+    for keys, group_pieces, reach in parts:
         if len(keys) == len(every) and keys.equals(every):  # the group has every entity, in the same order
-            pieces.append(value)
+            pieces += group_pieces  # joined once with the others: every value's bytes are copied once
             taken = None if reach is None else pa.array(reach)
         else:
             rows = pc.index_in(every, value_set=keys)  # per entity: its row in the group, null when it has none
-            pieces.append(value.take(rows).fill_null(lit(NIL)))
+            pieces.append(join(group_pieces).take(rows).fill_null(lit(NIL)))
             taken = None if reach is None else pa.array(reach).take(rows)
         if taken is not None:
             unreachable = taken if unreachable is None else pc.max_element_wise(unreachable, taken, skip_nulls=True)
@@ -120,10 +120,10 @@ def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
     return every, join(pieces), None if never else _numpy(unreachable)
 
 
-def _group(table: pa.Table, group: Group, prefix: bytes, view: ViewQuery) -> tuple[pa.Array, pa.Array,
-                                                                                  np.ndarray | None]:
-    """The group's entities: packed keys, group values (tiles.py), and (bounded groups) the data time from
-    which no window reaches their tiles."""
+def _group(table: pa.Table, group: Group, prefix: bytes,
+           view: ViewQuery) -> tuple[pa.Array, list[pa.Array | pa.Scalar], np.ndarray | None]:
+    """The group's entities: packed keys, the pieces whose join is their group values (tiles.py), and
+    (bounded groups) the data time from which no window reaches their tiles."""
     key_columns = [_array(table, k) for k in view.keys]
     if group.hop == 0:  # one row per entity: its cumulative tile
         starts = np.arange(table.num_rows + 1, dtype=np.int64)
@@ -145,29 +145,35 @@ def _group(table: pa.Table, group: Group, prefix: bytes, view: ViewQuery) -> tup
         for i in shape.objects:  # the entity's tiles are rows [starts[e], starts[e + 1]) of every column
             pieces += [headers, spans(pack_elements(_array(table, group.partials[i]), plain), starts)]
     if group.hop == 0:
-        return keys, join(pieces), None
+        return keys, pieces, None
     reach = positions[starts[1:] - 1] + group.hop + group.window if len(starts) > 1 else np.zeros(0, np.int64)
-    return keys, join(pieces), reach
+    return keys, pieces, reach
 
 
 def _words(table: pa.Table, group: Group, shape: Shape, positions: np.ndarray) -> np.ndarray:
     """The tiles as rows of little-endian words: position, numeric partials, validity (tiles.py)."""
-    words = np.zeros((table.num_rows, shape.width), dtype="<i8")
-    words[:, 0] = positions
+    rows = table.num_rows
+    first_validity = 1 + len(shape.numeric)
+    validity = np.zeros((shape.width - first_validity, rows), dtype=np.uint64)
+    always = [0] * len(validity)  # per validity word: the bits of partials that are never null
+    columns = [positions.astype("<i8", copy=False)]
     for i in shape.numeric:
         column = _array(table, group.partials[i])
         kind = pa.float64() if group.kinds[i] == FLOAT else pa.int64()
-        if column.type != kind:  # tiles_sql casts them already
+        if column.type != kind:  # compute.py casts them already
             column = pc.cast(column, kind)
         word, bit = shape.validity(i)
         if column.null_count:  # copies: to_numpy of a column without nulls does not
-            words[:, shape.word(i)] = column.fill_null(0).to_numpy(zero_copy_only=False).view(np.int64)
+            columns.append(column.fill_null(0).to_numpy(zero_copy_only=False).view(np.int64))
             valid = np.asarray(column.is_valid().to_numpy(zero_copy_only=False), dtype=np.uint64)
-            words[:, word].view(np.uint64)[:] |= valid << bit
+            validity[word - first_validity] |= valid << bit
         else:
-            words[:, shape.word(i)] = column.to_numpy(zero_copy_only=False).view(np.int64)
-            words[:, word].view(np.uint64)[:] |= np.uint64(1) << bit
-    return words
+            columns.append(column.to_numpy(zero_copy_only=False).view(np.int64))
+            always[word - first_validity] |= 1 << int(bit)
+    for w, bits in enumerate(always):
+        validity[w] |= np.uint64(bits)
+    # One pass that lays the columns side by side (writing them one by one into a row-major matrix was 4x slower)
+    return np.stack([*columns, *validity.view(np.int64)], axis=1).astype("<i8", copy=False)
 
 
 def _entity_starts(key_columns: Sequence[pa.Array], rows: int) -> np.ndarray:

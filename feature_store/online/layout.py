@@ -1,4 +1,4 @@
-"""What is kept online for a view, and the SQL that computes it from the offline sources.
+"""What is kept online for a view: its hop groups and their partial aggregates (compute.py has the SQL).
 
 Aggregation view, per entity: one msgpack value ``[end, group values...]`` with, per hop group, the
 tiles that a window can still reach (in position order), or null when the entity has no such tile;
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from feature_store.aggregations import INTEGER_TYPES, Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum, base_type
 from feature_store.identifiers import quote
-from feature_store.offline.sql import FeatureRequest, ViewQuery, events_sql, floor_sql
+from feature_store.offline.sql import FeatureRequest, ViewQuery
 
 
 def partials_for(request: FeatureRequest) -> list[str]:
@@ -133,37 +133,3 @@ class Layout:
             if (group.hop == 0) == (request.window is None) and (group.hop == 0 or group.hop == request.hop):
                 return i
         raise KeyError(request.output)
-
-
-def tiles_sql(view: ViewQuery, group: Group, end: int, keys_filter: str | None = None) -> str:
-    """Partial aggregates of every event available before ``end``: per (key, tile) the window can still
-    reach, in (key, position) order, or per key for the cumulative group."""
-    keys = ", ".join(quote(k) for k in view.keys)
-    aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.kinds, strict=True))
-    where = [f"__cr < {end}", f"__ts < {end}"]
-    if keys_filter:
-        where.append(keys_filter)
-    if group.hop == 0:
-        return f"SELECT {keys}, {aggs} FROM ({events_sql(view)}) WHERE {' AND '.join(where)} GROUP BY ALL"
-    reach = floor_sql(f"{end} - {group.window}", group.hop)
-    tile = floor_sql("__ts", group.hop)
-    return (
-        f"SELECT {keys}, {tile} AS __pos, {aggs} FROM ({events_sql(view)}) "
-        f"WHERE {' AND '.join(where)} AND __ts >= {reach} GROUP BY ALL ORDER BY {keys}, __pos"
-    )
-
-
-def _desc(view: ViewQuery) -> str:
-    """Rows tied on (ts, created): the greatest values win, column by column, as offline."""
-    return ", ".join(f"{quote(c)} DESC NULLS LAST" for c in view.field_order)
-
-
-def snapshot_sql(view: ViewQuery, end: int, keys_filter: str | None = None) -> str:
-    """The latest row per key among rows available before ``end``."""
-    keys = ", ".join(quote(k) for k in view.keys)
-    columns = ", ".join(quote(c) for c in view.columns)
-    where = f"greatest(__ts, __cr) < {end}" + (f" AND {keys_filter}" if keys_filter else "")
-    return (
-        f"SELECT {keys}, __ts, __cr, {columns} FROM ({events_sql(view)}) WHERE {where} "
-        f"QUALIFY row_number() OVER (PARTITION BY {keys} ORDER BY __ts DESC, __cr DESC, {_desc(view)}) = 1"
-    )

@@ -143,12 +143,13 @@ class RedisOnlineStore:
             yield mine[1]
 
     def write(self, writes: Writes) -> None:
-        """Every ``SET`` in one buffer, then their replies: one round trip, packed by resp_sets."""
+        """Every command in one buffer, then their replies: one round trip, packed by resp_sets."""
         if not len(writes):
             return
         with self._connection() as connection:
-            connection.send_packed_command([resp_sets(writes)])
-            _replies(connection, len(writes))
+            commands = resp_sets(writes)
+            connection.send_packed_command([commands.data])
+            _replies(connection, commands.count)
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """WATCH the keys, read them, and write in MULTI/EXEC; a concurrent write to any of them retries."""
@@ -160,9 +161,10 @@ class RedisOnlineStore:
                 connection.read_response()  # WATCH is in effect before MGET runs: both in one round trip
                 current: list[bytes | None] = connection.read_response()
                 writes = compute(current)
-                connection.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", resp_sets(writes), b"*1\r\n$4\r\nEXEC\r\n"])
+                commands = resp_sets(writes)
+                connection.send_packed_command([b"*1\r\n$5\r\nMULTI\r\n", commands.data, b"*1\r\n$4\r\nEXEC\r\n"])
                 # OK, QUEUED per command, then EXEC's replies: none when a watched key changed
-                if _replies(connection, len(writes) + 2) is not None:
+                if _replies(connection, commands.count + 2) is not None:
                     return
             time.sleep(random.uniform(0, 0.0005 * min(attempt + 1, 20)))  # spread the retries
         raise OnlineStoreConflict(
