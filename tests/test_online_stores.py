@@ -215,6 +215,16 @@ def test_delete_prefix_deletes_only_that_prefix(store: OnlineStore, key_prefix: 
     assert store.read([spend + b"1"]) == [b"again"]
 
 
+def test_delete_prefixes_spares_the_keys_to_keep(store: OnlineStore, key_prefix: str) -> None:
+    """A rebuild deletes a view's keys but its marker (set to the rebuild's own value just before)."""
+    spend, profile = key_prefix_for(key_prefix, "spend"), key_prefix_for(key_prefix, "profile")
+    keys = [spend + b"1", spend + b"\xc1", profile + b"1", profile + b"\xc1"]
+    store.write([(key, b"x", None) for key in keys])
+    assert store.delete_prefixes([spend, profile], keep=[spend + b"\xc1", profile + b"\xc1"]) == 2
+    assert store.read(keys) == [None, b"x", None, b"x"]
+    assert store.delete_prefixes([spend, profile]) == 2
+
+
 @pytest.mark.parametrize("suffix", [b"a*b:", b"a?b:", b"[ab]:", b"a\\b:"], ids=["star", "question", "brackets",
                                                                                "backslash"])
 def test_delete_prefix_is_literal_not_a_pattern(store: OnlineStore, key_prefix: str, suffix: bytes) -> None:

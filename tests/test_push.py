@@ -414,3 +414,38 @@ def test_push_fsync_is_configurable(tmp_path: Path) -> None:
     assert engine.push_log.fsync is False
     pushed_at = engine.push_log.append("events", lambda at: f'{{"__fs_pushed_at": {at}}}\n'.encode())
     assert engine.push_log.files("events") and pushed_at > 0
+
+
+def test_a_rebuild_reads_its_keys_only_once_a_push_lands(pushed_repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A rebuild deletes the view's keys with the view's marker set to a value of its own, so its batches read
+    none of their keys while the marker keeps that value; a push landing between two batches rewrites it, and
+    every later batch reads its keys and merges what they hold: the pushed event stays online."""
+    store, _spend, _profile = pushed_repo
+    from feature_store.online import materialize as online_materialize
+    from feature_store.online.push import MergingWriter
+
+    fast_settling(store)
+    with fast_settling(FeatureStore(store.repo_path)) as other:
+        other.push("spend_push", [event(k, 1.0) for k in range(30, 36)])
+    log: list[tuple[str, int]] = []  # ("write", batch number) and ("read", keys) of the spend view, in order
+    real_read = store.online.store.read
+    monkeypatch.setattr(store.online.store, "read", lambda keys: log.append(("read", len(keys))) or real_read(keys))
+    original = MergingWriter.write
+
+    def write(self: MergingWriter, writes: Any) -> None:
+        if self.target.view == "spend":
+            log.append(("write", sum(1 for kind, _ in log if kind == "write") + 1))
+            if log[-1][1] == 3:  # before the third batch, another client pushes to the entity of the last one
+                with fast_settling(FeatureStore(store.repo_path)) as pusher:
+                    pusher.push("spend_push", [event(35, 100.0)])
+        original(self, writes)
+
+    monkeypatch.setattr(MergingWriter, "write", write)
+    monkeypatch.setattr(online_materialize, "BATCH", 1)  # one entity per batch: customers 1, 30, ..., 35 in order
+    store.materialize(full=True)
+    monkeypatch.undo()
+    spend_log = log[log.index(("write", 1)):]
+    reads_after = {n: spend_log[i + 1][0] == "read" for i, (kind, n) in enumerate(spend_log) if kind == "write"}
+    assert reads_after == {1: False, 2: False, 3: True, 4: True, 5: True, 6: True, 7: True}, spend_log
+    online = store.get_online_features(["spend:n_all", "spend:s_1d"], {"customer_id": [34, 35]}).to_dict()
+    assert online["n_all"] == [1, 2] and online["s_1d"] == [1.0, 101.0]

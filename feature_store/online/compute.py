@@ -199,7 +199,7 @@ def _merged(group: Group) -> list[str]:
             expr = f"coalesce({o}, 0) + coalesce({x}, 0)"
         elif prefix == "sum":
             expr = f"coalesce({o} + {x}, {o}, {x})"
-        else:  # last, lastt, lastc: those of the later (ts, created, value), as the struct max of tiles_sql
+        else:  # last, lastt, lastc: those of the later (ts, created, value), as the struct max of partial_sql
             def row(side: str, c: str = column) -> str:
                 return (f"{{'t': {side}.{quote(f'lastt__{c}')}, 'c': {side}.{quote(f'lastc__{c}')}, "
                         f"'v': {side}.{quote(f'last__{c}')}}}")

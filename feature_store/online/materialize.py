@@ -6,7 +6,8 @@ writes. Running twice, or again after a crash halfway, writes the same values ag
 ever added on top of a stored value, so nothing can be counted twice. A changed definition
 (another data signature) starts the view over.
 
-Speed: DuckDB computes each hop group's tiles sorted by entity (tiles_sql); encode.py packs the
+Speed: per view, the events it needs are staged once, and each hop group's tiles come sorted by
+entity, read from the offline tile tables where they can be (compute.py); encode.py packs the
 values column by column (no Python object per value or per entity), and they are written in
 batches that Redis receives as one buffer of commands (writes.py). DuckDB computes
 the next hash buckets (of the view or of the next views) in a thread while this one is encoded and

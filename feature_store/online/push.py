@@ -19,7 +19,9 @@ Every push also rewrites the view's *marker* key. Materialization writes a batch
 transaction that watches only that key (push source views, MergingWriter): when no push landed
 meanwhile, that is as safe as watching every key of the batch, without the cost of watching
 thousands of keys (Redis 7.0's WATCH is quadratic in the keys a transaction watches: 0.6 s for
-5,000); when one did, the batch is written again watching its own keys, in small batches.
+5,000); when one did, the batch is written again watching its own keys, in small batches. A batch
+reads its keys first, to keep what pushes stored in them, except in a rebuild while the marker holds
+the rebuild's own value (MergingWriter).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from __future__ import annotations
 import functools
 import os
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, ClassVar
@@ -229,7 +231,7 @@ def _floor(value: int, hop: int) -> int:
 
 
 def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:
-    """The group's partials over one event: [maxts, *partials], as tiles_sql computes them."""
+    """The group's partials over one event: [maxts, *partials], as materialization computes them (compute.py)."""
     ts, created, values = event
     row: list[Any] = []
     for kind, at, stored in _single_plan(group, columns):
@@ -352,8 +354,13 @@ class MergingWriter:
     name: ClassVar[str] = "merging"
     one_round_trip_reads: ClassVar[bool] = True
 
-    def __init__(self, store: OnlineStore, target: PushTarget, end: int, now_us: int) -> None:
+    def __init__(self, store: OnlineStore, target: PushTarget, end: int, now_us: int, rebuild: bool = False,
+                 armed: bytes | None = None) -> None:
         self.store, self.target, self.end, self.now_us = store, target, end, now_us
+        # While the marker holds this value, no stored value of the view holds anything to keep, so a batch needs
+        # no read of its keys: from a rebuild's start (the marker absent, or ``armed`` before the keys were
+        # deleted; every push rewrites it) to the first batch that finds it otherwise. Empty: read every batch.
+        self._clean: list[bytes | None] = [armed] if rebuild else []
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self.store.read(keys)
@@ -373,17 +380,22 @@ class MergingWriter:
     def write(self, writes: Writes) -> None:
         """The batch in one transaction that watches the view's marker alone; if a push (or another
         materialization) rewrote the marker meanwhile, again in small transactions watching their keys."""
-        keys = keys_of(writes)
         done: dict[bytes, tuple[bytes | None, Item]] = {}
-        calls = 0
+        calls, unread = 0, False
+        token = os.urandom(8)  # concurrent materializations conflict
+        marker = (self.target.marker, token, None)
+        clean = self._clean
+        self._clean = []  # unless this batch is written without a push landing meanwhile, as below
 
-        def compute(_marker: Sequence[bytes | None]) -> Writes:
-            nonlocal calls
+        def compute(watched: Sequence[bytes | None]) -> Writes:
+            nonlocal calls, unread
             calls += 1
             if calls > 1:  # the first attempt lost to a concurrent writer: do not retry the whole batch
                 raise _Contended
-            current = self.store.read(keys)  # read after the marker is watched
-            marker = (self.target.marker, os.urandom(8), None)  # concurrent materializations conflict
+            if clean and watched[0] == clean[0]:  # no push since the view's stored values held nothing to keep
+                unread = True
+                return writes.with_items([marker]) if isinstance(writes, Batch) else [*writes, marker]
+            current = self.store.read(keys_of(writes))  # read after the marker is watched
             if isinstance(writes, Batch) and all(old is None for old in current):
                 return writes.with_items([marker])  # nothing stored to keep: the batch as it is
             return [*self._merged(items_of(writes), current, done), marker]
@@ -394,6 +406,9 @@ class MergingWriter:
             items = items_of(writes)
             for start in range(0, len(items), WATCHED_BATCH):
                 self._write_watched(items[start:start + WATCHED_BATCH], done)
+            return
+        if unread:  # written in one go with no push meanwhile (the marker was watched): still nothing to keep
+            self._clean = [token]
 
     def _write_watched(self, items: Sequence[Item], done: dict[bytes, tuple[bytes | None, Item]]) -> None:
         def compute(current: Sequence[bytes | None]) -> list[Item]:
@@ -423,5 +438,5 @@ class MergingWriter:
     def delete_prefix(self, prefix: bytes) -> int:
         return self.store.delete_prefix(prefix)
 
-    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
-        return self.store.delete_prefixes(prefixes)
+    def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
+        return self.store.delete_prefixes(prefixes, keep)

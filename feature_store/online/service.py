@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections import OrderedDict
@@ -20,7 +21,7 @@ from feature_store.offline.materialize import from_us, to_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import ViewQuery
 from feature_store.online.materialize import ViewTask, materialize_views
-from feature_store.online.push import MergingWriter, PushTarget, write_pushes
+from feature_store.online.push import MARKER, MergingWriter, PushTarget, write_pushes
 from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read, read_async
 from feature_store.online.stores import OnlineStore, key_prefix, open_online_store
 from feature_store.plan import view_signature
@@ -91,9 +92,13 @@ class OnlineService:
         # Values of any earlier definition of a rebuilt view go, in one pass over the store for all of them. A view
         # never materialized online has none (its first run need not walk a large shared Redis); --full always looks.
         stored = None if full else self.registry.online_views()
-        self.store.delete_prefixes([self.prefix(view.name) for view, _, _, previous in todo
-                                    if previous is None and (stored is None or view.name in stored)])
-        jobs = [self._job(catalog, *item, end_us) for item in todo]  # on this thread: DuckDB's own connection
+        deleted = [(view, signature) for view, signature, _, previous in todo
+                   if previous is None and (stored is None or view.name in stored)]
+        armed = self._arm_markers(catalog, deleted)
+        self.store.delete_prefixes([self.prefix(view.name) for view, _ in deleted], keep=[m for m, _ in armed.values()])
+        tokens = {name: token for name, (_, token) in armed.items()}
+        # on this thread: DuckDB's own connection
+        jobs = [self._job(catalog, *item, end_us, tokens.get(item[0].name)) for item in todo]
         tasks = [ViewTask(job.query, job.target, self.prefix(job.view, job.signature), job.end, job.previous)
                  for job in jobs]
         with self.offline.cursor() as con:
@@ -105,15 +110,25 @@ class OnlineService:
                                                  from_us(job.end), entities, job.previous is None))
         return sorted(results, key=lambda result: list(views).index(result.view))
 
+    def _arm_markers(self, catalog: Catalog, views: list[tuple[FeatureView, str]]) -> dict[str, tuple[bytes, bytes]]:
+        """Per push source view whose keys are about to be deleted: its marker key, set to a value of this run's.
+        The deletion spares it, so a push that lands meanwhile (and may outlive the deletion) changes it, and
+        the view's batches read their keys again (MergingWriter)."""
+        armed = {view.name: (self.prefix(view.name, signature) + MARKER, os.urandom(8)) for view, signature in views
+                 if isinstance(catalog.source_of(view), PushSource)}
+        if armed:
+            self.store.write([(marker, token, None) for marker, token in armed.values()])
+        return armed
+
     def _job(self, catalog: Catalog, view: FeatureView, signature: str, files: dict[str, list[int]],
-             previous: int | None, end_us: int) -> _ViewJob:
+             previous: int | None, end_us: int, armed: bytes | None) -> _ViewJob:
         query = self.offline.view_query(catalog, view, [ResolvedFeature(view, f, f) for f in view.feature_names])
         view_end, target = end_us, self.store
         if isinstance(catalog.source_of(view), PushSource):  # keep what is pushed meanwhile
             now_us = to_us(datetime.now(UTC))
             view_end = self.offline.push_log.materialize_end(end_us, now_us)
             push_target = PushTarget.of(query, self.prefix(view.name, signature), self.offline.push_log.bucket_us)
-            target = MergingWriter(self.store, push_target, view_end, now_us)
+            target = MergingWriter(self.store, push_target, view_end, now_us, rebuild=previous is None, armed=armed)
         return _ViewJob(view.name, signature, files, previous, query, view_end, target)
 
     # --- push ---------------------------------------------------------------------------------

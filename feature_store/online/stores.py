@@ -12,7 +12,7 @@ import random
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -55,7 +55,9 @@ class OnlineStore(Protocol):
 
     def delete_prefix(self, prefix: bytes) -> int: ...
 
-    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int: ...
+    def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
+        """Delete every key under any of the prefixes except those in ``keep``; return how many."""
+        ...
 
     def ping(self) -> None: ...
 
@@ -192,7 +194,7 @@ class RedisOnlineStore:
     def delete_prefix(self, prefix: bytes) -> int:
         return self.delete_prefixes([prefix])
 
-    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
+    def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
         """Keys under any of the prefixes, found in one SCAN of the database (matching their common start)."""
         if not prefixes:
             return 0
@@ -202,7 +204,7 @@ class RedisOnlineStore:
         try:
             batch: list[bytes] = []
             for key in self.client.scan_iter(match=_glob_escape(common) + b"*", count=10_000):
-                if key.startswith(wanted):
+                if key.startswith(wanted) and key not in keep:
                     batch.append(key)
                 if len(batch) >= 5_000:
                     deleted += int(self.client.unlink(*batch))
@@ -354,17 +356,22 @@ class SqliteOnlineStore:
             found.update((bytes(k), bytes(v)) for k, v in rows)
         return found
 
-    def delete_prefixes(self, prefixes: Sequence[bytes]) -> int:
-        return sum(self.delete_prefix(prefix) for prefix in prefixes)
+    def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
+        return sum(self._delete_prefix(prefix, list(keep)) for prefix in prefixes)
 
     def delete_prefix(self, prefix: bytes) -> int:
+        return self._delete_prefix(prefix, [])
+
+    def _delete_prefix(self, prefix: bytes, keep: list[bytes]) -> int:
         con = self._connection()
         upper = _prefix_end(prefix)
+        where, params = "key >= ?", [prefix]
+        if upper is not None:
+            where, params = where + " AND key < ?", [*params, upper]
+        if keep:
+            where, params = where + f" AND key NOT IN ({','.join('?' * len(keep))})", [*params, *keep]
         with con:
-            if upper is None:
-                cur = con.execute("DELETE FROM fs_online WHERE key >= ?", [prefix])
-            else:
-                cur = con.execute("DELETE FROM fs_online WHERE key >= ? AND key < ?", [prefix, upper])
+            cur = con.execute(f"DELETE FROM fs_online WHERE {where}", params)
         return int(cur.rowcount)
 
     def ping(self) -> None:
