@@ -122,12 +122,11 @@ def _steps(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
         compute = ViewCompute.of(task.view, task.end, lambda table: table_columns(con, table))
         if task.view.is_aggregation:
             con.execute(compute.stage_sql(buckets, changed))
-        try:
-            for bucket in range(buckets):
-                tables = _fetch(con, compute.queries(bucket, buckets, changed))
-                yield _Bucket(index, tables, counter, bucket == buckets - 1)
-        finally:
-            con.execute(f"DROP TABLE IF EXISTS {STAGED}")
+        for bucket in range(buckets):
+            tables = _fetch(con, compute.queries(bucket, buckets, changed))
+            yield _Bucket(index, tables, counter, bucket == buckets - 1)
+        # frees its memory before the next view's (after an error, closing the cursor drops it)
+        con.execute(f"DROP TABLE IF EXISTS {STAGED}")
 
 
 def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[int, int]:

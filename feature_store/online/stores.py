@@ -199,12 +199,12 @@ class RedisOnlineStore:
         if not prefixes:
             return 0
         common = bytes(_common_start(prefixes))
-        wanted = tuple(prefixes)
+        wanted, spared = tuple(prefixes), frozenset(keep)
         deleted = 0
         try:
             batch: list[bytes] = []
             for key in self.client.scan_iter(match=_glob_escape(common) + b"*", count=10_000):
-                if key.startswith(wanted) and key not in keep:
+                if key.startswith(wanted) and key not in spared:
                     batch.append(key)
                 if len(batch) >= 5_000:
                     deleted += int(self.client.unlink(*batch))
