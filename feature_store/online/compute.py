@@ -48,13 +48,14 @@ class GroupQuery:
     reach: int | None  # first tile position a window reaches; None for the cumulative group
     reuse: Reuse | None
 
-    def staged_filter(self) -> str:
-        """The staged events this group reads: those in reach, and of those only what the table lacks."""
+    def staged_filter(self) -> str | None:
+        """The staged events this group reads: those in reach, and of those only what the table lacks; None
+        for every event."""
         parts = [] if self.reach is None else [f"__ts >= {self.reach}"]
         if self.reuse is not None:
             hop, complete = self.reuse.hop, self.reuse.complete
             parts.append(f"(__ts >= {complete} OR __cr >= {floor_sql('__ts', hop)} + {hop})")
-        return " AND ".join(parts) or "TRUE"
+        return " AND ".join(parts) or None
 
 
 @dataclass(frozen=True)
@@ -79,8 +80,8 @@ class ViewCompute:
         bucket = f"hash({keys}) % {buckets}" if buckets > 1 else "0"
         where = [f"__cr < {self.end}", f"__ts < {self.end}"]
         filters = [g.staged_filter() for g in self.groups]
-        if "TRUE" not in filters:
-            where.append("(" + " OR ".join(filters) + ")")
+        if None not in filters:
+            where.append("(" + " OR ".join(f for f in filters if f) + ")")
         if changed:
             where.append(_changed(self.view))
         return (f"CREATE OR REPLACE TEMP TABLE {STAGED} AS SELECT *, {bucket} AS __b FROM ({events_sql(self.view)}) "
@@ -146,7 +147,7 @@ def _group_sql(view: ViewQuery, query: GroupQuery, bucket: str, table_filter: li
     group, reuse = query.group, query.reuse
     keys = ", ".join(quote(k) for k in view.keys)
     aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.kinds, strict=True))
-    where = f"{query.staged_filter()} AND {bucket}"
+    where = " AND ".join(f for f in (query.staged_filter(), bucket) if f)
     if group.hop == 0:
         raw = f"SELECT {keys}, {aggs} FROM {STAGED} WHERE {where} GROUP BY ALL"
     else:

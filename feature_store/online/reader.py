@@ -182,8 +182,7 @@ def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[byte
         if shape not in encoded:
             coerced = [_coerced(columns[k], kind, k) for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
             encoded[shape] = pack_key_columns(coerced)
-        prefix = plan.prefix
-        keys.extend([prefix + key for key in encoded[shape]])
+        keys.extend([plan.prefix + key for key in encoded[shape]])
     return keys
 
 

@@ -96,9 +96,14 @@ def _decimal(array: pa.Array) -> pa.Array:
     return pc.cast(pc.cast(array, pa.string()), BIN)
 
 
+def _key_value(keys: pa.Array, values: pa.Array) -> list[pa.Array | pa.Scalar]:
+    """The pieces of each row's key and value as two RESP bulk strings (``join`` them)."""
+    return [lit(b"$"), _decimal(pc.binary_length(keys)), lit(b"\r\n"), keys, lit(b"\r\n$"),
+            _decimal(pc.binary_length(values)), lit(b"\r\n"), values, lit(b"\r\n")]
+
+
 def _resp_mset(keys: pa.Array, values: pa.Array) -> tuple[bytes, int]:
-    pairs = join([lit(b"$"), _decimal(pc.binary_length(keys)), lit(b"\r\n"), keys, lit(b"\r\n$"),
-                  _decimal(pc.binary_length(values)), lit(b"\r\n"), values, lit(b"\r\n")])
+    pairs = join(_key_value(keys, values))
     data, offsets = data_of(pairs), offsets_of(pairs)
     parts = []
     for start in range(0, len(keys), MSET_KEYS):
@@ -110,16 +115,14 @@ def _resp_mset(keys: pa.Array, values: pa.Array) -> tuple[bytes, int]:
 def _resp_columns(batch: Batch) -> bytes:
     if not len(batch.keys):
         return b""
-    keys, values = batch.keys, batch.values
-    pieces = [lit(b"$"), _decimal(pc.binary_length(keys)), lit(b"\r\n"), keys, lit(b"\r\n$"),
-              _decimal(pc.binary_length(values)), lit(b"\r\n"), values, lit(b"\r\n")]
+    pieces = _key_value(batch.keys, batch.values)
     if batch.expire_at is None:
         commands = join([lit(b"*3\r\n$3\r\nSET\r\n"), *pieces])
-    else:
+    else:  # per row a head and a tail, with or without PXAT: the values, most of the bytes, are copied once
         ms = _decimal(batch.expire_at)
-        with_expiry = join([lit(b"*5\r\n$3\r\nSET\r\n"), *pieces, lit(b"$4\r\nPXAT\r\n$"),
-                            _decimal(pc.binary_length(ms)), lit(b"\r\n"), ms, lit(b"\r\n")])
-        without = join([lit(b"*3\r\n$3\r\nSET\r\n"), *pieces])
-        commands = pc.if_else(batch.expire_at.is_valid(), with_expiry, without)
+        expiring = batch.expire_at.is_valid()
+        head = pc.if_else(expiring, lit(b"*5\r\n$3\r\nSET\r\n"), lit(b"*3\r\n$3\r\nSET\r\n"))
+        pxat = join([lit(b"$4\r\nPXAT\r\n$"), _decimal(pc.binary_length(ms)), lit(b"\r\n"), ms, lit(b"\r\n")])
+        commands = join([head, *pieces, pc.if_else(expiring, pxat, lit(b""))])
     offsets = offsets_of(commands)
     return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
