@@ -20,7 +20,14 @@ import redis
 from redis.connection import Connection
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
-from feature_store.online.stores import LAYOUT_VERSION, SQLITE_PAGE_BYTES, OnlineStore, open_online_store
+from feature_store.errors import OnlineStoreUnavailable
+from feature_store.online.stores import (
+    LAYOUT_VERSION,
+    SQLITE_PAGE_BYTES,
+    OnlineStore,
+    SqliteOnlineStore,
+    open_online_store,
+)
 from feature_store.online.stores import key_prefix as layout_prefix
 
 STORES = ["sqlite", "redis"]
@@ -353,6 +360,23 @@ def test_an_existing_sqlite_file_keeps_its_page_size(tmp_path: Path) -> None:
         assert con.execute("PRAGMA page_size").fetchone() == (4096,)
     finally:
         con.close()
+
+
+def test_sqlite_reads_through_mmap(tmp_path: Path) -> None:
+    store = SqliteOnlineStore(SqliteOnlineConfig(path="data/online.db"), tmp_path)
+    try:
+        assert store._connection().execute("PRAGMA mmap_size").fetchone()[0] > 0
+    finally:
+        store.close()
+
+
+def test_a_file_that_is_not_a_sqlite_database_is_a_clear_error(tmp_path: Path) -> None:
+    path = tmp_path / "data" / "online.db"
+    path.parent.mkdir()
+    path.write_bytes(b"not a database, " * 512)
+    with pytest.raises(OnlineStoreUnavailable, match=r"online\.db.*materialize --full"):
+        open_online_store(SqliteOnlineConfig(path="data/online.db"), tmp_path)
+    assert path.read_bytes() == b"not a database, " * 512  # left as it was
 
 
 # --- read_async: the feature server's reads, on an event loop --------------------------------------------
