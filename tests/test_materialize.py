@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import shutil
 from datetime import UTC, datetime, timedelta
@@ -244,6 +245,55 @@ def test_compound_keys_online_in_several_buckets(tmp_path: Path, monkeypatch: py
         assert online.values["q2d"] == [int(v) for v in offline["q2d"]]
         assert online.values["n1d"] == [int(v) for v in offline["n1d"]]
         assert online.statuses["q2d"][-4:] == ["NOT_FOUND"] * 4
+
+
+def test_buckets_are_sized_by_tiles_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A few entities with many tiles each are computed in several buckets (a bucket's memory is its tiles), read
+    from the offline tiles and the late events alike, and serve what get_historical_features computes."""
+    from feature_store.online import materialize as online_materialize
+    from feature_store.online.compute import ViewCompute
+
+    monkeypatch.setattr(online_materialize, "TILES_PER_CHUNK", 40)
+    buckets: list[int] = []
+    queries = ViewCompute.queries
+    monkeypatch.setattr(ViewCompute, "queries", lambda self, bucket, count, changed: (
+        buckets.append(count), queries(self, bucket, count, changed))[1])
+    (tmp_path / "data").mkdir()
+    (tmp_path / "feature_store.yaml").write_text("project: tiles\n")
+    rng = np.random.default_rng(8)
+    n = 900
+    ts = pd.Timestamp(START) + pd.to_timedelta(rng.integers(0, 5 * 86400, n), "s")  # all landed by the online end
+    late = pd.to_timedelta(np.where(rng.random(n) < 0.2, 2 * 3600, 0), "s")  # some land after their tile ended
+    pd.DataFrame({"customer_id": rng.integers(0, 3, n).astype("int64"), "event_timestamp": ts, "created": ts + late,
+                  "amount": rng.integers(1, 50, n).astype("int64")}).to_parquet(tmp_path / "data" / "tx.parquet")
+    customer = Entity(name="customer", join_keys=["customer_id"])
+    tx = FileSource(name="tx", path="data/tx.parquet", created_timestamp_field="created")
+    view = FeatureView(name="spend", entities=[customer], source=tx, hop="1h",
+                       features=[Sum("amount", window="3d", name="s3d"), Count(window=None, name="n")])
+    with FeatureStore(tmp_path) as store:
+        store.apply([customer, tx, view])
+        store.materialize(end=START + timedelta(days=4), online=False)  # the offline tiles end before the online
+        end = START + timedelta(days=5, hours=7)
+        results = store.materialize(end=end)
+        assert next(r.rows_written for r in results if r.part == "online") == 3
+        assert min(buckets) > 1  # by its 3 entities alone, the view would be one bucket
+        keys = {"customer_id": [0, 1, 2, 3]}
+        for now in (end, end + timedelta(hours=5, minutes=3)):
+            online = store.get_online_features(["spend:s3d", "spend:n"], keys, now=now)
+            rows = pd.DataFrame({**keys, "event_timestamp": [now] * 4})
+            offline = store.get_historical_features(rows, ["spend:s3d", "spend:n"]).to_df()
+            assert online.values["s3d"] == [int(v) for v in offline["s3d"]]
+            assert online.values["n"] == [int(v) for v in offline["n"]]
+
+
+@pytest.mark.parametrize("buckets", [1, 2, 3, 5, 7, 1000, 4095, 4096])
+def test_every_hash_part_is_in_exactly_one_bucket(buckets: int) -> None:
+    from feature_store.online.compute import PARTS, parts
+
+    ranges = [parts(bucket, buckets) for bucket in range(buckets)]
+    assert ranges[0][0] == 0 and ranges[-1][1] == PARTS
+    assert all(stop == first for (_, stop), (first, _) in itertools.pairwise(ranges))  # back to back
+    assert all(first < stop for first, stop in ranges)  # none empty
 
 
 def test_tile_tables_of_an_earlier_version_are_rebuilt(repo: Path) -> None:

@@ -19,6 +19,7 @@ either zero or at least a minute: the few milliseconds between a write and a rea
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import shutil
@@ -42,6 +43,7 @@ from hypothesis import strategies as st
 
 import feature_store as fs
 from feature_store.errors import EntityDataFrameError, FeatureNotFoundError
+from feature_store.online import materialize as online_materialize
 from feature_store.online import reader
 from feature_store.online.stores import LAYOUT_VERSION
 from feature_store.store import FeatureStore
@@ -430,7 +432,13 @@ def test_online_equals_offline_over_the_data_available_at_the_last_materializati
     spend, profile = scenario
     repo = scratch_dir("online_consistency_")
     store = None
+    stack = contextlib.ExitStack()
+    # Values computed in one hash bucket, or in several: by entities, or by tiles (each bucket's part of the staged
+    # events and of the offline tables).
+    sizing = data.draw(st.sampled_from([{}, {"ENTITIES_PER_CHUNK": 2}, {"TILES_PER_CHUNK": 4}]), label="buckets")
     try:
+        for name, value in sizing.items():
+            stack.enter_context(mock.patch.object(online_materialize, name, value))
         store = open_repo(repo, [spend, profile], online_store)
         critical = critical_times(spend, profile)
         defined = {f"spend:{a.name}" for a in spend.features}
@@ -463,6 +471,7 @@ def test_online_equals_offline_over_the_data_available_at_the_last_materializati
         reads = [(draw_read_time(data, us(LAST_END), critical), keys, keys) for _ in range(2)]
         check_phase(store, spend, profile, us(LAST_END), reads, refs, describe(spend, profile, ends), None)
     finally:
+        stack.close()
         if store is not None:
             store.close()
         shutil.rmtree(repo, ignore_errors=True)

@@ -1,7 +1,8 @@
 """The SQL that computes a view's online values, bucket by bucket, re-using the offline tile tables.
 
 Per view, the events materialization needs are first copied once into a temporary table (``STAGED``),
-each with its hash bucket, so the bucket queries after it do not read and filter the source again.
+each with its hash part (a bucket is a range of parts), so the bucket queries after it do not read and
+filter the source again.
 A hop group's tiles then come from one of two places:
 
 - From the offline tile table of its hop (offline/materialize.py), when that table holds every partial
@@ -74,28 +75,57 @@ class ViewCompute:
             queries.append(GroupQuery(group, reach, _reuse(view, group, end, reach, columns)))
         return cls(view, end, tuple(queries))
 
-    def stage_sql(self, buckets: int, changed: bool) -> str:
-        """CREATE the view's staged events: those some group reads, with their bucket (``__b``)."""
+    def stage_sql(self, changed: bool) -> str:
+        """CREATE the view's staged events: those some group reads, with their part (``__b``, see ``parts``)."""
         keys = ", ".join(quote(k) for k in self.view.keys)
-        bucket = f"hash({keys}) % {buckets}" if buckets > 1 else "0"
         where = [f"__cr < {self.end}", f"__ts < {self.end}"]
         filters = [g.staged_filter() for g in self.groups]
         if None not in filters:
             where.append("(" + " OR ".join(f for f in filters if f) + ")")
         if changed:
             where.append(_changed(self.view))
-        return (f"CREATE OR REPLACE TEMP TABLE {STAGED} AS SELECT *, {bucket} AS __b FROM ({events_sql(self.view)}) "
-                f"WHERE {' AND '.join(where)}")
+        return (f"CREATE OR REPLACE TEMP TABLE {STAGED} AS SELECT *, {_part(keys)} AS __b "
+                f"FROM ({events_sql(self.view)}) WHERE {' AND '.join(where)}")
+
+    def tiles_sql(self, changed: bool) -> str:
+        """How many tile rows the bounded groups' queries return at most, over all buckets (after staging): per
+        group, the staged events it aggregates (each makes at most one tile) plus the stored tiles it reads."""
+        counts = [f"count(*) FILTER (WHERE {g.staged_filter() or 'TRUE'})" for g in self.groups if g.reach is not None]
+        parts = [f"(SELECT {' + '.join(counts)} FROM {STAGED})"] if counts else ["0"]
+        for query in self.groups:
+            reuse = query.reuse
+            if query.reach is None or reuse is None:
+                continue
+            where = [f"__pos >= {query.reach}", f"__pos + {reuse.hop} <= {reuse.complete}"]
+            if changed:
+                where.append(_changed(self.view))
+            parts.append(f"(SELECT count(*) FROM {quote(reuse.table)} WHERE {' AND '.join(where)})")
+        return "SELECT " + " + ".join(parts)
 
     def queries(self, bucket: int, buckets: int, changed: bool) -> list[str]:
         """One query per hop group (aggregation views) or the latest rows (snapshot views), for one bucket."""
         keys = ", ".join(quote(k) for k in self.view.keys)
-        table_filter = [f"hash({keys}) % {buckets} = {bucket}"] if buckets > 1 else []
+        first, stop = parts(bucket, buckets)
+        table_filter = [f"{_part(keys)} BETWEEN {first} AND {stop - 1}"] if buckets > 1 else []
         if changed:
             table_filter.append(_changed(self.view))
         if not self.view.is_aggregation:
             return [snapshot_sql(self.view, self.end, " AND ".join(table_filter) or None)]
-        return [_group_sql(self.view, query, f"__b = {bucket}", table_filter) for query in self.groups]
+        # a range of a stored column: DuckDB filters it as it scans, before reading the other columns
+        staged = f"__b BETWEEN {first} AND {stop - 1}" if buckets > 1 else None
+        return [_group_sql(self.view, query, staged, table_filter) for query in self.groups]
+
+
+PARTS = 4096  # entities are hashed into this many parts; a bucket is a range of them, so there are at most PARTS
+
+
+def parts(bucket: int, buckets: int) -> tuple[int, int]:
+    """The parts of a bucket of ``buckets``: [first, stop). Every part is in exactly one bucket."""
+    return bucket * PARTS // buckets, (bucket + 1) * PARTS // buckets
+
+
+def _part(keys: str) -> str:
+    return f"hash({keys}) % {PARTS}"
 
 
 def _floor(value: int, hop: int) -> int:
@@ -143,11 +173,11 @@ def _table_column(name: str, kind: str, have: Mapping[str, str]) -> str | None:
     return f"CAST({quote(name)} AS DOUBLE)" if kind == FLOAT else quote(name)
 
 
-def _group_sql(view: ViewQuery, query: GroupQuery, bucket: str, table_filter: list[str]) -> str:
+def _group_sql(view: ViewQuery, query: GroupQuery, bucket: str | None, table_filter: list[str]) -> str:
     group, reuse = query.group, query.reuse
     keys = ", ".join(quote(k) for k in view.keys)
     aggs = ", ".join(f"{partial_sql(n, t)} AS {quote(n)}" for n, t in zip(group.partials, group.kinds, strict=True))
-    where = " AND ".join(f for f in (query.staged_filter(), bucket) if f)
+    where = " AND ".join(f for f in (query.staged_filter(), bucket) if f) or "TRUE"
     if group.hop == 0:
         raw = f"SELECT {keys}, {aggs} FROM {STAGED} WHERE {where} GROUP BY ALL"
     else:

@@ -31,13 +31,14 @@ from feature_store.offline.engine import ProgressCallback
 from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.materialize import table_columns
 from feature_store.offline.sql import ViewQuery, events_sql
-from feature_store.online.compute import CHANGED, STAGED, ViewCompute
+from feature_store.online.compute import CHANGED, PARTS, STAGED, ViewCompute
 from feature_store.online.encode import encode_values
 from feature_store.online.stores import OnlineStore
 from feature_store.online.writes import Batch
 
 BATCH = 5_000  # entities per pipelined write
-ENTITIES_PER_CHUNK = 200_000  # entities computed at once (a bucket)
+ENTITIES_PER_CHUNK = 200_000  # entities computed at once (a bucket), at most
+TILES_PER_CHUNK = 2_500_000  # tiles computed at once, at most (estimated from above): a view's tiles per entity vary
 BUCKETS_AHEAD = 2  # buckets computed ahead of the one being encoded: at most 4 held in memory
 
 
@@ -66,7 +67,8 @@ def materialize_views(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
     """Write the views' online values, one view after another; yield (task index, entities, tiles) as each
     view's writes have all landed.
 
-    Entities are processed in hash buckets of about ENTITIES_PER_CHUNK, so memory stays bounded. One
+    Entities are processed in hash buckets of at most about ENTITIES_PER_CHUNK entities and TILES_PER_CHUNK
+    tiles, so memory stays bounded. One
     pipeline for all views (query, encode, write), each stage in its own thread: on two cores that keeps
     both busy, where views side by side fight over them. A rebuild
     (``since`` None) expects the caller to have deleted the view's keys (OnlineService.materialize deletes
@@ -116,12 +118,15 @@ def _steps(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
            progress: ProgressCallback | None) -> Iterator[_Bucket]:
     """Every view's buckets in order, computed by DuckDB (on the thread that advances this iterator)."""
     for index, task in enumerate(tasks):
-        buckets, expected = _buckets(con, task)
+        entities = _entities(con, task)
         changed = task.since is not None
-        counter = _Progress(f"{task.view.name} online", expected, progress)
+        counter = _Progress(f"{task.view.name} online", entities, progress)
         compute = ViewCompute.of(task.view, task.end, lambda table: table_columns(con, table))
+        buckets = min(PARTS, max(1, math.ceil(entities / ENTITIES_PER_CHUNK)))
         if task.view.is_aggregation:
-            con.execute(compute.stage_sql(buckets, changed))
+            con.execute(compute.stage_sql(changed))
+            tiles = con.execute(compute.tiles_sql(changed)).fetchall()[0][0] or 0
+            buckets = min(PARTS, max(buckets, math.ceil(tiles / TILES_PER_CHUNK)))
         for bucket in range(buckets):
             tables = _fetch(con, compute.queries(bucket, buckets, changed))
             yield _Bucket(index, tables, counter, bucket == buckets - 1)
@@ -129,8 +134,8 @@ def _steps(con: duckdb.DuckDBPyConnection, tasks: Sequence[ViewTask],
         con.execute(f"DROP TABLE IF EXISTS {STAGED}")
 
 
-def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[int, int]:
-    """How many hash buckets the view's entities are computed in, and how many entities they hold."""
+def _entities(con: duckdb.DuckDBPyConnection, task: ViewTask) -> int:
+    """How many entities the view's values are computed for."""
     view = task.view
     if task.since is None:
         # HyperLogLog (about 2% off) instead of an exact DISTINCT, 4-5x faster: the count only sizes the buckets
@@ -139,8 +144,7 @@ def _buckets(con: duckdb.DuckDBPyConnection, task: ViewTask) -> tuple[int, int]:
     else:
         _changed_keys(con, view, task.since, task.end)
         row = con.execute(f"SELECT count(*) FROM {CHANGED}").fetchall()
-    expected = int(row[0][0]) if row else 0
-    return max(1, math.ceil(expected / ENTITIES_PER_CHUNK)), expected
+    return int(row[0][0]) if row else 0
 
 
 def _key_value(view: ViewQuery) -> str:
@@ -162,7 +166,7 @@ class _Progress:
 
     def add(self, count: int) -> None:
         self.done += count
-        self.total = max(self.total, self.done)  # the total may be an estimate (see _buckets)
+        self.total = max(self.total, self.done)  # the total may be an estimate (see _entities)
         if self.callback:
             self.callback(self.what, self.done, self.total)
 
