@@ -91,7 +91,7 @@ class ViewCompute:
         """How many tile rows the bounded groups' queries return at most, over all buckets (after staging): per
         group, the staged events it aggregates (each makes at most one tile) plus the stored tiles it reads."""
         counts = [f"count(*) FILTER (WHERE {g.staged_filter() or 'TRUE'})" for g in self.groups if g.reach is not None]
-        parts = [f"(SELECT {' + '.join(counts)} FROM {STAGED})"] if counts else ["0"]
+        terms = [f"(SELECT {' + '.join(counts)} FROM {STAGED})"] if counts else ["0"]
         for query in self.groups:
             reuse = query.reuse
             if query.reach is None or reuse is None:
@@ -99,8 +99,8 @@ class ViewCompute:
             where = [f"__pos >= {query.reach}", f"__pos + {reuse.hop} <= {reuse.complete}"]
             if changed:
                 where.append(_changed(self.view))
-            parts.append(f"(SELECT count(*) FROM {quote(reuse.table)} WHERE {' AND '.join(where)})")
-        return "SELECT " + " + ".join(parts)
+            terms.append(f"(SELECT count(*) FROM {quote(reuse.table)} WHERE {' AND '.join(where)})")
+        return "SELECT " + " + ".join(terms)
 
     def queries(self, bucket: int, buckets: int, changed: bool) -> list[str]:
         """One query per hop group (aggregation views) or the latest rows (snapshot views), for one bucket."""

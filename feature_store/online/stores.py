@@ -282,14 +282,21 @@ class SqliteOnlineStore:
         if con is None:
             try:
                 con = sqlite3.connect(self.path, timeout=SQLITE_TIMEOUT_SECONDS, check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise self._cannot_open(exc) from exc
+            try:
                 self._configure(con)
             except sqlite3.Error as exc:
-                raise OnlineStoreUnavailable(
-                    f"cannot open the SQLite online store {self.path}: {exc}; check online_store.path in "
-                    "feature_store.yaml, or delete the file and run `feature-store materialize --full`.",
-                ) from exc
+                con.close()
+                raise self._cannot_open(exc) from exc
             self._local.con = con
         return con
+
+    def _cannot_open(self, exc: sqlite3.Error) -> OnlineStoreUnavailable:
+        return OnlineStoreUnavailable(
+            f"cannot open the SQLite online store {self.path}: {exc}; check online_store.path in feature_store.yaml, "
+            "or delete the file and run `feature-store materialize --full`.",
+        )
 
     @staticmethod
     def _configure(con: sqlite3.Connection) -> None:
