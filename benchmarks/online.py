@@ -395,11 +395,13 @@ def worker_read(spec: dict, result: dict) -> None:
         for keys in key_sets[:warmup]:
             ostore.read(keys)
         n_keys = len(key_sets[0])
+        before = mget_stats(spec)
         cases[f"store round trip only: {n_keys} keys"] = {
             **latency_stats(time_calls(ostore.read, key_sets, max_calls, max_seconds)),
             "entities": n_ent,
             "features": 0,
             "keys_found_first_call": f"{found}/{n_keys}",
+            "server_ms_per_mget": server_ms(before, mget_stats(spec)),
         }
     result["cases"] = cases
 
@@ -432,6 +434,25 @@ def worker_read(spec: dict, result: dict) -> None:
     if spec.get("profile"):
         result["profiles"] = [profile_read(store, rng, n_cust, spec, n) for n in (1, 100)]
     store.close()
+
+
+def mget_stats(spec: dict) -> tuple[int, int] | None:
+    """Redis' own count and time (us) of MGET so far (INFO commandstats), or None for another store."""
+    if spec["store"] != "redis":
+        return None
+    rc = redis_client(spec["redis_url"])
+    try:
+        stat = rc.info("commandstats").get("cmdstat_mget") or {}
+        return int(stat.get("calls", 0)), int(stat.get("usec", 0))
+    finally:
+        rc.close()
+
+
+def server_ms(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """Mean time Redis' main thread spent per MGET between two mget_stats (any other client's MGETs count too)."""
+    if before is None or after is None or after[0] <= before[0]:
+        return None
+    return (after[1] - before[1]) / (after[0] - before[0]) / 1000
 
 
 def profile_read(store, rng, n_cust: int, spec: dict, n_entities: int) -> dict[str, Any]:
@@ -733,6 +754,8 @@ def report_read(size: str, store: str, r: dict, lat_rows: list, label: str) -> N
             f"p95 {fmt_ms(s['p95'])} p99 {fmt_ms(s['p99'])} mean {fmt_ms(s['mean'])} max {fmt_ms(s['max'])}"
             + (f"; statuses of one call: {s['statuses_first_call']}" if s.get("statuses_first_call") else "")
             + (f"; keys found in one call: {s['keys_found_first_call']}" if s.get("keys_found_first_call") else "")
+            + (f"; Redis' own time per MGET (INFO commandstats): {s['server_ms_per_mget']:.3f} ms"
+               if s.get("server_ms_per_mget") is not None else "")
         )
         target, feast = case_target(case, s)
         lat_rows.append(
