@@ -254,10 +254,14 @@ def test_buckets_are_sized_by_tiles_too(tmp_path: Path, monkeypatch: pytest.Monk
     from feature_store.online.compute import ViewCompute
 
     monkeypatch.setattr(online_materialize, "TILES_PER_CHUNK", 40)
-    buckets: list[int] = []
+    buckets: list[int] = []  # the bucket count of every bucket query
     queries = ViewCompute.queries
-    monkeypatch.setattr(ViewCompute, "queries", lambda self, bucket, count, changed: (
-        buckets.append(count), queries(self, bucket, count, changed))[1])
+
+    def counted(self: ViewCompute, bucket: int, count: int, changed: bool) -> list[str]:
+        buckets.append(count)
+        return queries(self, bucket, count, changed)
+
+    monkeypatch.setattr(ViewCompute, "queries", counted)
     (tmp_path / "data").mkdir()
     (tmp_path / "feature_store.yaml").write_text("project: tiles\n")
     rng = np.random.default_rng(8)
