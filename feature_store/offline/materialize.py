@@ -97,10 +97,9 @@ class Materializer:
         rows = self.con.execute(f"SELECT signature, watermark, files FROM {META} WHERE view = ? AND part = ?",
                                [query.name, part]).fetchall()
         row = rows[0] if rows else None
-        usable = row is not None and row[0] == signature and still_valid(json.loads(row[2] or "{}"),
-                                                                          json.loads(self.files))
-        if usable and not self._same_columns(table, make(0, 0)):  # computed by an earlier version of this code
-            usable = False
+        usable = (row is not None and row[0] == signature
+                  and still_valid(json.loads(row[2] or "{}"), json.loads(self.files))
+                  and self._same_columns(table, make(0, 0)))  # not computed by an earlier version of this code
         previous = int(row[1]) if row and usable and not full else None
         if previous is None:  # first run, changed definition, or --full: start over
             self.con.execute(f"DROP TABLE IF EXISTS {quote(table)}")

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from feature_store.identifiers import quote
 from feature_store.offline.sql import TileTable, ViewQuery, events_sql, floor_sql
-from feature_store.online.layout import FLOAT, INT, Group, Layout, partial_sql
+from feature_store.online.layout import FLOAT, INT, Group, Layout, floor, partial_sql
 
 STAGED = "__fs_events"
 CHANGED = "__fs_changed_keys"
@@ -71,7 +71,7 @@ class ViewCompute:
             return cls(view, end, ())
         queries = []
         for group in Layout.of(view).groups:
-            reach = None if group.hop == 0 else _floor(end - group.window, group.hop)
+            reach = None if group.hop == 0 else floor(end - group.window, group.hop)
             queries.append(GroupQuery(group, reach, _reuse(view, group, end, reach, columns)))
         return cls(view, end, tuple(queries))
 
@@ -96,9 +96,7 @@ class ViewCompute:
             reuse = query.reuse
             if query.reach is None or reuse is None:
                 continue
-            where = [f"__pos >= {query.reach}", f"__pos + {reuse.hop} <= {reuse.complete}"]
-            if changed:
-                where.append(_changed(self.view))
+            where = [_stored(query, reuse), *([_changed(self.view)] if changed else [])]
             terms.append(f"(SELECT count(*) FROM {quote(reuse.table)} WHERE {' AND '.join(where)})")
         return "SELECT " + " + ".join(terms)
 
@@ -128,10 +126,6 @@ def _part(keys: str) -> str:
     return f"hash({keys}) % {PARTS}"
 
 
-def _floor(value: int, hop: int) -> int:
-    return value - value % hop  # Python's % is a floor modulo: right for negative values too
-
-
 def _changed(view: ViewQuery) -> str:
     keys = ", ".join(quote(k) for k in view.keys)
     return f"({keys}) IN (SELECT * FROM {CHANGED})"
@@ -144,7 +138,7 @@ def _reuse(view: ViewQuery, group: Group, end: int, reach: int | None, columns: 
     table: TileTable | None = view.materialized.get(hop) if hop else None
     if table is None:
         return None
-    complete = min(table.watermark, _floor(end, hop))
+    complete = min(table.watermark, floor(end, hop))
     if reach is not None and complete <= reach:
         return None  # no tile in reach is complete in the table
     have = columns(table.table)
@@ -173,6 +167,12 @@ def _table_column(name: str, kind: str, have: Mapping[str, str]) -> str | None:
     return f"CAST({quote(name)} AS DOUBLE)" if kind == FLOAT else quote(name)
 
 
+def _stored(query: GroupQuery, reuse: Reuse) -> str:
+    """The offline tiles the group reads: complete ones, in reach (all of them for the cumulative group)."""
+    complete = f"__pos + {reuse.hop} <= {reuse.complete}"
+    return complete if query.reach is None else f"__pos >= {query.reach} AND {complete}"
+
+
 def _group_sql(view: ViewQuery, query: GroupQuery, bucket: str | None, table_filter: list[str]) -> str:
     group, reuse = query.group, query.reuse
     keys = ", ".join(quote(k) for k in view.keys)
@@ -184,15 +184,14 @@ def _group_sql(view: ViewQuery, query: GroupQuery, bucket: str | None, table_fil
         raw = f"SELECT {keys}, {floor_sql('__ts', group.hop)} AS __pos, {aggs} FROM {STAGED} WHERE {where} GROUP BY ALL"
     if reuse is None:
         return raw if group.hop == 0 else f"{raw} ORDER BY {keys}, __pos"
-    cond = [f"__pos + {reuse.hop} <= {reuse.complete}", *table_filter]
+    cond = [_stored(query, reuse), *table_filter]
     if group.hop == 0:
         stored = (f"SELECT {keys}, {_cumulative(group, reuse)} FROM {quote(reuse.table)} "
                   f"WHERE {' AND '.join(cond)} GROUP BY ALL")
         using, order = keys, ""
     else:
         cols = ", ".join(f"{expr} AS {quote(name)}" for name, expr in reuse.columns.items())
-        stored = (f"SELECT {keys}, __pos, {cols} FROM {quote(reuse.table)} "
-                  f"WHERE __pos >= {query.reach} AND {' AND '.join(cond)}")
+        stored = f"SELECT {keys}, __pos, {cols} FROM {quote(reuse.table)} WHERE {' AND '.join(cond)}"
         using, order = f"{keys}, __pos", f" ORDER BY {keys}, __pos"
     merged = ", ".join(_merged(group))
     return f"SELECT {using}, {merged} FROM ({stored}) o FULL JOIN ({raw}) x USING ({using}){order}"

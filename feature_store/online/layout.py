@@ -19,6 +19,11 @@ from feature_store.identifiers import quote
 from feature_store.offline.sql import FeatureRequest, ViewQuery
 
 
+def floor(value: int, hop: int) -> int:
+    """``value`` rounded down to a multiple of ``hop`` (Python's % is a floor modulo: right below zero too)."""
+    return value - value % hop
+
+
 def partials_for(request: FeatureRequest) -> list[str]:
     feature = request.feature
     column = getattr(feature, "column", None) or ""

@@ -40,7 +40,7 @@ from feature_store.offline.sql import ViewQuery
 from feature_store.online.encode import encode_key
 from feature_store.online.encode import expiry as _expiry
 from feature_store.online.encode import plain as _plain
-from feature_store.online.layout import FLOAT, INT, Group, Layout
+from feature_store.online.layout import FLOAT, INT, Group, Layout, floor
 from feature_store.online.stores import Compute, OnlineStore
 from feature_store.online.tiles import StoredTiles, decode_tiles, encode_tiles
 from feature_store.online.writes import Batch, Item, Writes, items_of, keys_of
@@ -152,7 +152,7 @@ class PushTarget:
         single = [0, *(_single(group, self.columns, event) for group in groups)]
         if group_rows := self._positioned(single, event[0], now_us):
             self._combine(value, group_rows, now_us)
-            start = _floor(event[1], self.bucket)
+            start = floor(event[1], self.bucket)
             buckets = value[-1]
             i = bisect_left([b[0] for b in buckets], start)
             if i == len(buckets) or buckets[i][0] != start:
@@ -170,8 +170,8 @@ class PushTarget:
                 out.append(single[1 + g])
                 reachable = True
                 continue
-            pos = _floor(ts, group.hop)
-            if pos >= _floor(now_us - group.window, group.hop):
+            pos = floor(ts, group.hop)
+            if pos >= floor(now_us - group.window, group.hop):
                 out.append([[pos, *single[1 + g]]])
                 reachable = True
             else:
@@ -188,7 +188,7 @@ class PushTarget:
             if group.hop == 0:
                 value[1 + g] = list(theirs) if mine is None else _merge(group, mine, theirs)
                 continue
-            reach = _floor(now_us - group.window, group.hop)
+            reach = floor(now_us - group.window, group.hop)
             if isinstance(mine, StoredTiles):  # a stored value's tiles: only the tiles merged are re-encoded
                 mine.drop_before(reach)
                 for tile in theirs:
@@ -224,10 +224,6 @@ class PushTarget:
 
 def _snapshot_row(event: Event) -> list[Any]:
     return [event[0], event[1], *event[2]]
-
-
-def _floor(value: int, hop: int) -> int:
-    return value - value % hop
 
 
 def _single(group: Group, columns: tuple[str, ...], event: Event) -> list[Any]:

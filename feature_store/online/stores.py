@@ -383,7 +383,7 @@ class SqliteOnlineStore:
         return sum(self._delete_prefix(prefix, list(keep)) for prefix in prefixes)
 
     def delete_prefix(self, prefix: bytes) -> int:
-        return self._delete_prefix(prefix, [])
+        return self.delete_prefixes([prefix])
 
     def _delete_prefix(self, prefix: bytes, keep: list[bytes]) -> int:
         con = self._connection()

@@ -70,10 +70,12 @@ def resp_sets(writes: Writes) -> Commands:
     without an expiry go as ``MSET`` of up to MSET_KEYS keys (Redis spends about half as much per key)."""
     if not isinstance(writes, Batch):
         return Commands(_resp_items(writes), len(writes))
-    if writes.expire_at is None and len(writes.keys):
+    if not len(writes.keys):
+        data, count = b"", 0
+    elif writes.expire_at is None:
         data, count = _resp_mset(writes.keys, writes.values)
     else:
-        data, count = _resp_columns(writes), len(writes.keys)
+        data, count = _resp_sets(writes.keys, writes.values, writes.expire_at), len(writes.keys)
     return Commands(data + _resp_items(writes.extra), count + len(writes.extra))
 
 
@@ -112,17 +114,13 @@ def _resp_mset(keys: pa.Array, values: pa.Array) -> tuple[bytes, int]:
     return b"".join(parts), len(parts) // 2
 
 
-def _resp_columns(batch: Batch) -> bytes:
-    if not len(batch.keys):
-        return b""
-    pieces = _key_value(batch.keys, batch.values)
-    if batch.expire_at is None:
-        commands = join([lit(b"*3\r\n$3\r\nSET\r\n"), *pieces])
-    else:  # per row a head and a tail, with or without PXAT: the values, most of the bytes, are copied once
-        ms = _decimal(batch.expire_at)
-        expiring = batch.expire_at.is_valid()
-        head = pc.if_else(expiring, lit(b"*5\r\n$3\r\nSET\r\n"), lit(b"*3\r\n$3\r\nSET\r\n"))
-        pxat = join([lit(b"$4\r\nPXAT\r\n$"), _decimal(pc.binary_length(ms)), lit(b"\r\n"), ms, lit(b"\r\n")])
-        commands = join([head, *pieces, pc.if_else(expiring, pxat, lit(b""))])
+def _resp_sets(keys: pa.Array, values: pa.Array, expire_at: pa.Array) -> bytes:
+    """``SET`` per row, with ``PXAT`` where the row has an expiry: per row a head and a tail, so the values,
+    most of the bytes, are copied once."""
+    ms = _decimal(expire_at)
+    expiring = expire_at.is_valid()
+    head = pc.if_else(expiring, lit(b"*5\r\n$3\r\nSET\r\n"), lit(b"*3\r\n$3\r\nSET\r\n"))
+    pxat = join([lit(b"$4\r\nPXAT\r\n$"), _decimal(pc.binary_length(ms)), lit(b"\r\n"), ms, lit(b"\r\n")])
+    commands = join([head, *_key_value(keys, values), pc.if_else(expiring, pxat, lit(b""))])
     offsets = offsets_of(commands)
     return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
