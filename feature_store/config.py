@@ -42,6 +42,13 @@ class RedisOnlineConfig(_Config):
     key_prefix: str = "fs"
     timeout_seconds: float = 1.0
 
+    @field_validator("key_prefix")
+    @classmethod
+    def _check_key_prefix(cls, prefix: str) -> str:
+        if "\x00" in prefix:  # online/keys.py separates the parts of a key with NUL
+            raise ValueError("key_prefix must not contain the NUL character; use letters, digits, ':', '-' or '_'")
+        return prefix
+
 
 OnlineConfig = Annotated[SqliteOnlineConfig | RedisOnlineConfig, Field(discriminator="type")]
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import redis
 
 from feature_store import FeatureStore, example
 
@@ -89,9 +90,16 @@ def make_repo(path: Path, redis_url: str, key_prefix: str, server_yaml: str = ""
 
 
 def delete_keys(repo: Path) -> None:
+    """Every key under the repo's own key_prefix (and nothing else) on its Redis."""
     with FeatureStore(repo) as store:
-        prefix = getattr(store.config.online_store, "key_prefix", "fs")
-        store.online.store.delete_prefix(f"{prefix}:".encode())
+        online = store.config.online_store
+        client = redis.Redis.from_url(online.url)
+        try:
+            keys = list(client.scan_iter(match=f"{online.key_prefix}:*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.unlink(*keys[start:start + 1000])
+        finally:
+            client.close()
 
 
 def unique_prefix() -> str:

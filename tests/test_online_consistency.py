@@ -828,7 +828,7 @@ def test_full_materialize_rebuilds(store: FeatureStore) -> None:
     store.materialize(end=E)
     expected = store.get_online_features(ALL, {"customer_id": KEYS}, now=E)
     for view in ("spend", "profile"):  # lose the online data behind the store's back
-        store.online.store.delete_prefix(store.online.prefix(view))
+        store.online.store.delete_prefix(store.online.every_prefix(view))
     lost = store.get_online_features(ALL, {"customer_id": [1, 2, 3]}, now=E)
     assert all(s == NOT_FOUND for statuses in lost.statuses.values() for s in statuses)
     results = [r for r in store.materialize(end=E, full=True) if r.part == "online"]
@@ -915,6 +915,10 @@ def test_redis_keys_live_under_the_configured_prefix(store: FeatureStore, online
     client = redis.Redis.from_url(online_store["url"])
     try:
         keys = list(client.scan_iter(match=f"{online_store['key_prefix']}:v{LAYOUT_VERSION}:cases:*", count=1000))
+        fields = {key: sorted(f.split(b":")[0] for f in client.hkeys(key)) for key in keys}
+        ttls = [client.pttl(key) for key in keys]
     finally:
         client.close()
-    assert len(keys) == 6  # three customers in each of the two views
+    assert len(keys) == 3  # a hash per customer, with a field per view
+    assert all(views == [b"profile", b"spend"] for views in fields.values()), fields
+    assert all(ttl > 0 for ttl in ttls)  # every hash expires (a value that never does: in 9999)

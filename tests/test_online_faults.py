@@ -23,7 +23,7 @@ import redis
 import feature_store as fs
 from feature_store.config import RedisOnlineConfig
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.stores import RedisOnlineStore
+from feature_store.online.stores import LAYOUT_VERSION, RedisOnlineStore, key_prefix
 from feature_store.store import FeatureStore
 from tests.conftest import _free_port, start_redis
 
@@ -238,15 +238,16 @@ def test_refused_writes_raise_and_leave_no_reply_behind(server: Server) -> None:
     try:
         admin.config_set("maxmemory-policy", "noeviction")
         admin.config_set("maxmemory", int(admin.info("memory")["used_memory"]) + 1_000_000)
-        batch = [(b"t:%d" % i, b"x" * 1000, None) for i in range(5_000)]  # about 5 MB: refused from ~1 MB on
+        t = key_prefix("t", "proj", "view")
+        batch = [(t + b"%d" % i, b"x" * 1000, None) for i in range(5_000)]  # about 5 MB: refused from ~1 MB on
         with pytest.raises(OnlineStoreUnavailable, match="OOM"):
             store.write(batch)
         with pytest.raises(OnlineStoreUnavailable, match="OOM"):
-            store.update([b"t:0"], lambda current: batch[:2_000])
+            store.update([t + b"0"], lambda current: batch[:2_000])
         admin.config_set("maxmemory", 0)
-        store.write([(b"t:a", b"1", None)])
-        store.update([b"t:b"], lambda current: [(b"t:b", b"2" if current == [None] else b"?", None)])
-        assert store.read([b"t:a", b"t:b", b"t:missing"]) == [b"1", b"2", None]
+        store.write([(t + b"a", b"1", None)])
+        store.update([t + b"b"], lambda current: [(t + b"b", b"2" if current == [None] else b"?", None)])
+        assert store.read([t + b"a", t + b"b", t + b"missing"]) == [b"1", b"2", None]
     finally:
         admin.close()
         store.close()
@@ -262,11 +263,12 @@ def test_async_reads_authenticate_and_select_the_database(transport: str, tmp_pa
     url = f"redis://:s3cret@127.0.0.1:{port}/3" if transport == "tcp" else f"unix://:s3cret@{sock}?db=3"
     store = RedisOnlineStore(RedisOnlineConfig(url=url, timeout_seconds=TIMEOUT))
     try:
-        admin.set(b"k", b"in db 3")
-        assert asyncio.run(store.read_async([b"k", b"other"])) == [b"in db 3", None]
+        prefix = key_prefix("fs", "proj", "view")
+        admin.hset(b"fs:v%d:proj:k" % LAYOUT_VERSION, b"view:", b"in db 3")  # keys.py's layout, written by hand
+        assert asyncio.run(store.read_async([prefix + b"k", prefix + b"other"])) == [b"in db 3", None]
         wrong = RedisOnlineStore(RedisOnlineConfig(url=url.replace("s3cret", "wrong"), timeout_seconds=TIMEOUT))
         with pytest.raises(OnlineStoreUnavailable) as caught:
-            asyncio.run(wrong.read_async([b"k"]))
+            asyncio.run(wrong.read_async([prefix + b"k"]))
         assert "wrong" not in str(caught.value)  # the password stays out of the message
         wrong.close()
     finally:

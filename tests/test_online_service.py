@@ -57,10 +57,10 @@ def test_old_keys_are_deleted_only_where_there_can_be_some(example_repo: Path,
                             lambda prefixes, keep=(): deleted.append(list(prefixes)) or original(prefixes, keep))
         store.materialize(views=["customer_profile"])
         assert deleted == [[]]
-        stale = store.online.prefix("customer_profile") + b"stale"
+        stale = store.online.prefix("customer_profile", "an_older_definition") + b"stale"
         store.online.store.write([(stale, b"\x90", None)])
         store.materialize(views=["customer_profile", "customer_spend"], full=True)
-        assert deleted[-1] == [store.online.prefix("customer_profile"), store.online.prefix("customer_spend")]
+        assert deleted[-1] == [store.online.every_prefix(view) for view in ("customer_profile", "customer_spend")]
         assert store.online.store.read([stale]) == [None]
 
 

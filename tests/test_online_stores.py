@@ -21,6 +21,7 @@ from redis.connection import Connection
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
 from feature_store.errors import OnlineStoreUnavailable
+from feature_store.online.keys import split_key, view_prefix
 from feature_store.online.stores import (
     LAYOUT_VERSION,
     SQLITE_PAGE_BYTES,
@@ -107,8 +108,11 @@ def test_class_attributes(kind: str, store: OnlineStore) -> None:
 
 
 def test_key_prefix_carries_store_prefix_layout_version_project_and_view() -> None:
-    assert layout_prefix("fs", "demo", "spend") == f"fs:v{LAYOUT_VERSION}:demo:spend:".encode()
-    assert not layout_prefix("fs", "demo", "spend2").startswith(layout_prefix("fs", "demo", "spend"))
+    assert layout_prefix("fs", "demo", "spend", "ab12") == f"fs:v{LAYOUT_VERSION}:demo:\0spend:ab12\0".encode()
+    assert not layout_prefix("fs", "demo", "spend2").startswith(view_prefix("fs", "demo", "spend"))
+    assert layout_prefix("fs", "demo", "spend", "ab12").startswith(view_prefix("fs", "demo", "spend"))
+    assert split_key(layout_prefix("fs", "demo", "spend", "ab12") + b"\x91\x00") == (
+        f"fs:v{LAYOUT_VERSION}:demo:".encode() + b"\x91\x00", b"spend:ab12")  # NUL in an entity key is fine
 
 
 def test_round_trip_of_many_keys_in_one_read(store: OnlineStore, prefix: bytes) -> None:
@@ -131,7 +135,8 @@ def test_read_with_repeated_and_only_missing_keys(store: OnlineStore, prefix: by
 
 @pytest.mark.parametrize("kind", ["redis"])  # round trips are a network property
 def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
-    """One command sent, one reply read, whatever the number of keys: counted on redis-py's connection."""
+    """One buffer of commands sent, and their replies read after it, whatever the number of keys: counted on
+    redis-py's connection (the replies are read off its socket, not by read_response)."""
     store.write([(prefix + f"k{i}".encode(), b"v", None) for i in range(500)])
     store.read([prefix + b"k0"])  # connected: the handshake of a new connection is not the read's
     sent: list[bytes] = []
@@ -150,7 +155,26 @@ def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeyp
     monkeypatch.setattr(Connection, "read_response", read)
     got = store.read([prefix + f"k{i}".encode() for i in range(500)] + [prefix + b"missing"])
     assert got == [b"v"] * 500 + [None]
-    assert len(sent) == 1 and sent[0].startswith(b"*502\r\n$4\r\nMGET\r\n") and len(replies) == 1
+    assert len(sent) == 1 and sent[0].count(b"HMGET") == 501 and replies == []
+    other = key_prefix_for(prefix.decode().split(":v")[0], "other")
+    store.write([(other + f"k{i}".encode(), b"w", None) for i in range(0, 500, 2)])
+    entities = [f"k{i}".encode() for i in range(100)]
+    sent.clear()
+    got = store.read_views([(prefix, entities), (other, entities)])  # the reader's call: views of one entity list
+    assert got == [b"v"] * 100 + [b"w" if i % 2 == 0 else None for i in range(100)]
+    assert len(sent) == 1 and sent[0].count(b"HMGET") == 100 and replies == []  # one HMGET per entity
+
+
+def test_read_views_of_views_with_their_own_entities(store: OnlineStore, prefix: bytes) -> None:
+    """Views whose entity lists differ (other join keys) and repeat entities, read in one call, in view order."""
+    other = key_prefix_for(prefix.decode().split(":v")[0], "other")
+    store.write([(prefix + b"a", b"1", None), (prefix + b"b", b"2", None), (other + b"b", b"3", None)])
+    first, second = [b"a", b"b", b"zz", b"a"], [b"b", b"a"]
+    assert store.read_views([(prefix, first), (other, second), (prefix, second)]) == [
+        b"1", b"2", None, b"1", b"3", None, b"2", b"1"]
+    assert store.read_views([(prefix, []), (other, [])]) == []
+    got = asyncio.run(store.read_views_async([(other, second), (prefix, first)]))
+    assert got == [b"3", None, b"1", b"2", None, b"1"]
 
 
 def test_empty_reads_and_writes(store: OnlineStore, prefix: bytes) -> None:
@@ -170,9 +194,24 @@ def test_overwrite(store: OnlineStore, prefix: bytes) -> None:
     store.write([(key, b"fourth", None)])
     time.sleep(0.3)
     assert store.read([key]) == [b"fourth"]
-    # a persistent value overwritten with an expiry in the past is gone
+    # a persistent value overwritten with an expiry in the past is gone where expiry is exact; on Redis
+    # expiries only lengthen (an entity's hash lives as long as the longest-lived value written to it)
     store.write([(key, b"fifth", now_ms() - 1000)])
-    assert store.read([key]) == [None]
+    assert store.read([key]) == ([None] if store.exact_expiry else [b"fifth"])
+
+
+def test_an_entity_lives_as_long_as_its_longest_lived_value(store: OnlineStore, key_prefix: str) -> None:
+    """Values of two views of one entity: on Redis the one that expires first stays while the other lives (one
+    hash, one expiry: the later one, in whatever order they are written); exact stores drop it on time."""
+    spend, profile = key_prefix_for(key_prefix, "spend"), key_prefix_for(key_prefix, "profile")
+    for first, second in ((spend, profile), (profile, spend)):
+        entity = b"e" + first[-8:-1]
+        store.write([(first + entity, b"short", now_ms() + 200)])
+        store.write([(second + entity, b"long", now_ms() + 60_000)])
+        store.write([(first + b"alone", b"short", now_ms() + 200)])
+        time.sleep(0.4)
+        assert store.read([first + entity, second + entity]) == [None if store.exact_expiry else b"short", b"long"]
+        assert store.read([first + b"alone"]) == [None]  # alone in its hash: gone on time everywhere
 
 
 def test_last_write_of_a_key_in_one_batch_wins(store: OnlineStore, prefix: bytes) -> None:
@@ -208,19 +247,21 @@ def test_delete_prefix_deletes_only_that_prefix(store: OnlineStore, key_prefix: 
     spend = key_prefix_for(key_prefix, "spend")
     spend2 = key_prefix_for(key_prefix, "spend2")  # shares "spend" but not "spend:"
     other = layout_prefix(key_prefix, "other_project", "spend")
+    redefined = layout_prefix(key_prefix, "proj", "spend", "0123abcd")  # another definition of the view
     store.write([(spend + f"{i}".encode(), b"x", None) for i in range(1500)])
     store.write([(spend + b"\xff\xfe", b"x", None), (spend + b"\x00", b"x", now_ms() + 60_000)])
-    store.write([(spend2 + b"1", b"keep", None), (other + b"1", b"keep", None),
-                 (spend[:-1], b"keep", None),  # the prefix without its last byte is not under it
-                 (spend[:-1] + b";", b"keep", None)])  # the byte after ':' sorts right after the prefix
+    store.write([(spend2 + b"1", b"keep", None), (other + b"1", b"keep", None), (redefined + b"1", b"keep", None)])
     deleted = store.delete_prefix(spend)
     assert deleted == 1502
     assert store.read([spend + b"1", spend + b"1499", spend + b"\xff\xfe", spend + b"\x00"]) == [None] * 4
-    assert store.read([spend2 + b"1", other + b"1", spend[:-1], spend[:-1] + b";"]) == [b"keep"] * 4
+    assert store.read([spend2 + b"1", other + b"1", redefined + b"1"]) == [b"keep"] * 3
     assert store.delete_prefix(spend) == 0
     # the deleted prefix can be written again
     store.write([(spend + b"1", b"again", None)])
     assert store.read([spend + b"1"]) == [b"again"]
+    # every definition of the view, and nothing else
+    assert store.delete_prefix(view_prefix(key_prefix, "proj", "spend")) == 2
+    assert store.read([spend + b"1", redefined + b"1", spend2 + b"1", other + b"1"]) == [None, None, b"keep", b"keep"]
 
 
 def test_delete_prefixes_spares_the_keys_to_keep(store: OnlineStore, key_prefix: str) -> None:
@@ -233,20 +274,18 @@ def test_delete_prefixes_spares_the_keys_to_keep(store: OnlineStore, key_prefix:
     assert store.delete_prefixes([spend, profile]) == 2
 
 
-@pytest.mark.parametrize("suffix", [b"a*b:", b"a?b:", b"[ab]:", b"a\\b:"], ids=["star", "question", "brackets",
-                                                                               "backslash"])
-def test_delete_prefix_is_literal_not_a_pattern(store: OnlineStore, key_prefix: str, suffix: bytes) -> None:
-    """A store prefix can hold any character (key_prefix in feature_store.yaml is free text)."""
-    base = f"{key_prefix}:".encode()
-    prefix = base + suffix
-    look_alikes = [base + b"aXb:1", base + b"a:b:1", base + b"ab:1", base + b"a:1", base + b"b:1",
-                   base + b"a\\\\b:1", base + b"ab:1"]
-    look_alikes = [k for k in look_alikes if not k.startswith(prefix)]
-    store.write([(prefix + b"1", b"gone", None), *((k, b"keep", None) for k in look_alikes)])
+@pytest.mark.parametrize("suffix", ["a*b", "a?b", "[ab]", "a\\b"], ids=["star", "question", "brackets", "backslash"])
+def test_delete_prefix_is_literal_not_a_pattern(store: OnlineStore, key_prefix: str, suffix: str) -> None:
+    """A store prefix can hold any character but NUL (key_prefix in feature_store.yaml is free text)."""
+    prefix = layout_prefix(key_prefix + suffix, "proj", "view")
+    alikes = [layout_prefix(key_prefix + alike, "proj", "view") for alike in ("aXb", "a:b", "ab", "a", "b", "a\\\\b")
+              if alike != suffix]
+    store.write([(prefix + b"1", b"gone", None), *((alike + b"1", b"keep", None) for alike in alikes)])
     assert store.delete_prefix(prefix) == 1
-    assert store.read([prefix + b"1", *look_alikes]) == [None] + [b"keep"] * len(look_alikes)
+    assert store.read([prefix + b"1", *(alike + b"1" for alike in alikes)]) == [None] + [b"keep"] * len(alikes)
 
 
+@pytest.mark.parametrize("kind", ["sqlite"])  # opaque keys there; Redis reads keys as keys.py lays them out
 def test_delete_prefix_ending_in_ff(store: OnlineStore, key_prefix: str) -> None:
     """Binary prefixes: one ending in 0xff has no simple 'next' byte string."""
     prefix = f"{key_prefix}:".encode() + b"\x01\xff"

@@ -17,8 +17,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from feature_store.online.encode import pack_key, plain
-from feature_store.online.packing import array_headers, pack_elements, pack_keys
-from feature_store.online.writes import MSET_KEYS, Batch, items_of, resp_sets
+from feature_store.online.keys import LAYOUT_VERSION, key_prefix
+from feature_store.online.packing import BIN, array_headers, pack_elements, pack_keys
+from feature_store.online.writes import NEVER_MS, Batch, items_of, resp_hsets
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # the edges of every msgpack integer width, where an off-by-one would show
@@ -87,25 +88,31 @@ def test_keys_are_what_the_reader_builds(keys: list[tuple[int, str]]) -> None:
 
 
 def test_a_batch_is_written_as_its_items() -> None:
-    batch = Batch(pa.array([b"a", b"bb"], pa.large_binary()), pa.array([b"\x01", b""], pa.large_binary()),
-                  pa.array([None, 1_700_000_000_000], pa.int64())).with_items([(b"m", b"x", None)])
-    assert items_of(batch) == [(b"a", b"\x01", None), (b"bb", b"", 1_700_000_000_000), (b"m", b"x", None)]
-    assert resp_sets(batch) == resp_sets(items_of(batch))  # the column-wise commands equal the Python ones
-    assert resp_sets(batch).data.count(b"SET") == 3 and resp_sets(batch).count == 3
+    prefix = key_prefix("fs", "proj", "view", "ab12")
+    entities = [b"a", b"b\x00b"]
+    keys = [prefix + entity for entity in entities]
+    marker = (key_prefix("fs", "proj", "view", "ab12") + b"\xc1view", b"x", None)
+    batch = Batch(pa.array(entities, pa.large_binary()), pa.array([b"\x01", b""], pa.large_binary()),
+                  pa.array([None, 1_700_000_000_000], pa.int64()), prefix=prefix).with_items([marker])
+    assert items_of(batch) == [(keys[0], b"\x01", None), (keys[1], b"", 1_700_000_000_000), marker]
+    assert resp_hsets(batch) == resp_hsets(items_of(batch))  # the column-wise commands equal the Python ones
+    assert resp_hsets(batch.slice(1, 2)) == resp_hsets(items_of(batch)[1:2])
+    unsplit = Batch(batch.keys, batch.values)  # no prefix: the keys are split one by one
+    assert resp_hsets(unsplit) == resp_hsets([(k, v, None) for k, v, _ in items_of(batch)[:2]])
 
 
-def test_values_without_expiry_go_as_mset_commands() -> None:
-    """MSET_KEYS keys per MSET, then the batch's items as SETs: one reply per command."""
-    keys = [b"k%d" % i for i in range(MSET_KEYS + 3)]
-    values = [b"v" * (i % 7) for i in range(len(keys))]
-    batch = Batch(pa.array(keys, pa.large_binary()), pa.array(values, pa.large_binary())).with_items(
-        [(b"m", b"x", None)])
-    commands = resp_sets(batch)
-    assert commands.count == 3
+def test_a_value_is_hset_into_its_entity_hash_which_expires_with_its_last_value() -> None:
+    """HSET into the entity's hash, then PEXPIREAT NX and GT: one reply per command; no expiry is the year 9999."""
+    prefix = key_prefix("fs", "proj", "view", "ab12")
+    batch = Batch(pa.array([b"e1", b"e2"], pa.large_binary()), pa.array([b"v1", b"v2"], BIN),
+                  pa.array([5, None], pa.int64()), prefix=prefix)
+    commands = resp_hsets(batch)
+    assert commands.count == 6
     reader = hiredis.Reader()
     reader.feed(commands.data)
-    sent = [reader.gets() for _ in range(3)]
+    sent = [reader.gets() for _ in range(6)]
     assert reader.gets() is False
-    assert [c[0] for c in sent] == [b"MSET", b"MSET", b"SET"]
-    pairs = [*sent[0][1:], *sent[1][1:]]
-    assert pairs[0::2] == keys and pairs[1::2] == values and sent[2][1:] == [b"m", b"x"]
+    name = f"fs:v{LAYOUT_VERSION}:proj:e1".encode()
+    assert sent[:3] == [[b"HSET", name, b"view:ab12", b"v1"], [b"PEXPIREAT", name, b"5", b"NX"],
+                        [b"PEXPIREAT", name, b"5", b"GT"]]
+    assert sent[4][2:] == [str(NEVER_MS).encode(), b"NX"] and sent[5][1] == name[:-1] + b"2"

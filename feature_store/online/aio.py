@@ -2,9 +2,10 @@
 
 A blocking read on the server's event loop leaves its process idle while Redis answers (about 70 us
 on loopback here), and no other request moves meanwhile. Here each event loop has one connection
-whose replies arrive through the loop: a read sends its MGET and awaits its reply, other requests run
-meanwhile, and concurrent reads share the connection, pipelined (Redis answers in order, so a queue
-of waiting futures matches replies to reads).
+whose replies arrive through the loop: a read sends its commands (an HMGET per entity) and awaits
+their replies, other requests run meanwhile, and concurrent reads share the connection, pipelined
+(Redis answers in order, so a queue of waiting reads, each knowing how many replies it expects,
+matches replies to reads).
 
 The connection is made, authenticated and its database selected by redis-py's own code (so every URL
 option redis-py knows applies), then its socket is handed to the event loop. TLS connections are not
@@ -19,7 +20,7 @@ import os
 import socket
 import threading
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
 import hiredis
@@ -31,12 +32,39 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 HANDED_OVER = (Connection, UnixDomainSocketConnection)  # plain sockets; an SSL socket stays with redis-py
 
 
+class _Waiting:
+    """A read's future and the replies it still expects; the first error reply among them is its outcome."""
+
+    __slots__ = ("error", "future", "left", "replies")
+
+    def __init__(self, future: asyncio.Future[Any], count: int) -> None:
+        self.future, self.left = future, count
+        self.replies: list[Any] = []
+        self.error: Exception | None = None
+
+    def take(self, reply: Any) -> bool:
+        """Count the reply in; True when it was the last one expected."""
+        if isinstance(reply, ResponseError):
+            self.error = self.error or reply
+        else:
+            self.replies.append(reply)
+        self.left -= 1
+        if self.left:
+            return False
+        if not self.future.done():  # else its read timed out, and the connection is being dropped
+            if self.error is not None:
+                self.future.set_exception(self.error)
+            else:
+                self.future.set_result(self.replies)
+        return True
+
+
 class _Replies(asyncio.Protocol):
-    """One Redis connection on the loop: each reply resolves the oldest waiting future."""
+    """One Redis connection on the loop: replies resolve the oldest waiting read, in order."""
 
     def __init__(self) -> None:
         self.reader = reply_reader()
-        self.waiting: deque[asyncio.Future[Any]] = deque()
+        self.waiting: deque[_Waiting] = deque()
         self.transport: asyncio.Transport | None = None
         self.unsent: list[bytes] = []  # commands sent before the loop took the socket over
         self.closed = False
@@ -53,13 +81,8 @@ class _Replies(asyncio.Protocol):
         self.reader.feed(data)
         try:
             while (reply := self.reader.gets()) is not False:
-                future = self.waiting.popleft()
-                if future.done():  # its read timed out, and the connection is being dropped
-                    continue
-                if isinstance(reply, ResponseError):
-                    future.set_exception(reply)
-                else:
-                    future.set_result(reply)
+                if self.waiting[0].take(reply):
+                    self.waiting.popleft()
         except (InvalidResponse, IndexError) as exc:  # garbage on the socket: nothing after it can be trusted
             self.fail(RedisConnectionError(f"unreadable reply from Redis: {exc}"))
 
@@ -67,9 +90,10 @@ class _Replies(asyncio.Protocol):
         self.closed = True
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
 
-    def send(self, command: bytes, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+    def send(self, command: bytes, count: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
+        """Send ``count`` commands; the future gets their ``count`` replies."""
         future = loop.create_future()
-        self.waiting.append(future)
+        self.waiting.append(_Waiting(future, count))
         if self.transport is None:
             self.unsent.append(command)
         else:
@@ -81,7 +105,7 @@ class _Replies(asyncio.Protocol):
         would otherwise answer the next reads."""
         self.closed = True
         while self.waiting:
-            future = self.waiting.popleft()
+            future = self.waiting.popleft().future
             if not future.done():
                 future.set_exception(exc)
         if self.transport is not None:
@@ -89,7 +113,7 @@ class _Replies(asyncio.Protocol):
 
 
 class AsyncReads:
-    """MGETs of one Redis store from any number of event loops, each over its own pipelined connection."""
+    """Reads of one Redis store from any number of event loops, each over its own pipelined connection."""
 
     def __init__(self, make_connection: Callable[[], Connection], timeout: float,
                  unavailable: Callable[[Exception], Exception]) -> None:
@@ -97,13 +121,14 @@ class AsyncReads:
         self._connections: dict[int, tuple[asyncio.AbstractEventLoop, int, _Replies]] = {}
         self._lock = threading.Lock()  # loops in several threads may connect at once
 
-    async def mget(self, command: bytes) -> list[bytes | None]:
+    async def request(self, command: bytes, count: int) -> list[Any]:
+        """The replies of ``count`` commands (in RESP, back to back)."""
         loop = asyncio.get_running_loop()
         replies = self._replies(loop)
-        future = replies.send(command, loop)
+        future = replies.send(command, count, loop)
         timer = loop.call_later(self.timeout, self._expire, replies, future)
         try:
-            values: list[bytes | None] = await future
+            values: list[Any] = await future
         except RedisError as exc:
             raise self.unavailable(exc) from exc
         finally:
@@ -171,15 +196,3 @@ def reply_reader() -> hiredis.Reader:
     """A parser of Redis replies: error replies come out as ResponseError values, garbage raises
     InvalidResponse (redis-py's own exceptions, so callers handle them as any Redis error)."""
     return hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
-
-
-def mget_command(keys: Sequence[bytes]) -> bytes:
-    """MGET in RESP, packed faster than redis-py packs it (keys of a read mostly share a length)."""
-    command = [b"*%d\r\n$4\r\nMGET" % (len(keys) + 1)]
-    headers: dict[int, bytes] = {}
-    for key in keys:
-        size = len(key)
-        header = headers.get(size) or headers.setdefault(size, b"\r\n$%d\r\n" % size)
-        command += (header, key)
-    command.append(b"\r\n")
-    return b"".join(command)

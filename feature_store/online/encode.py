@@ -77,14 +77,15 @@ def expiry(unreachable_at: int, end: int) -> int:
 
 
 def encode_values(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery, end: int) -> tuple[Batch, int]:
-    """Keys, values and expiries of the entities in ``tables`` (one per group, or the snapshot rows), in order
-    of their keys' bytes (SQLite inserts into its B-tree in order, far faster); and the number of tiles."""
+    """Entity keys (after ``prefix``), values and expiries of the entities in ``tables`` (one per group, or the
+    snapshot rows), in order of their keys' bytes (SQLite inserts into its B-tree in order, far faster); and the
+    number of tiles."""
     if view.is_aggregation:
-        keys, values, unreachable = _aggregation(tables, prefix, view, end)
+        keys, values, unreachable = _aggregation(tables, view, end)
         tiles = sum(table.num_rows for table in tables)
     else:
         table = tables[0]
-        keys = pack_keys([_array(table, k) for k in view.keys], prefix, plain)
+        keys = pack_keys([_array(table, k) for k in view.keys], b"", plain)
         names = ["__ts", "__cr", *view.columns]
         values = join([lit(array_header(len(names))), *(pack_elements(_array(table, n), plain) for n in names)])
         unreachable = None if view.ttl is None else _numpy(_array(table, "__ts")) + view.ttl
@@ -94,13 +95,13 @@ def encode_values(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery, en
         if unreachable is not None:
             unreachable = unreachable[order.to_numpy()]
     expire = None if unreachable is None else expiry(end, end) + np.maximum(0, (unreachable - end) // 1000)
-    return Batch(keys, values, None if expire is None else pa.array(expire)), tiles
+    return Batch(keys, values, None if expire is None else pa.array(expire), prefix=prefix), tiles
 
 
-def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
+def _aggregation(tables: Sequence[pa.Table], view: ViewQuery,
                  end: int) -> tuple[pa.Array, pa.Array, np.ndarray | None]:
     groups = Layout.of(view).groups
-    parts = [_group(table, group, prefix, view) for group, table in zip(groups, tables, strict=True)]
+    parts = [_group(table, group, view) for group, table in zip(groups, tables, strict=True)]
     every = pc.unique(pa.concat_arrays([keys for keys, _, _ in parts]))
     every = every.take(pc.sort_indices(every))
     pieces: list[pa.Array | pa.Scalar] = [lit(array_header(1 + len(groups)) + _PACK(end))]
@@ -120,7 +121,7 @@ def _aggregation(tables: Sequence[pa.Table], prefix: bytes, view: ViewQuery,
     return every, join(pieces), None if never else _numpy(unreachable)
 
 
-def _group(table: pa.Table, group: Group, prefix: bytes,
+def _group(table: pa.Table, group: Group,
            view: ViewQuery) -> tuple[pa.Array, list[pa.Array | pa.Scalar], np.ndarray | None]:
     """The group's entities: packed keys, the pieces whose join is their group values (tiles.py), and
     (bounded groups) the data time from which no window reaches their tiles."""
@@ -131,7 +132,7 @@ def _group(table: pa.Table, group: Group, prefix: bytes,
     else:
         starts = _entity_starts(key_columns, table.num_rows)
         positions = _numpy(_array(table, "__pos"))
-    keys = pack_keys([column.take(pa.array(starts[:-1])) for column in key_columns], prefix, plain)
+    keys = pack_keys([column.take(pa.array(starts[:-1])) for column in key_columns], b"", plain)
     shape = Shape.of(group)
     words = _words(table, group, shape, positions)
     row_bytes = 8 * shape.width

@@ -48,6 +48,12 @@ from feature_store.push_rows import PushRows
 
 Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
 MARKER = b"\xc1"  # after a view's key prefix: the marker key. No entity key has it (0xc1 never starts msgpack)
+
+
+def marker_key(prefix: bytes, view: str) -> bytes:
+    """The view's marker key. With the view's name after MARKER, Redis keeps each view's marker in a hash
+    of its own, so pushes to one view never disturb a materialization of another that watches its marker."""
+    return prefix + MARKER + view.encode()
 WATCHED_BATCH = 200  # keys per transaction when a batch is written watching its own keys
 
 
@@ -98,7 +104,7 @@ class PushTarget:
     @property
     def marker(self) -> bytes:
         """The key every push to the view rewrites (see the module docstring)."""
-        return self.prefix + MARKER
+        return marker_key(self.prefix, self.view)
 
     def remerge(self, fresh: bytes, old: bytes, end: int, now_us: int) -> tuple[bytes, int | None] | None:
         """A value materialized up to ``end`` (a multiple of the bucket) with what only the old one holds:
@@ -349,6 +355,7 @@ class MergingWriter:
 
     name: ClassVar[str] = "merging"
     one_round_trip_reads: ClassVar[bool] = True
+    exact_expiry: ClassVar[bool] = False  # that of the wrapped store, which a class attribute cannot say
 
     def __init__(self, store: OnlineStore, target: PushTarget, end: int, now_us: int, rebuild: bool = False,
                  armed: bytes | None = None) -> None:
@@ -361,8 +368,14 @@ class MergingWriter:
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self.store.read(keys)
 
+    def read_views(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]:
+        return self.store.read_views(views)
+
     async def read_async(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return await self.store.read_async(keys)
+
+    async def read_views_async(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]:
+        return await self.store.read_views_async(views)
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         self.store.update(keys, compute)

@@ -153,23 +153,23 @@ def _coerce(value: Any, kind: str, key: str) -> Any:
 def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],
          now: datetime | None) -> OnlineResponse:
     now_us = _epoch_us(now)
-    return _respond(plans, columns, store.read(_keys(plans, columns)), now_us)  # one round trip for all
+    return _respond(plans, columns, store.read_views(_keys(plans, columns)), now_us)  # one round trip for all
 
 
 async def read_async(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],
                      now: datetime | None) -> OnlineResponse:
     """``read`` on an event loop: other requests run while the store answers."""
     now_us = _epoch_us(now)
-    return _respond(plans, columns, await store.read_async(_keys(plans, columns)), now_us)
+    return _respond(plans, columns, await store.read_views_async(_keys(plans, columns)), now_us)
 
 
 def _epoch_us(now: datetime | None) -> int:
     return int(((now or datetime.now(UTC)).timestamp()) * 1_000_000)
 
 
-def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[bytes]:
-    """The store keys of every view's value for every entity row, view after view."""
-    keys: list[bytes] = []
+def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[tuple[bytes, list[bytes]]]:
+    """Per view, its key prefix and the packed key of every entity row (a store key is the two joined)."""
+    keys: list[tuple[bytes, list[bytes]]] = []
     encoded: dict[tuple[tuple[str, ...], tuple[str, ...]], list[bytes]] = {}  # views usually share their keys
     for plan in plans:
         missing = [k for k in plan.keys if k not in columns]
@@ -182,7 +182,7 @@ def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[byte
         if shape not in encoded:
             coerced = [_coerced(columns[k], kind, k) for k, kind in zip(plan.keys, plan.key_kinds, strict=True)]
             encoded[shape] = pack_key_columns(coerced)
-        keys.extend([plan.prefix + key for key in encoded[shape]])
+        keys.append((plan.prefix, encoded[shape]))  # views of one shape share the list: Redis reads them at once
     return keys
 
 

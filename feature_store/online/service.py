@@ -20,10 +20,11 @@ from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import from_us, to_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import ViewQuery
+from feature_store.online.keys import stored_as
 from feature_store.online.materialize import ViewTask, materialize_views
-from feature_store.online.push import MARKER, MergingWriter, PushTarget, write_pushes
+from feature_store.online.push import MergingWriter, PushTarget, marker_key, write_pushes
 from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read, read_async
-from feature_store.online.stores import OnlineStore, key_prefix, open_online_store
+from feature_store.online.stores import OnlineStore, key_prefix, open_online_store, view_prefix
 from feature_store.plan import view_signature
 from feature_store.push_rows import PushRows, check_rows
 from feature_store.references import FeatureRefs, ResolvedFeature, resolve_features
@@ -70,10 +71,17 @@ class OnlineService:
             self._store = open_online_store(self.config.online_store, self.repo)
         return self._store
 
-    def prefix(self, view: str, signature: str = "") -> bytes:
-        """The view's keys; with a signature, those of one definition of it."""
-        store_prefix = getattr(self.config.online_store, "key_prefix", "fs")
-        return key_prefix(store_prefix, self.config.project, view, signature)
+    def prefix(self, view: str, signature: str) -> bytes:
+        """The keys of one definition of the view."""
+        return key_prefix(self._store_prefix, self.config.project, view, signature)
+
+    def every_prefix(self, view: str) -> bytes:
+        """The keys of every definition of the view."""
+        return view_prefix(self._store_prefix, self.config.project, view)
+
+    @property
+    def _store_prefix(self) -> str:
+        return getattr(self.config.online_store, "key_prefix", "fs")
 
     def materialize(self, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,
                     progress: ProgressCallback | None) -> list[MaterializeResult]:
@@ -83,7 +91,7 @@ class OnlineService:
             view = catalog.view(name)
             signature = view_signature(catalog, name)
             files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), self.repo)
-            previous = None if full else self.registry.online_watermark(name, signature, files)
+            previous = None if full else self.registry.online_watermark(name, stored_as(signature), files)
             if previous is not None and previous >= end_us:
                 results.append(MaterializeResult(name, "online", self.store.name, from_us(previous),
                                                  from_us(previous), 0, False))
@@ -95,7 +103,8 @@ class OnlineService:
         deleted = [(view, signature) for view, signature, _, previous in todo
                    if previous is None and (stored is None or view.name in stored)]
         armed = self._arm_markers(catalog, deleted)
-        self.store.delete_prefixes([self.prefix(view.name) for view, _ in deleted], keep=[m for m, _ in armed.values()])
+        self.store.delete_prefixes([self.every_prefix(view.name) for view, _ in deleted],
+                                   keep=[m for m, _ in armed.values()])
         tokens = {name: token for name, (_, token) in armed.items()}
         # on this thread: DuckDB's own connection
         jobs = [self._job(catalog, *item, end_us, tokens.get(item[0].name)) for item in todo]
@@ -104,7 +113,8 @@ class OnlineService:
         with self.offline.cursor() as con:
             for index, entities, _tiles in materialize_views(con, tasks, progress):
                 job = jobs[index]
-                self.registry.set_online_watermark(job.view, job.signature, job.end, job.files)  # after the writes
+                # after the writes
+                self.registry.set_online_watermark(job.view, stored_as(job.signature), job.end, job.files)
                 results.append(MaterializeResult(job.view, "online", self.store.name,
                                                  None if job.previous is None else from_us(job.previous),
                                                  from_us(job.end), entities, job.previous is None))
@@ -114,8 +124,8 @@ class OnlineService:
         """Per push source view whose keys are about to be deleted: its marker key, set to a value of this run's.
         The deletion spares it, so a push that lands meanwhile (and may outlive the deletion) changes it, and
         the view's batches read their keys again (MergingWriter)."""
-        armed = {view.name: (self.prefix(view.name, signature) + MARKER, os.urandom(8)) for view, signature in views
-                 if isinstance(catalog.source_of(view), PushSource)}
+        armed = {view.name: (marker_key(self.prefix(view.name, signature), view.name), os.urandom(8))
+                 for view, signature in views if isinstance(catalog.source_of(view), PushSource)}
         if armed:
             self.store.write([(marker, token, None) for marker, token in armed.values()])
         return armed

@@ -20,6 +20,7 @@ from feature_store.offline.entity_input import fetch_arrow
 from feature_store.offline.materialize import from_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import events_sql
+from feature_store.online.keys import stored_as
 from feature_store.plan import view_signature
 from feature_store.references import ResolvedFeature
 
@@ -66,7 +67,7 @@ def verify(store: FeatureStore, sample: int = 1000, views: Sequence[str] | None 
     for name in views or list(catalog.views):
         view = catalog.view(name)
         files = source_fingerprint(catalog.batch_source(catalog.source_of(view)), store.repo_path)
-        watermark = store.registry.online_watermark(name, view_signature(catalog, name), files)
+        watermark = store.registry.online_watermark(name, stored_as(view_signature(catalog, name)), files)
         if watermark is None:
             missing.append(name)
             continue

@@ -1,52 +1,66 @@
 """What an online store writes: values under keys with an expiry, as Python items or as Arrow columns.
 
 Pushes write a few items; materialization writes thousands of values at a time as a ``Batch`` of
-Arrow columns, which Redis receives as one buffer of ``SET`` commands built by Arrow kernels (redis-py
-would spend 10-15 us per command packing and parsing).
+Arrow columns, which Redis receives as one buffer of commands built by Arrow kernels (redis-py
+would spend 10-15 us per command packing and parsing). Redis keeps each entity's values of every
+view in one hash (keys.py): a value is ``HSET`` into its field, and the hash expires when the last
+of its fields may (``PEXPIREAT ... NX`` then ``... GT``: the later of the two expiries, whatever the
+order in which writers come).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from feature_store.online.keys import split_key, split_prefix
 from feature_store.online.packing import BIN, data_of, join, lit, offsets_of
 
 Item = tuple[bytes, bytes, int | None]  # key, value, expire at (epoch ms) or None
+NEVER_MS = 253_402_300_799_000  # 9999-12-31: the expiry of a hash holding a value that never expires
 
 
 @dataclass(frozen=True)
 class Batch:
-    """Values column by column (large_binary keys and values, int64 expiries in epoch ms or null),
-    plus a few Python items written with them (a push marker)."""
+    """Values column by column (large_binary entity keys and values, int64 expiries in epoch ms or null),
+    plus a few Python items written with them (a push marker). A value's key is ``prefix`` (a
+    keys.key_prefix, or empty) and its entity: Redis splits the keys column-wise by knowing both."""
 
-    keys: pa.Array
+    entities: pa.Array
     values: pa.Array
     expire_at: pa.Array | None = None
     extra: tuple[Item, ...] = ()
+    prefix: bytes = b""
 
     def __len__(self) -> int:
-        return len(self.keys) + len(self.extra)
+        return len(self.entities) + len(self.extra)
+
+    @property
+    def keys(self) -> pa.Array:
+        return join([lit(self.prefix), self.entities]) if self.prefix else self.entities
 
     def slice(self, start: int, stop: int) -> Batch:
         expire = None if self.expire_at is None else self.expire_at.slice(start, stop - start)
-        return Batch(self.keys.slice(start, stop - start), self.values.slice(start, stop - start), expire)
+        return Batch(self.entities.slice(start, stop - start), self.values.slice(start, stop - start), expire,
+                     prefix=self.prefix)
 
     def with_items(self, items: Sequence[Item]) -> Batch:
-        return Batch(self.keys, self.values, self.expire_at, (*self.extra, *items))
+        return Batch(self.entities, self.values, self.expire_at, (*self.extra, *items), self.prefix)
 
     def key_list(self) -> list[bytes]:
         return [*self.keys.to_pylist(), *(key for key, _, _ in self.extra)]
 
     def items(self) -> list[Item]:
-        expire = [None] * len(self.keys) if self.expire_at is None else self.expire_at.to_pylist()
+        expire = [None] * len(self.entities) if self.expire_at is None else self.expire_at.to_pylist()
         return [*zip(self.keys.to_pylist(), self.values.to_pylist(), expire, strict=True), *self.extra]
 
 
 Writes = Batch | Sequence[Item]
+Compute = Callable[[list[bytes | None]], Writes]  # an atomic update: current values of keys -> the writes
 
 
 def items_of(writes: Writes) -> Sequence[Item]:
@@ -65,32 +79,57 @@ class Commands:
     count: int
 
 
-def resp_sets(writes: Writes) -> Commands:
-    """The RESP encoding of the writes: ``SET key value [PXAT ms]`` per write, except that a batch's values
-    without an expiry go as ``MSET`` of up to MSET_KEYS keys (Redis spends about half as much per key)."""
+# Redis before 7.0 has no PEXPIREAT options: the same rule as NX then GT, in one script call per value
+LATER_EXPIRY_SCRIPT = b"""local ttl = redis.call('PTTL', KEYS[1])
+if ttl == -2 then return 0 end
+local at = tonumber(ARGV[1])
+if ttl >= 0 then
+  local now = redis.call('TIME')
+  if tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000) + ttl >= at then return 0 end
+end
+return redis.call('PEXPIREAT', KEYS[1], at)"""
+
+
+def resp_hsets(writes: Writes, scripted: bool = False) -> Commands:
+    """The RESP encoding of the writes: per value ``HSET hash field value``, ``PEXPIREAT hash ms NX`` and
+    ``PEXPIREAT hash ms GT`` (ms: its expiry, or NEVER_MS). NX gives a new hash (which HSET made without
+    expiry) this value's; GT lengthens an older one's. No hash is ever left without expiry, so NX never
+    shortens the life of another view's value. ``scripted`` (Redis before 7.0): both as one EVAL."""
+    per_value = 2 if scripted else 3
     if not isinstance(writes, Batch):
-        return Commands(_resp_items(writes), len(writes))
-    if not len(writes.keys):
-        data, count = b"", 0
-    elif writes.expire_at is None:
-        data, count = _resp_mset(writes.keys, writes.values)
-    else:
-        data, count = _resp_sets(writes.keys, writes.values, writes.expire_at), len(writes.keys)
-    return Commands(data + _resp_items(writes.extra), count + len(writes.extra))
+        return Commands(_resp_items(writes, scripted), per_value * len(writes))
+    if not len(writes.entities):
+        return Commands(_resp_items(writes.extra, scripted), per_value * len(writes.extra))
+    if not writes.prefix:
+        return resp_hsets(writes.items(), scripted)
+    return Commands(_resp_batch(writes, scripted) + _resp_items(writes.extra, scripted), per_value * len(writes))
 
 
-MSET_KEYS = 256  # a command of a few hundred KB: Redis serves other clients between two of them
+def _bulk(data: bytes) -> bytes:
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
-def _resp_items(items: Sequence[Item]) -> bytes:
+_HSET = b"*4\r\n$4\r\nHSET\r\n"
+_PEXPIREAT = b"*4\r\n$9\r\nPEXPIREAT\r\n"
+_EVAL = b"*5\r\n$4\r\nEVAL\r\n" + _bulk(LATER_EXPIRY_SCRIPT) + _bulk(b"1")
+
+
+def _expiry(name: list[Any], ms: list[Any], scripted: bool, const: Callable[[bytes], Any]) -> list[Any]:
+    """The pieces of the commands that give hash ``name`` (its bulk string's pieces) expiry ``ms`` unless it
+    has a later one."""
+    if scripted:
+        return [const(_EVAL), *name, *ms]
+    return [const(_PEXPIREAT), *name, *ms, const(b"$2\r\nNX\r\n"), const(_PEXPIREAT), *name, *ms,
+            const(b"$2\r\nGT\r\n")]
+
+
+def _resp_items(items: Sequence[Item], scripted: bool) -> bytes:
     parts = []
     for key, value, expire_at in items:
-        if expire_at is None:
-            parts.append(b"*3\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n" % (len(key), key, len(value), value))
-        else:
-            ms = b"%d" % expire_at
-            parts.append(b"*5\r\n$3\r\nSET\r\n$%d\r\n%b\r\n$%d\r\n%b\r\n$4\r\nPXAT\r\n$%d\r\n%b\r\n"
-                         % (len(key), key, len(value), value, len(ms), ms))
+        name, field = split_key(key)
+        ms = b"%d" % (NEVER_MS if expire_at is None else expire_at)
+        parts += [_HSET, _bulk(name), _bulk(field), _bulk(value),
+                  *_expiry([_bulk(name)], [_bulk(ms)], scripted, bytes)]
     return b"".join(parts)
 
 
@@ -98,29 +137,19 @@ def _decimal(array: pa.Array) -> pa.Array:
     return pc.cast(pc.cast(array, pa.string()), BIN)
 
 
-def _key_value(keys: pa.Array, values: pa.Array) -> list[pa.Array | pa.Scalar]:
-    """The pieces of each row's key and value as two RESP bulk strings (``join`` them)."""
-    return [lit(b"$"), _decimal(pc.binary_length(keys)), lit(b"\r\n"), keys, lit(b"\r\n$"),
-            _decimal(pc.binary_length(values)), lit(b"\r\n"), values, lit(b"\r\n")]
+def _bulks(array: pa.Array) -> list[pa.Array | pa.Scalar]:
+    """The pieces of each row's RESP bulk string (``join`` them)."""
+    return [lit(b"$"), _decimal(pc.binary_length(array)), lit(b"\r\n"), array, lit(b"\r\n")]
 
 
-def _resp_mset(keys: pa.Array, values: pa.Array) -> tuple[bytes, int]:
-    pairs = join(_key_value(keys, values))
-    data, offsets = data_of(pairs), offsets_of(pairs)
-    parts = []
-    for start in range(0, len(keys), MSET_KEYS):
-        stop = min(start + MSET_KEYS, len(keys))
-        parts += [b"*%d\r\n$4\r\nMSET\r\n" % (1 + 2 * (stop - start)), data[offsets[start]:offsets[stop]].tobytes()]
-    return b"".join(parts), len(parts) // 2
-
-
-def _resp_sets(keys: pa.Array, values: pa.Array, expire_at: pa.Array) -> bytes:
-    """``SET`` per row, with ``PXAT`` where the row has an expiry: per row a head and a tail, so the values,
-    most of the bytes, are copied once."""
-    ms = _decimal(expire_at)
-    expiring = expire_at.is_valid()
-    head = pc.if_else(expiring, lit(b"*5\r\n$3\r\nSET\r\n"), lit(b"*3\r\n$3\r\nSET\r\n"))
-    pxat = join([lit(b"$4\r\nPXAT\r\n$"), _decimal(pc.binary_length(ms)), lit(b"\r\n"), ms, lit(b"\r\n")])
-    commands = join([head, *_key_value(keys, values), pc.if_else(expiring, pxat, lit(b""))])
+def _resp_batch(batch: Batch, scripted: bool) -> bytes:
+    """The batch's commands, built column-wise: the hash names are the namespace and each key's entity."""
+    namespace, field, _ = split_prefix(batch.prefix)
+    name = _bulks(join([lit(namespace), batch.entities]))
+    if batch.expire_at is None:
+        ms = [lit(_bulk(b"%d" % NEVER_MS))]
+    else:
+        ms = _bulks(_decimal(pc.fill_null(batch.expire_at, NEVER_MS)))
+    commands = join([lit(_HSET), *name, lit(_bulk(field)), *_bulks(batch.values), *_expiry(name, ms, scripted, lit)])
     offsets = offsets_of(commands)
     return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
