@@ -275,27 +275,25 @@ def worker_materialize(spec: dict, result: dict) -> None:
         t = time.perf_counter()
         result["redis_keys_under_prefix"] = scan_prefix(rc, prefix, delete=False)
         result["redis_scan_seconds"] = time.perf_counter() - t
-        # MEMORY USAGE of sampled keys per view: robust against other clients using the same server.
-        sample: dict[str, Any] = {}
+        # MEMORY USAGE of sampled customers' hashes (keys.py: one per entity, a field per view), and per view the
+        # size of its values: robust against other clients using the same server.
+        from feature_store.online.keys import split_key
+
         rng = np.random.default_rng(spec["seed"])
         n_cust = spec["customers"]
         ids = rng.choice(np.arange(1, n_cust + 1), size=min(500, n_cust), replace=False)
-        keys = captured_keys(store, FEATURES_1X10, {"customer_id": [int(i) for i in ids]})
-        for view in VIEWS_1X10:
-            base = store.online.prefix(view)
-            view_keys = [k for k in keys if k.startswith(base)]
-            pipe = rc.pipeline(transaction=False)
-            for k in view_keys:
-                pipe.memory_usage(k, samples=0)
-            sizes = [s for s in pipe.execute() if s is not None]
-            vals = rc.mget(view_keys) if view_keys else []
-            value_bytes = [len(v) for v in vals if v is not None]
-            sample[view] = {
-                "keys_sampled": len(view_keys),
-                "keys_found": len(sizes),
-                "memory_usage_mean": float(np.mean(sizes)) if sizes else None,
-                "value_bytes_mean": float(np.mean(value_bytes)) if value_bytes else None,
-            }
+        views = captured_views(store, FEATURES_1X10, {"customer_id": [int(i) for i in ids]})
+        names = sorted({split_key(prefix + entity)[0] for prefix, entities in views for entity in entities})
+        pipe = rc.pipeline(transaction=False)
+        for name in names:
+            pipe.memory_usage(name, samples=0)
+        sizes = [s for s in pipe.execute() if s is not None]
+        sample: dict[str, Any] = {"customers": {"sampled": len(names), "found": len(sizes),
+                                                "memory_usage_mean": float(np.mean(sizes)) if sizes else None}}
+        for view, (prefix, entities) in zip(VIEWS_1X10, views, strict=True):
+            values = [v for v in store.online.store.read_views([(prefix, entities)]) if v is not None]
+            sample[view] = {"sampled": len(entities), "found": len(values),
+                            "value_bytes_mean": float(np.mean([len(v) for v in values])) if values else None}
         result["redis_memory_usage_sample"] = sample
     else:
         db = repo / "data" / "online.db"
@@ -303,23 +301,26 @@ def worker_materialize(spec: dict, result: dict) -> None:
     store.close()
 
 
-def captured_keys(store, features: list[str], entity_rows: Any) -> list[bytes]:
-    """The keys one get_online_features call reads from the online store (spied, not rebuilt here, so the
-    benchmark follows the library's key layout whatever it is)."""
+def captured_views(store, features: list[str], entity_rows: Any) -> list[tuple[bytes, list[bytes]]]:
+    """What one get_online_features call reads from the online store: per view, its key prefix and the packed
+    entity keys (spied, not rebuilt here, so the benchmark follows the library's key layout whatever it is)."""
     ostore = store.online.store
-    seen: list[list[bytes]] = []
-    real = type(ostore).read.__get__(ostore)
+    seen: list[list[tuple[bytes, list[bytes]]]] = []
+    real = type(ostore).read_views.__get__(ostore)
 
-    def spy(keys):
-        seen.append(list(keys))
-        return real(keys)
+    def spy(views):
+        seen.append([(prefix, list(entities)) for prefix, entities in views])
+        return real(views)
 
-    ostore.read = spy
+    ostore.read_views = spy
     try:
         store.get_online_features(features, entity_rows)
     finally:
-        del ostore.read
-    return seen[-1] if seen else []
+        del ostore.read_views
+    if not seen:
+        return []
+    shared: dict[tuple[bytes, ...], list[bytes]] = {}  # one list object per distinct entity list, as the reader does
+    return [(prefix, shared.setdefault(tuple(entities), entities)) for prefix, entities in seen[-1]]
 
 
 def _norm(v: Any) -> Any:
@@ -387,21 +388,22 @@ def worker_read(spec: dict, result: dict) -> None:
     #    the ones get_online_features reads (captured outside the timed region).
     ostore = store.online.store
     for n_ent, n_sets in ((1, 2_000), (100, 200)):
-        key_sets = [
-            captured_keys(store, FEATURES_1X10, entity_rows(rng.integers(1, n_cust + 1, n_ent), fmt))
+        view_sets = [
+            captured_views(store, FEATURES_1X10, entity_rows(rng.integers(1, n_cust + 1, n_ent), fmt))
             for _ in range(n_sets)
         ]
-        found = sum(v is not None for v in ostore.read(key_sets[0]))
-        for keys in key_sets[:warmup]:
-            ostore.read(keys)
-        n_keys = len(key_sets[0])
-        before = mget_stats(spec)
+        found = sum(v is not None for v in ostore.read_views(view_sets[0]))
+        for views in view_sets[:warmup]:
+            ostore.read_views(views)
+        n_keys = sum(len(entities) for _, entities in view_sets[0])
+        before = read_stats(spec)
+        samples = time_calls(ostore.read_views, view_sets, max_calls, max_seconds)
         cases[f"store round trip only: {n_keys} keys"] = {
-            **latency_stats(time_calls(ostore.read, key_sets, max_calls, max_seconds)),
+            **latency_stats(samples),
             "entities": n_ent,
             "features": 0,
             "keys_found_first_call": f"{found}/{n_keys}",
-            "server_ms_per_mget": server_ms(before, mget_stats(spec)),
+            "server_ms_per_read": server_ms(before, read_stats(spec), len(samples)),
         }
     result["cases"] = cases
 
@@ -436,23 +438,26 @@ def worker_read(spec: dict, result: dict) -> None:
     store.close()
 
 
-def mget_stats(spec: dict) -> tuple[int, int] | None:
-    """Redis' own count and time (us) of MGET so far (INFO commandstats), or None for another store."""
+READ_COMMANDS = ("mget", "hmget")  # what the store's reads send: MGET (layouts 1-3), HMGET per entity (4)
+
+
+def read_stats(spec: dict) -> int | None:
+    """Redis' own time (us) spent so far in the commands reads send (INFO commandstats), or None for another store."""
     if spec["store"] != "redis":
         return None
     rc = redis_client(spec["redis_url"])
     try:
-        stat = rc.info("commandstats").get("cmdstat_mget") or {}
-        return int(stat.get("calls", 0)), int(stat.get("usec", 0))
+        stats = rc.info("commandstats")
+        return sum(int((stats.get(f"cmdstat_{name}") or {}).get("usec", 0)) for name in READ_COMMANDS)
     finally:
         rc.close()
 
 
-def server_ms(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
-    """Mean time Redis' main thread spent per MGET between two mget_stats (any other client's MGETs count too)."""
-    if before is None or after is None or after[0] <= before[0]:
+def server_ms(before: int | None, after: int | None, reads: int) -> float | None:
+    """Mean time Redis' main thread spent per read between two read_stats (any other client's reads count too)."""
+    if before is None or after is None or not reads:
         return None
-    return (after[1] - before[1]) / (after[0] - before[0]) / 1000
+    return (after - before) / reads / 1000
 
 
 def profile_read(store, rng, n_cust: int, spec: dict, n_entities: int) -> dict[str, Any]:
@@ -687,18 +692,14 @@ def report_materialize(size: str, store: str, r: dict, mat_rows: list) -> None:
                 f"    note: dbsize moved by {other:+,} keys beyond this run's keys during materialization (other "
                 "clients use this Redis): the used_memory delta is approximate; the MEMORY USAGE sample is not."
             )
-        sample = r.get("redis_memory_usage_sample") or {}
-        tot = 0.0
+        sample = dict(r.get("redis_memory_usage_sample") or {})
+        customers = sample.pop("customers", {})
         for view, s in sample.items():
-            mu = s.get("memory_usage_mean")
-            print(
-                f"    MEMORY USAGE sample {view}: {s['keys_found']}/{s['keys_sampled']} keys found, mean "
-                f"{fmt_int(mu)} B/key (msgpack value {fmt_int(s.get('value_bytes_mean'))} B)"
-            )
-            if mu is not None:
-                tot += mu * s["keys_found"] / s["keys_sampled"]
-        sample_per_customer = tot or None
-        print(f"    MEMORY USAGE estimate per customer (all 3 views): {fmt_int(sample_per_customer)} B")
+            print(f"    values of {view}: {s['found']}/{s['sampled']} sampled customers have one, mean "
+                  f"{fmt_int(s.get('value_bytes_mean'))} B (msgpack)")
+        sample_per_customer = customers.get("memory_usage_mean")
+        print(f"    MEMORY USAGE per customer hash (all 3 views): {fmt_int(sample_per_customer)} B, mean of "
+              f"{customers.get('found', 0)}/{customers.get('sampled', 0)} sampled customers")
     else:
         b = r.get("sqlite_bytes")
         per_key = b / ents if b and ents else None
@@ -754,8 +755,8 @@ def report_read(size: str, store: str, r: dict, lat_rows: list, label: str) -> N
             f"p95 {fmt_ms(s['p95'])} p99 {fmt_ms(s['p99'])} mean {fmt_ms(s['mean'])} max {fmt_ms(s['max'])}"
             + (f"; statuses of one call: {s['statuses_first_call']}" if s.get("statuses_first_call") else "")
             + (f"; keys found in one call: {s['keys_found_first_call']}" if s.get("keys_found_first_call") else "")
-            + (f"; Redis' own time per MGET (INFO commandstats): {s['server_ms_per_mget']:.3f} ms"
-               if s.get("server_ms_per_mget") is not None else "")
+            + (f"; Redis' own time per read (INFO commandstats): {s['server_ms_per_read']:.3f} ms"
+               if s.get("server_ms_per_read") is not None else "")
         )
         target, feast = case_target(case, s)
         lat_rows.append(
