@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 import redis
 from redis.connection import Connection
@@ -30,6 +31,7 @@ from feature_store.online.stores import (
     open_online_store,
 )
 from feature_store.online.stores import key_prefix as layout_prefix
+from feature_store.online.writes import Batch
 
 STORES = ["sqlite", "redis"]
 
@@ -163,6 +165,37 @@ def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeyp
     got = store.read_views([(prefix, entities), (other, entities)])  # the reader's call: views of one entity list
     assert got == [b"v"] * 100 + [b"w" if i % 2 == 0 else None for i in range(100)]
     assert len(sent) == 1 and sent[0].count(b"HMGET") == 100 and replies == []  # one HMGET per entity
+
+
+@pytest.mark.parametrize("kind", ["redis"])
+@pytest.mark.parametrize("scripted", [False, True], ids=["pexpireat-options", "script"])
+def test_an_entity_hash_expires_at_the_latest_expiry_written_to_it(store: OnlineStore, key_prefix: str,
+                                                                  scripted: bool) -> None:
+    """Redis: every write leaves the hash's expiry at the later of its own and the value's, whichever the
+    order and the path (items, a column-wise batch, an atomic update); no expiry is the year 9999. Redis before
+    7.0 gets the script, which any Redis runs, so both paths are checked here."""
+    store._scripted = scripted  # type: ignore[attr-defined]
+    a, b = key_prefix_for(key_prefix, "a"), key_prefix_for(key_prefix, "b")
+    name = split_key(a + b"e")[0]
+    client = redis.Redis.from_url(store.config.url)  # type: ignore[attr-defined]
+
+    def ttl_s() -> float:
+        return float(client.pttl(name)) / 1000
+
+    try:
+        store.write([(a + b"e", b"1", now_ms() + 60_000)])
+        assert 55 < ttl_s() <= 60  # a new hash gets the value's expiry (NX)
+        store.write([(b + b"e", b"2", now_ms() + 30_000)])
+        assert 55 < ttl_s() <= 60  # an earlier one does not shorten it
+        store.write(Batch(pa.array([b"e", b"f"], pa.large_binary()), pa.array([b"3", b"4"], pa.large_binary()),
+                          pa.array([now_ms() + 120_000, None], pa.int64()), prefix=b))
+        assert 115 < ttl_s() <= 120  # a later one lengthens it (GT), column-wise too
+        assert client.pttl(split_key(b + b"f")[0]) > 100 * 365 * 86_400_000  # no expiry: the year 9999
+        store.update([a + b"e"], lambda current: [(a + b"e", b"5", None)])
+        assert ttl_s() > 100 * 365 * 86_400
+        assert store.read([a + b"e", b + b"e", b + b"f"]) == [b"5", b"3", b"4"]
+    finally:
+        client.close()
 
 
 def test_read_views_of_views_with_their_own_entities(store: OnlineStore, prefix: bytes) -> None:

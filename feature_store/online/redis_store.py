@@ -8,6 +8,7 @@ measured in docs/online.md): each key lookup there is a few cache and TLB misses
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import threading
@@ -292,32 +293,50 @@ class _Reads:
     def of_views(cls, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> _Reads:
         """The keys ``prefix + entity`` of (prefix, entities) pairs, pair after pair (the reader's views):
         the views that share one list of entities ask each entity's hash once, for all their fields."""
-        splits = [split_prefix(prefix) for prefix, _ in views]
-        if len({namespace for namespace, _, _ in splits}) != 1:  # never from the reader: one project a read
+        plan = _plan(tuple(prefix for prefix, _ in views))
+        if plan is None:  # never from the reader: one project a read
             return cls.of([prefix + entity for prefix, entities in views for entity in entities])
-        namespace = splits[0][0]
-        shared: dict[int, list[int]] = {}  # views usually share their entity list
+        first = views[0][1]
+        if all(entities is first for _, entities in views):  # the reader's usual read: views of one entity list
+            width, count = len(views), len(first)
+            return cls(b"".join(_hmgets(plan[0], plan[1], first)), count,
+                       slices=[slice(v, width * count, width) for v in range(width)])
+        shared: dict[int, list[int]] = {}  # views with their own entity lists (other join keys)
         for v, (_, entities) in enumerate(views):
             shared.setdefault(id(entities), []).append(v)
         parts: list[bytes] = []
-        runs: dict[int, slice] = {}
+        runs: list[slice] = [slice(0)] * len(views)
         start = 0
         for members in shared.values():
             entities, width = views[members[0]][1], len(members)
-            parts += _hmgets(namespace, entities, [splits[v][1] for v in members])
+            parts += _hmgets(plan[0], _fields([views[v][0] for v in members]), entities)
             stop = start + width * len(entities)
             for at, v in enumerate(members):  # a view's values are every width-th from its field's place on
                 runs[v] = slice(start + at, stop, width)
             start = stop
-        return cls(b"".join(parts), sum(len(views[m[0]][1]) for m in shared.values()),
-                   slices=[runs[v] for v in range(len(views))])
+        return cls(b"".join(parts), sum(len(views[m[0]][1]) for m in shared.values()), slices=runs)
 
 
-def _hmgets(namespace: bytes, entities: Sequence[bytes], fields: list[bytes]) -> list[bytes]:
-    """``HMGET namespace+entity fields...`` per entity, as pieces to join: the command's head up to the
-    entity is the same for every entity of one key length (most of them), so it is made once per length."""
-    head = b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields))
-    tail = b"\r\n" + b"".join(map(_bulk, fields))
+Fields = tuple[bytes, bytes]  # an HMGET of some views' fields, up to the hash's name and after it
+
+
+@functools.lru_cache(maxsize=1024)  # the reader asks for the same few combinations of views, again and again
+def _plan(prefixes: tuple[bytes, ...]) -> tuple[bytes, Fields] | None:
+    """The namespace of the views of ``prefixes`` and how to ask an entity's hash for their fields (None: the
+    views are not of one namespace)."""
+    namespaces = {split_prefix(prefix)[0] for prefix in prefixes}
+    return (namespaces.pop(), _fields(prefixes)) if len(namespaces) == 1 else None
+
+
+def _fields(prefixes: Sequence[bytes]) -> Fields:
+    fields = [split_prefix(prefix)[1] for prefix in prefixes]
+    return b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)), b"\r\n" + b"".join(map(_bulk, fields))
+
+
+def _hmgets(namespace: bytes, fields: Fields, entities: Sequence[bytes]) -> list[bytes]:
+    """``HMGET namespace+entity fields...`` per entity, as pieces to join: the command up to the entity is the
+    same for every entity of one key length (most of them), so it is made once per length."""
+    head, tail = fields
     heads: dict[int, bytes] = {}
     parts: list[bytes] = []
     base = len(namespace)
