@@ -64,6 +64,36 @@ def test_old_keys_are_deleted_only_where_there_can_be_some(example_repo: Path,
         assert store.online.store.read([stale]) == [None]
 
 
+def test_values_of_an_older_layout_are_rebuilt(example_repo: Path) -> None:
+    """After an upgrade that changes the online layout, no read finds the values stored before: the registry
+    records the layout with each view's online watermark, so the next materialize rebuilds the view instead of
+    adding only what changed since."""
+    from sqlalchemy import select, update
+
+    from feature_store.online.keys import LAYOUT_VERSION, stored_as
+    from feature_store.plan import view_signature
+    from feature_store.registry import online_state
+
+    with FeatureStore(example_repo) as store:
+        store.apply()
+        store.materialize(views=["customer_profile"])
+        refs = ["customer_profile:age"]
+        expected = store.get_online_features(refs, {"customer_id": [1, 2]}).to_dict()
+        signature = view_signature(store.catalog(), "customer_profile")
+        view = online_state.c.view == "customer_profile"
+        with store.registry.engine.begin() as conn:
+            assert conn.execute(select(online_state.c.signature).where(view)).scalar_one() == stored_as(signature)
+            assert stored_as(signature) == f"{signature}/v{LAYOUT_VERSION}"
+            # what a store of the older layout recorded, and its values, which no read finds
+            conn.execute(update(online_state).where(view).values(signature=f"{signature}/v{LAYOUT_VERSION - 1}"))
+        store.online.store.delete_prefix(store.online.every_prefix("customer_profile"))
+        results = [r for r in store.materialize(views=["customer_profile"]) if r.part == "online"]
+        assert [r.rebuilt for r in results] == [True]
+        assert store.get_online_features(refs, {"customer_id": [1, 2]}).to_dict() == expected
+        results = [r for r in store.materialize(views=["customer_profile"]) if r.part == "online"]
+        assert [r.rebuilt for r in results] == [False]  # recorded with this layout now
+
+
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])
 def test_async_reads_equal_sync_reads(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     """get_online_features_async (the feature server's path) gives what get_online_features gives: values,

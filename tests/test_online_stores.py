@@ -478,9 +478,21 @@ def test_concurrent_async_reads_each_get_their_own_values(store: OnlineStore, pr
     async def all_at_once() -> list[list[bytes | None]]:
         return list(await asyncio.gather(*(store.read_async(keys) for keys in requests)))
 
+    async def staggered() -> list[list[bytes | None]]:
+        """Reads sent while others are in flight and while none is (on Redis, those of many replies are then
+        parsed as one array): each task yields to the loop a random number of times first."""
+        async def one(keys: list[bytes], turns: int) -> list[bytes | None]:
+            for _ in range(turns):
+                await asyncio.sleep(0)
+            return await store.read_async(keys)
+
+        return list(await asyncio.gather(*(one(keys, rng.randrange(40)) for keys in requests)))
+
     expected = [[b"v" + k[len(prefix) + 1:] if int(k[len(prefix) + 1:]) < 400 else None for k in keys]
                 for keys in requests]
     assert asyncio.run(all_at_once()) == expected
+    for _ in range(3):
+        assert asyncio.run(staggered()) == expected
 
 
 def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: bytes) -> None:

@@ -33,18 +33,23 @@ HANDED_OVER = (Connection, UnixDomainSocketConnection)  # plain sockets; an SSL 
 
 
 class _Waiting:
-    """A read's future and the replies it still expects; the first error reply among them is its outcome."""
+    """A read's future and the replies it still expects; the first error reply among them is its outcome.
+    ``framed``: its replies come as one array (see _Replies.send)."""
 
-    __slots__ = ("error", "future", "left", "replies")
+    __slots__ = ("error", "framed", "future", "left", "replies")
 
-    def __init__(self, future: asyncio.Future[Any], count: int) -> None:
-        self.future, self.left = future, count
+    def __init__(self, future: asyncio.Future[Any], count: int, framed: bool) -> None:
+        self.future, self.framed = future, framed
+        self.left = 1 if framed else count
         self.replies: list[Any] = []
         self.error: Exception | None = None
 
     def take(self, reply: Any) -> bool:
         """Count the reply in; True when it was the last one expected."""
-        if isinstance(reply, ResponseError):
+        if self.framed:
+            self.replies = reply
+            self.error = next((r for r in reply if type(r) is ResponseError), None)
+        elif type(reply) is ResponseError:
             self.error = self.error or reply
         else:
             self.replies.append(reply)
@@ -91,9 +96,16 @@ class _Replies(asyncio.Protocol):
         self.fail(RedisConnectionError(f"connection to Redis lost: {exc or 'closed by the server'}"))
 
     def send(self, command: bytes, count: int, loop: asyncio.AbstractEventLoop) -> asyncio.Future[Any]:
-        """Send ``count`` commands; the future gets their ``count`` replies."""
+        """Send ``count`` commands; the future gets their ``count`` replies.
+
+        A read of many entities gets one reply per entity, and a ``gets`` per reply costs tens of microseconds
+        in all. With nothing in flight, the reader holds no byte and the next ones are this read's replies:
+        an array header for them is fed first, so they are parsed as one array, in one call, in C."""
         future = loop.create_future()
-        self.waiting.append(_Waiting(future, count))
+        framed = count > 1 and not self.waiting
+        if framed:
+            self.reader.feed(b"*%d\r\n" % count)
+        self.waiting.append(_Waiting(future, count, framed))
         if self.transport is None:
             self.unsent.append(command)
         else:
