@@ -18,6 +18,8 @@ from typing import Any
 import pyarrow as pa
 import pytest
 import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from redis.connection import Connection
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
@@ -196,6 +198,21 @@ def test_an_entity_hash_expires_at_the_latest_expiry_written_to_it(store: Online
         assert store.read([a + b"e", b + b"e", b + b"f"]) == [b"5", b"3", b"4"]
     finally:
         client.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_read_views_equals_a_read_of_every_key(store: OnlineStore, key_prefix: str, data: st.DataObject) -> None:
+    """Any views, sharing entity lists or not, with repeated, missing and binary entities: ``read_views`` gives
+    what reading every key ``prefix + entity`` gives, view after view."""
+    prefixes = [key_prefix_for(key_prefix, view) for view in ("a", "b", "c")]
+    entities = [b"", b"e1", b"e2", b"\x00", b"\x91\xce\x00\x01", b"\xff" * 3]
+    store.write([(prefix + entity, prefix[-3:] + entity, None) for prefix in prefixes for entity in entities[1:4]])
+    lists = data.draw(st.lists(st.lists(st.sampled_from(entities), max_size=6), min_size=1, max_size=3))
+    views = data.draw(st.lists(st.tuples(st.sampled_from(prefixes), st.sampled_from(lists)), min_size=1, max_size=4))
+    expected = store.read([prefix + entity for prefix, own in views for entity in own])
+    assert store.read_views(views) == expected
+    assert asyncio.run(store.read_views_async(views)) == expected
 
 
 def test_read_views_of_views_with_their_own_entities(store: OnlineStore, prefix: bytes) -> None:
