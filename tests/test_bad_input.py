@@ -435,6 +435,17 @@ def test_invalid_project_name(tmp_path: Path) -> None:
         FeatureStore(repo)
 
 
+def test_online_key_prefix_with_nul_is_refused(tmp_path: Path) -> None:
+    """NUL separates the parts of an online key (online/keys.py): a key_prefix holding one could blur them."""
+    from feature_store.errors import ConfigError
+
+    repo = write_repo(tmp_path / "repo")
+    (repo / "feature_store.yaml").write_text('project: t\nonline_store: {type: redis, key_prefix: "fs\\0x"}\n')
+    with raises(ConfigError, match=r"key_prefix must not contain the NUL character") as info:
+        FeatureStore(repo)
+    check(info, ConfigError)
+
+
 def test_valid_identifiers_are_accepted() -> None:
     for name in ("a", "_a", "A1_b2", "x" * 63, "customer_id"):
         Entity(name=name, join_keys=[name])
