@@ -309,7 +309,7 @@ def captured_views(store, features: list[str], entity_rows: Any) -> list[tuple[b
     real = type(ostore).read_views.__get__(ostore)
 
     def spy(views):
-        seen.append([(prefix, list(entities)) for prefix, entities in views])
+        seen.append(list(views))  # the reader's own entity lists: views that share one still do
         return real(views)
 
     ostore.read_views = spy
@@ -317,10 +317,7 @@ def captured_views(store, features: list[str], entity_rows: Any) -> list[tuple[b
         store.get_online_features(features, entity_rows)
     finally:
         del ostore.read_views
-    if not seen:
-        return []
-    shared: dict[tuple[bytes, ...], list[bytes]] = {}  # one list object per distinct entity list, as the reader does
-    return [(prefix, shared.setdefault(tuple(entities), entities)) for prefix, entities in seen[-1]]
+    return seen[-1] if seen else []
 
 
 def _norm(v: Any) -> Any:

@@ -48,7 +48,7 @@ class _Waiting:
         """Count the reply in; True when it was the last one expected."""
         if self.framed:
             self.replies = reply
-            self.error = next((r for r in reply if type(r) is ResponseError), None)
+            self.error = first_error(reply)
         elif type(reply) is ResponseError:
             self.error = self.error or reply
         else:
@@ -208,3 +208,8 @@ def reply_reader() -> hiredis.Reader:
     """A parser of Redis replies: error replies come out as ResponseError values, garbage raises
     InvalidResponse (redis-py's own exceptions, so callers handle them as any Redis error)."""
     return hiredis.Reader(protocolError=InvalidResponse, replyError=ResponseError)
+
+
+def first_error(replies: list[Any]) -> ResponseError | None:
+    """The first error among replies read as one array (hiredis gives an error reply as a value)."""
+    return next((reply for reply in replies if type(reply) is ResponseError), None)

@@ -48,13 +48,13 @@ from feature_store.push_rows import PushRows
 
 Event = tuple[int, int, tuple[Any, ...]]  # event time, availability time (epoch us), values in column order
 MARKER = b"\xc1"  # after a view's key prefix: the marker key. No entity key has it (0xc1 never starts msgpack)
+WATCHED_BATCH = 200  # keys per transaction when a batch is written watching its own keys
 
 
 def marker_key(prefix: bytes, view: str) -> bytes:
     """The view's marker key. With the view's name after MARKER, Redis keeps each view's marker in a hash
     of its own, so pushes to one view never disturb a materialization of another that watches its marker."""
     return prefix + MARKER + view.encode()
-WATCHED_BATCH = 200  # keys per transaction when a batch is written watching its own keys
 
 
 @dataclass(frozen=True)

@@ -22,13 +22,13 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
-from feature_store.online.aio import HANDED_OVER, AsyncReads, reply_reader
+from feature_store.online.aio import HANDED_OVER, AsyncReads, first_error, reply_reader
 from feature_store.online.keys import field_matches, split_key, split_prefix
 from feature_store.online.writes import Compute, Writes, resp_hsets
 
@@ -293,42 +293,38 @@ class _Reads:
     def of_views(cls, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> _Reads:
         """The keys ``prefix + entity`` of (prefix, entities) pairs, pair after pair (the reader's views):
         the views that share one list of entities ask each entity's hash once, for all their fields."""
-        plan = _plan(tuple(prefix for prefix, _ in views))
-        if plan is None:  # never from the reader: one project a read
+        namespace = _namespace(tuple(prefix for prefix, _ in views))
+        if namespace is None:  # never from the reader: one project a read
             return cls.of([prefix + entity for prefix, entities in views for entity in entities])
-        first = views[0][1]
-        if all(entities is first for _, entities in views):  # the reader's usual read: views of one entity list
-            width, count = len(views), len(first)
-            return cls(b"".join(_hmgets(plan[0], plan[1], first)), count,
-                       slices=[slice(v, width * count, width) for v in range(width)])
-        shared: dict[int, list[int]] = {}  # views with their own entity lists (other join keys)
+        shared: dict[int, list[int]] = {}  # views usually share one entity list; others have other join keys
         for v, (_, entities) in enumerate(views):
             shared.setdefault(id(entities), []).append(v)
         parts: list[bytes] = []
         runs: list[slice] = [slice(0)] * len(views)
-        start = 0
+        start = count = 0
         for members in shared.values():
             entities, width = views[members[0]][1], len(members)
-            parts += _hmgets(plan[0], _fields([views[v][0] for v in members]), entities)
+            parts += _hmgets(namespace, _fields(tuple(views[v][0] for v in members)), entities)
             stop = start + width * len(entities)
             for at, v in enumerate(members):  # a view's values are every width-th from its field's place on
                 runs[v] = slice(start + at, stop, width)
-            start = stop
-        return cls(b"".join(parts), sum(len(views[m[0]][1]) for m in shared.values()), slices=runs)
+            start, count = stop, count + len(entities)
+        return cls(b"".join(parts), count, slices=runs)
 
 
 Fields = tuple[bytes, bytes]  # an HMGET of some views' fields, up to the hash's name and after it
 
 
 @functools.lru_cache(maxsize=1024)  # the reader asks for the same few combinations of views, again and again
-def _plan(prefixes: tuple[bytes, ...]) -> tuple[bytes, Fields] | None:
-    """The namespace of the views of ``prefixes`` and how to ask an entity's hash for their fields (None: the
-    views are not of one namespace)."""
+def _namespace(prefixes: tuple[bytes, ...]) -> bytes | None:
+    """The namespace of the views of ``prefixes`` (None: they are not of one namespace)."""
     namespaces = {split_prefix(prefix)[0] for prefix in prefixes}
-    return (namespaces.pop(), _fields(prefixes)) if len(namespaces) == 1 else None
+    return namespaces.pop() if len(namespaces) == 1 else None
 
 
-def _fields(prefixes: Sequence[bytes]) -> Fields:
+@functools.lru_cache(maxsize=1024)
+def _fields(prefixes: tuple[bytes, ...]) -> Fields:
+    """How to ask an entity's hash for the fields of the views of ``prefixes``."""
     fields = [split_prefix(prefix)[1] for prefix in prefixes]
     return b"*%d\r\n$5\r\nHMGET\r\n" % (2 + len(fields)), b"\r\n" + b"".join(map(_bulk, fields))
 
@@ -375,7 +371,7 @@ def _replies(connection: Connection, count: int, every: bool = False) -> Any:
             if not data:
                 raise RedisConnectionError("connection closed by server")
             reader.feed(data)
-    error = next((reply for reply in replies if type(reply) is ResponseError), None)
+    error = first_error(replies)
     if error is not None:
         raise error
     return replies if every else replies[-1] if replies else None

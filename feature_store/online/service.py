@@ -20,11 +20,11 @@ from feature_store.offline.engine import MaterializeResult, ProgressCallback
 from feature_store.offline.materialize import from_us, to_us
 from feature_store.offline.sources import source_fingerprint
 from feature_store.offline.sql import ViewQuery
-from feature_store.online.keys import stored_as
+from feature_store.online.keys import key_prefix, stored_as, view_prefix
 from feature_store.online.materialize import ViewTask, materialize_views
 from feature_store.online.push import MergingWriter, PushTarget, marker_key, write_pushes
 from feature_store.online.reader import OnlineResponse, ViewPlan, compile_view, entity_columns, read, read_async
-from feature_store.online.stores import OnlineStore, key_prefix, open_online_store, view_prefix
+from feature_store.online.stores import OnlineStore, open_online_store
 from feature_store.plan import view_signature
 from feature_store.push_rows import PushRows, check_rows
 from feature_store.references import FeatureRefs, ResolvedFeature, resolve_features

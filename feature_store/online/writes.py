@@ -98,9 +98,7 @@ def resp_hsets(writes: Writes, scripted: bool = False) -> Commands:
     per_value = 2 if scripted else 3
     if not isinstance(writes, Batch):
         return Commands(_resp_items(writes, scripted), per_value * len(writes))
-    if not len(writes.entities):
-        return Commands(_resp_items(writes.extra, scripted), per_value * len(writes.extra))
-    if not writes.prefix:
+    if not writes.prefix or not len(writes.entities):  # nothing to build column-wise
         return resp_hsets(writes.items(), scripted)
     return Commands(_resp_batch(writes, scripted) + _resp_items(writes.extra, scripted), per_value * len(writes))
 
