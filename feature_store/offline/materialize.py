@@ -102,8 +102,7 @@ class Materializer:
                   and self._same_columns(table, make(0, 0)))  # not computed by an earlier version of this code
         previous = int(row[1]) if row and usable and not full else None
         if previous is None:  # first run, changed definition, or --full: start over
-            self.con.execute(f"DROP TABLE IF EXISTS {quote(table)}")
-            self.con.execute(f"CREATE TABLE {quote(table)} AS {make(0, 0)} LIMIT 0")
+            self._reset(query.name, part, table, make(0, 0))
             start = self._first_time(query, part)
         else:
             start = previous
@@ -119,6 +118,20 @@ class Materializer:
             self._write_chunk(query.name, part, table, signature, None, watermark)
         return MaterializeResult(query.name, label, table, None if previous is None else from_us(previous),
                                  from_us(watermark), written, previous is None)
+
+    def _reset(self, view: str, part: int, table: str, rows: str) -> None:
+        """An empty table and no metadata row, in one transaction: a run killed at any point after this
+        leaves no watermark claiming rows the table does not hold, so the next run starts over too."""
+        con = self.con
+        try:
+            con.execute("BEGIN TRANSACTION")
+            con.execute(f"DELETE FROM {META} WHERE view = ? AND part = ?", [view, part])
+            con.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+            con.execute(f"CREATE TABLE {quote(table)} AS {rows} LIMIT 0")
+            con.execute("COMMIT")
+        except duckdb.Error as exc:
+            con.execute("ROLLBACK")
+            raise OfflineStoreError(f"starting over the materialized table {table} of {view} failed: {exc}") from exc
 
     def _same_columns(self, table: str, rows: str) -> bool:
         """Whether the table has the columns ``rows`` computes, in the same types."""

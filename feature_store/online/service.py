@@ -31,6 +31,7 @@ from feature_store.references import FeatureRefs, ResolvedFeature, resolve_featu
 from feature_store.registry import Registry
 
 PLAN_CACHE_SIZE = 1024
+REBUILDING = "rebuilding"  # the signature a view's online state has while it is rebuilt: no watermark matches it
 PUSH_CHUNK_ROWS = 64
 PushTo = Literal["online", "offline", "online_and_offline"]
 
@@ -102,6 +103,9 @@ class OnlineService:
         stored = None if full else self.registry.online_views()
         deleted = [(view, signature) for view, signature, _, previous in todo
                    if previous is None and (stored is None or view.name in stored)]
+        for view, _signature, _files, previous in todo:
+            if previous is None:  # before anything is deleted: a run killed from here on leaves a rebuild to do
+                self.registry.set_online_watermark(view.name, REBUILDING, 0)
         armed = self._arm_markers(catalog, deleted)
         self.store.delete_prefixes([self.every_prefix(view.name) for view, _ in deleted],
                                    keep=[m for m, _ in armed.values()])
