@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import duckdb
 import numpy as np
 import pandas as pd
 import pytest
+import sqlalchemy
 
 from feature_store import Count, DuckDBSource, Entity, FeatureView, Field, FileSource, Last, Sum
 from feature_store.errors import DefinitionError, SourceNotFoundError
@@ -94,3 +96,56 @@ def test_duckdb_source_needs_table_or_query() -> None:
         DuckDBSource(name="s", timestamp_field="ts")
     with pytest.raises(DefinitionError, match="exactly one of table= or query="):
         DuckDBSource(name="s", table="t", query="SELECT 1", timestamp_field="ts")
+
+
+REFUSED = r"exactly one SELECT|not valid SQL"
+INJECTIONS = [
+    "SELECT * FROM events; COPY (SELECT 42) TO '{pwned}'",
+    "SELECT * FROM events) AS t; COPY (SELECT 42) TO '{pwned}'; SELECT * FROM (SELECT * FROM events",
+    "COPY (SELECT 42) TO '{pwned}'",
+    "ATTACH '{pwned}' AS other",
+]
+
+
+@pytest.mark.parametrize("query", INJECTIONS)
+def test_a_query_that_is_not_one_select_is_refused_at_apply(repo: Path, query: str) -> None:
+    pwned = repo / "pwned.csv"
+    store = FeatureStore(repo)
+    with pytest.raises(DefinitionError, match=REFUSED):
+        store.apply(features_for(DuckDBSource(name="s", query=query.format(pwned=pwned), timestamp_field="ts")))
+    assert not pwned.exists()
+    assert store.registry.version() == 0
+
+
+@pytest.mark.parametrize("query", INJECTIONS)
+def test_a_crafted_query_in_the_registry_is_never_run(repo: Path, queries: pd.DataFrame, query: str) -> None:
+    """A registry row is data: a query edited there to run more than one SELECT fails before DuckDB runs any of it,
+    for training sets, materialization and online reads alike."""
+    pwned = repo / "pwned.csv"
+    store = FeatureStore(repo)
+    store.apply(features_for(DuckDBSource(name="s", query="SELECT * FROM events", timestamp_field="ts")))
+    store.close()
+    engine = sqlalchemy.create_engine(store.config.registry_url(repo))
+    with engine.begin() as conn:
+        spec = json.loads(conn.execute(sqlalchemy.text(
+            "SELECT spec FROM fs_objects WHERE kind = 'source' AND name = 's'")).scalar_one())
+        spec["query"] = query.format(pwned=pwned)
+        conn.execute(sqlalchemy.text("UPDATE fs_objects SET spec = :spec WHERE kind = 'source' AND name = 's'"),
+                     {"spec": json.dumps(spec)})
+    engine.dispose()
+    store = FeatureStore(repo)
+    with pytest.raises(DefinitionError, match=REFUSED):
+        store.get_historical_features(queries, REFS).to_df()
+    with pytest.raises(DefinitionError, match=REFUSED):
+        store.materialize()
+    with pytest.raises(DefinitionError, match=REFUSED):
+        store.get_online_features(REFS, {"user_id": [1]})
+    store.close()
+    assert not pwned.exists()
+
+
+def test_a_select_with_comments_and_a_semicolon_still_reads(repo: Path, queries: pd.DataFrame) -> None:
+    expected = run(repo, DuckDBSource(name="s", table="events", timestamp_field="ts"), queries)
+    query = "/* paid */ SELECT * FROM events -- every row\nWHERE price > 0;"
+    got = run(repo, DuckDBSource(name="s", query=query, timestamp_field="ts"), queries)
+    pd.testing.assert_frame_equal(got, expected, rtol=1e-9)

@@ -5,9 +5,11 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
+import duckdb
+
 from feature_store.config import resolve_path
 from feature_store.definitions import DuckDBSource, FileSource
-from feature_store.errors import SourceNotFoundError
+from feature_store.errors import DefinitionError, SourceNotFoundError
 from feature_store.identifiers import quote, quote_literal
 
 SourceDef = FileSource | DuckDBSource
@@ -32,11 +34,34 @@ def relation_sql(source: SourceDef, repo: Path) -> str:
     if isinstance(source, DuckDBSource):
         if source.table is not None:
             return quote(source.table)
-        return f"({source.query})"
+        return f"(\n{checked_select(source)}\n)"  # on lines of its own: a trailing -- comment ends there
     files = "[" + ", ".join(quote_literal(f) for f in source_files(source, repo)) + "]"
     if source.file_format == "csv":
         return f"read_csv({files}, header = true, union_by_name = true)"
     return f"read_parquet({files}, union_by_name = true)"
+
+
+def checked_select(source: DuckDBSource) -> str:
+    """The source's query, once DuckDB's own parser finds it to be exactly one SELECT statement.
+
+    A query comes from a repo file at apply, and back from the registry later: a registry row is data, never
+    code, so a query that would run anything else (a second statement, COPY, ATTACH, INSTALL, PRAGMA, ...) is
+    refused before DuckDB executes any of it.
+    """
+    text = source.query or ""
+    try:
+        statements = duckdb.extract_statements(text)
+    except duckdb.Error as exc:
+        raise DefinitionError(f"DuckDBSource {source.name!r}: its query is not valid SQL: {exc}",
+                              source=source.name) from exc
+    kinds = [str(statement.type).rpartition(".")[2] for statement in statements]
+    if kinds != ["SELECT"]:
+        raise DefinitionError(
+            f"DuckDBSource {source.name!r}: query= must be exactly one SELECT statement, but DuckDB parses it as "
+            f"{len(kinds)} statement(s) of type {kinds}. Write one SELECT (WITH ... SELECT is fine), or use "
+            "table= for a table.", source=source.name, statements=kinds,
+        )
+    return str(statements[0].query).strip().rstrip(";")
 
 
 def source_fingerprint(source: SourceDef, repo: Path) -> dict[str, list[int]]:
