@@ -340,11 +340,12 @@ def cases(push: bool) -> list[tuple[str, str, str, int]]:
     ]
     if push:
         stamp = datetime.now(UTC).replace(microsecond=0).isoformat()
-        row = f'"event_timestamp": ["{stamp}"], "created": ["{stamp}"], "amount": [12.5], "category": ["grocery"]'
+        row = (f'"event_timestamp": ["{stamp}"], "created": ["{stamp}"], "amount": [12.5], "category": ["grocery"], '
+               '"transaction_id": [null]')
         out.append(("push 1 event (online and offline)", "/push",
                     '{"push_source_name": "transactions_push", "df": {"customer_id": [CUSTOMERS], ' + row + "}}", 1))
         columns = (("event_timestamp", f'"{stamp}"'), ("created", f'"{stamp}"'), ("amount", "12.5"),
-                   ("category", '"grocery"'))
+                   ("category", '"grocery"'), ("transaction_id", "null"))
         many = ", ".join(f'"{k}": [{", ".join([v] * 1000)}]' for k, v in columns)
         out.append(("push 1,000 events (online and offline)", "/push",
                     '{"push_source_name": "transactions_push", "df": {"customer_id": [CUSTOMERS], ' + many + "}}",
@@ -381,7 +382,7 @@ def push_visibility(port: int, customers: int, count: int) -> dict[str, Any]:
         started = time.perf_counter()
         call("/push", {"push_source_name": "transactions_push", "df": {
             "customer_id": [customer], "event_timestamp": [datetime.now(UTC).isoformat()],
-            "amount": [1.0], "category": ["grocery"]}})
+            "amount": [1.0], "category": ["grocery"], "transaction_id": [None]}})
         seen = lifetime_spend(customer)
         samples.append(time.perf_counter() - started)
         stale += abs(seen - (before + 1.0)) > 1e-6 * max(1.0, abs(before))

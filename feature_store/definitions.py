@@ -152,12 +152,15 @@ class PushSource(_Frozen):
     name: str
     batch_source: FileSource | DuckDBSource | str
     description: str = ""
+    nullable: tuple[str, ...] = ()  # batch columns a push may leave out (null); every other one must be sent
 
     @model_validator(mode="after")
     def _check(self) -> PushSource:
         validate_identifier(self.name, "push source name")
         if self.batch_source_name == self.name:
             raise DefinitionError(f"push source {self.name!r} cannot be its own batch source; name them apart.")
+        for column in self.nullable:
+            validate_identifier(column, f"nullable column of push source {self.name!r}")
         return self
 
     @property
@@ -165,7 +168,9 @@ class PushSource(_Frozen):
         return self.batch_source if isinstance(self.batch_source, str) else self.batch_source.name
 
     def to_spec(self) -> dict[str, Any]:
-        spec = self.model_dump(mode="json", exclude={"batch_source"})
+        # without nullable when empty: specs (hence plans and signatures) of push sources made before it stay as
+        # they were
+        spec = self.model_dump(mode="json", exclude={"batch_source", *(() if self.nullable else ("nullable",))})
         spec["batch_source"] = self.batch_source_name
         return spec
 

@@ -16,7 +16,7 @@ from feature_store.catalog import Catalog, SpecKey
 from feature_store.definitions import to_spec
 
 Action = Literal["add", "change", "remove"]
-_COSMETIC = {"description", "tags"}
+_COSMETIC = {"description", "tags", "nullable"}  # spec fields that do not determine materialized data
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,10 @@ _INT_RANGES = {
     "USMALLINT": (0, 2**16 - 1), "UINTEGER": (0, 2**32 - 1), "UBIGINT": (0, 2**64 - 1),
 }
 MAX_ROWS = 1_000_000
+# Pushed floats beyond this magnitude are refused: no sum of fewer than 10^8 of them can overflow a double, so a
+# push never turns an entity's sums, means and deviations into infinity or NaN.
+MAX_MAGNITUDE = 1e300
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
 
 @dataclass(frozen=True)
@@ -75,8 +79,12 @@ def as_columns(data: Any) -> dict[str, list[Any]]:
 
 
 def check_rows(source: str, data: Any, schema: Mapping[str, str], timestamp_field: str,
-               required: Collection[str], now_us: int) -> PushRows:
-    """Validate and type pushed rows for a push source whose batch source has ``schema``."""
+               required: Collection[str], now_us: int, optional: Collection[str] = ()) -> PushRows:
+    """Validate and type pushed rows for a push source whose batch source has ``schema``.
+
+    ``required`` columns need a value in every row; every other column of the schema must be there too (nulls
+    allowed: a value may be unknown, but a column left out is a mistake that would store nulls unseen), except
+    ``optional`` ones."""
     columns = as_columns(data)
     count = len(next(iter(columns.values()))) if columns else 0
     if count == 0:
@@ -94,6 +102,13 @@ def check_rows(source: str, data: Any, schema: Mapping[str, str], timestamp_fiel
         raise PushDataError(
             f"push to {source!r}: column(s) {missing} are missing; every pushed row needs the event timestamp and "
             "the join keys of the views over the source.", push_source=source, columns=missing,
+        )
+    left_out = sorted(set(schema) - set(columns) - set(optional))
+    if left_out:
+        raise PushDataError(
+            f"push to {source!r}: column(s) {left_out} are missing; a pushed row carries every column of the batch "
+            f"source (send null where a value is unknown), or declare them PushSource(nullable={left_out}) to "
+            "let pushes leave them out.", push_source=source, columns=left_out,
         )
     typed = {name: _typed_column(source, name, values, schema[name]) for name, values in columns.items()}
     for name in required:
@@ -144,14 +159,16 @@ def _typed(value: Any, kind: str, duckdb_type: str) -> Any:
     if kind in ("DOUBLE", "FLOAT"):
         if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
             raise TypeError("not a number")
-        real = float(value)
+        real = _finite(float(value))
+        if kind == "FLOAT" and abs(real) > FLOAT32_MAX:
+            raise ValueError("out of range for FLOAT")
         return float(np.float32(real)) if kind == "FLOAT" else real
     if kind == "DECIMAL":
         scale = int(duckdb_type.split(",")[1].rstrip(") ")) if "," in duckdb_type else 3
         if isinstance(value, bool):
             raise TypeError("not a number")
         exact = Decimal(str(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
-        return float(exact)
+        return _finite(float(exact))
     if kind == "VARCHAR":
         if not isinstance(value, str):
             raise TypeError("not a string; send strings for string columns")
@@ -168,6 +185,14 @@ def _typed(value: Any, kind: str, duckdb_type: str) -> Any:
             raise TypeError("not a date (YYYY-MM-DD)")
         return value if isinstance(value, date) else date.fromisoformat(value)
     raise TypeError(f"pushing {duckdb_type} columns is not supported")
+
+
+def _finite(real: float) -> float:
+    if not math.isfinite(real):
+        raise ValueError("not a finite number; send null for a missing value (NaN and infinity are refused)")
+    if abs(real) > MAX_MAGNITUDE:
+        raise ValueError(f"beyond ±{MAX_MAGNITUDE:g}, where sums could overflow")
+    return real
 
 
 def _integer(value: Any) -> int:

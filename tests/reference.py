@@ -525,6 +525,8 @@ def _arrow_type(type_string):
 
 
 def _arrow_value(value, type_string):
+    if type_string == "float64" and isinstance(value, float) and value != value:
+        return value  # written as NaN, not null: the engine must read it as null (docs/semantics.md)
     if is_null(value):
         return None
     if type_string.startswith("timestamp["):

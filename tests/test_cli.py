@@ -156,7 +156,8 @@ def test_push_a_file_then_read_and_verify(example_repo: Path, tmp_path: Path, su
     run(example_repo, "apply")
     assert run(example_repo, "materialize").exit_code == 0
     now = pd.Timestamp.now(tz="UTC")
-    rows = pd.DataFrame({"customer_id": [424242, 424242], "event_timestamp": [now.isoformat()] * 2,
+    rows = pd.DataFrame({"transaction_id": [9_000_001, 9_000_002], "customer_id": [424242, 424242],
+                         "event_timestamp": [now.isoformat()] * 2,
                          "amount": [10.0, 2.5], "category": ["food", "travel"]})
     path = tmp_path / f"events{suffix}"
     {".csv": lambda: rows.to_csv(path, index=False), ".parquet": lambda: rows.to_parquet(path),
@@ -173,8 +174,8 @@ def test_push_a_file_then_read_and_verify(example_repo: Path, tmp_path: Path, su
 def test_push_errors_name_the_column(example_repo: Path, tmp_path: Path) -> None:
     run(example_repo, "apply")
     path = tmp_path / "bad.csv"
-    pd.DataFrame({"customer_id": [1], "event_timestamp": ["2026-01-01T00:00:00Z"], "amount": ["a lot"]}).to_csv(
-        path, index=False)
+    pd.DataFrame({"transaction_id": [1], "customer_id": [1], "event_timestamp": ["2026-01-01T00:00:00Z"],
+                  "amount": ["a lot"], "category": ["food"]}).to_csv(path, index=False)
     result = CliRunner().invoke(main, ["--repo", str(example_repo), "push", "transactions_push", "--file", str(path)])
     assert result.exit_code == 1
     assert "PushDataError" in result.output and "'amount'" in result.output

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import math
 import os
 import shutil
 import sys
@@ -174,7 +175,7 @@ def open_repo(repo: str, views: list[Any], online: dict[str, str]) -> FeatureSto
 # strategies
 # --------------------------------------------------------------------------
 
-amounts = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.5, -3.25, 1000.0]),
+amounts = st.one_of(st.none(), st.sampled_from([0.0, 1.0, 2.5, -3.25, 1000.0, math.nan]),  # NaN: null
                     st.integers(-4000, 4000).map(lambda k: k / 4))  # exact in binary: sums are exact
 quantities = st.one_of(st.none(), st.integers(-5, 5))
 categories = st.one_of(st.none(), st.sampled_from(["a", "b", "c"]))

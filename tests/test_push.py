@@ -26,7 +26,7 @@ from hypothesis import strategies as st
 
 import feature_store as fs
 from feature_store.config import RedisOnlineConfig
-from feature_store.errors import OnlineStoreUnavailable, PushDataError, PushSourceNotFoundError
+from feature_store.errors import OnlineStoreUnavailable, PushDataError, PushSourceNotFoundError, SchemaError
 from feature_store.store import FeatureStore
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -240,6 +240,33 @@ def test_bad_pushes_are_rejected_whole_and_write_nothing(pushed_repo: Any) -> No
     assert store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict() == before
 
 
+@pytest.mark.parametrize("amount", ["nan", "NaN", "inf", "-Infinity", float("inf"), float("-inf"), 1e309, 1e308,
+                                    -2e300])
+def test_non_finite_and_overflowing_values_are_refused(pushed_repo: Any, amount: Any) -> None:
+    """NaN, infinity, and values whose sums could overflow never reach an entity's partials: one such push used to
+    turn its sums, means and maxima into null (served as PRESENT) for good."""
+    store, _spend, _profile = pushed_repo
+    before = store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict()
+    with pytest.raises(PushDataError) as info:
+        store.push("spend_push", [event(1, 2.0), event(1, amount)])
+    message = str(info.value)
+    assert "'amount'" in message and "row 1" in message and info.value.http_status == 422, message
+    assert log_size(store) == 0
+    assert store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict() == before
+
+
+def test_nan_from_pandas_is_a_missing_value(pushed_repo: Any) -> None:
+    """pandas writes a missing float as NaN: a pushed NaN float is null, as a NaN in a batch file is."""
+    store, _spend, _profile = pushed_repo
+    refs = ["spend:n_all", "spend:s_1d"]
+    before = store.get_online_features(refs, {"customer_id": [8]}).values
+    store.push("spend_push", pd.DataFrame([event(8, 1.5), event(8, np.nan)]))
+    after = store.get_online_features(refs, {"customer_id": [8]}).values
+    assert after["s_1d"][0] == before["s_1d"][0] + 1.5
+    df = pd.DataFrame({"customer_id": [8], "event_timestamp": [datetime.now(UTC)]})
+    assert store.get_historical_features(df, ["spend:s_1d"]).to_df()["s_1d"].iloc[0] == after["s_1d"][0]
+
+
 def test_push_destinations(pushed_repo: Any) -> None:
     """offline: training sets at once, online at the next materialize; online: never in training sets."""
     store, _spend, _profile = pushed_repo
@@ -449,3 +476,30 @@ def test_a_rebuild_reads_its_keys_only_once_a_push_lands(pushed_repo: Any, monke
     assert reads_after == {1: False, 2: False, 3: True, 4: True, 5: True, 6: True, 7: True}, spend_log
     online = store.get_online_features(["spend:n_all", "spend:s_1d"], {"customer_id": [34, 35]}).to_dict()
     assert online["n_all"] == [1, 2] and online["s_1d"] == [1.0, 101.0]
+
+
+def test_a_push_leaving_out_a_column_is_refused_unless_declared_nullable(example_repo: Path) -> None:
+    """A column left out of a push used to store nulls unseen; now it is named, and only columns the push source
+    declares nullable may be left out (declaring it rebuilds nothing: it does not change the data)."""
+    store = FeatureStore(example_repo)
+    store.apply()
+    row = {"customer_id": [1], "event_timestamp": [datetime.now(UTC) - MIN], "amount": [1.0], "category": ["a"]}
+    with pytest.raises(PushDataError, match=r"\['transaction_id'\] are missing") as info:
+        store.push("transactions_push", row)
+    assert info.value.http_status == 422 and "nullable" in str(info.value)
+    assert store.push("transactions_push", {**row, "transaction_id": [None]}).rows == 1  # an unknown value: null
+    features = example_repo / "features.py"
+    declared = 'PushSource(name="transactions_push", batch_source=transactions)'
+    assert declared in features.read_text()
+    features.write_text(features.read_text().replace(
+        declared, 'PushSource(name="transactions_push", batch_source=transactions, nullable=["transaction_id"])'))
+    plan = store.plan()
+    assert [(c.name, c.fields) for c in plan.changes] == [("transactions_push", ("nullable",))]
+    assert plan.invalidated_views == ()
+    store.apply(plan)
+    store.refresh_serving()
+    assert store.push("transactions_push", row).rows == 1
+    features.write_text(features.read_text().replace('nullable=["transaction_id"]', 'nullable=["transaction_idd"]'))
+    with pytest.raises(SchemaError, match="transaction_idd"):
+        store.plan()
+    store.close()

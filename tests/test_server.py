@@ -201,7 +201,8 @@ def test_digit_strings_beyond_64_bits_or_not_ascii_digits_are_400(client: TestCl
 
 def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
-    row = {"customer_id": [1, 2], "event_timestamp": [now.isoformat()] * 2, "created": [now.isoformat()] * 2,
+    row = {"transaction_id": [9_000_001, 9_000_002], "customer_id": [1, 2], "event_timestamp": [now.isoformat()] * 2,
+           "created": [now.isoformat()] * 2,
            "amount": [10.0, 20.0], "category": ["grocery", "travel"]}
     response = post(client, {"push_source_name": "transactions_push", "df": row, "to": "online"}, "/push")
     assert response.status_code == 200, response.text

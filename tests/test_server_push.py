@@ -41,8 +41,9 @@ def served(tmp_path_factory: pytest.TempPathFactory, redis_url: str) -> Iterator
 
 def events(customers: list[int], amounts: list[float], at: datetime) -> dict[str, list[Any]]:
     stamp = at.isoformat()
-    return {"customer_id": customers, "event_timestamp": [stamp] * len(customers),
-            "created": [stamp] * len(customers), "amount": amounts, "category": ["grocery"] * len(customers)}
+    return {"transaction_id": [None] * len(customers), "customer_id": customers,
+            "event_timestamp": [stamp] * len(customers), "created": [stamp] * len(customers), "amount": amounts,
+            "category": ["grocery"] * len(customers)}
 
 
 def online(server: Server, customers: list[int], now: datetime) -> dict[str, Any]:
@@ -77,6 +78,30 @@ def test_pushed_events_are_served_at_once_and_trained_on_with_the_same_values(se
     for i in range(2):
         assert math.isclose(offline["spend_1d"][i], spend_after[i], rel_tol=1e-9)
         assert offline["txn_count_1h_live"][i] == after["txn_count_1h_live"][0][i]
+
+
+NON_FINITE = ['"nan"', '"inf"', "Infinity", "-Infinity", "NaN", "1e309", "1e308"]
+
+
+@pytest.mark.parametrize("amount", NON_FINITE)
+def test_non_finite_amounts_are_a_422_naming_column_and_row(served: tuple[Path, Server], amount: str) -> None:
+    """JSON as clients send it, non-standard literals included: nothing is logged or served."""
+    _repo, server = served
+    customer = 5_000_100 + NON_FINITE.index(amount)
+    at = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    body = (f'{{"push_source_name": "transactions_push", "df": {{"customer_id": [{customer}, {customer}], '
+            f'"event_timestamp": ["{at}", "{at}"], "created": ["{at}", "{at}"], "amount": [1.0, {amount}], '
+            '"category": ["a", "b"], "transaction_id": [1, 2]}}')
+    with server.client() as client:
+        response = client.post("/push", content=body, headers={"content-type": "application/json"})
+    if amount == "NaN":  # JSON's parser gives a NaN float, which pandas-style is a missing value
+        assert response.status_code in (200, 422), response.text
+    else:
+        assert response.status_code == 422, response.text
+        message = response.json()["error"]["message"]
+        assert "'amount'" in message and "row 1" in message, message
+    if response.status_code == 422:
+        assert online(server, [customer], datetime.now(UTC))["txn_count_1h_live"][0] == [0]
 
 
 def test_concurrent_pushes_for_one_entity_lose_nothing(served: tuple[Path, Server]) -> None:

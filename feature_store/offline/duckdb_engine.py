@@ -263,6 +263,9 @@ class DuckDBOfflineEngine:
                 )
         for key in catalog.join_keys(view):
             _require(schema, key, where)
+        declared = catalog.source_of(view)
+        for column in declared.nullable if isinstance(declared, PushSource) else ():
+            _require(schema, column, f"source {source.name!r} (nullable= of push source {declared.name!r})")
         for feature in view.features:
             column = feature.column if isinstance(feature, Aggregation) else feature.name
             if column is None:

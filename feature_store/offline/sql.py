@@ -86,9 +86,14 @@ def floor_sql(expr: str, hop: int) -> str:
 
 
 def _column_sql(view: ViewQuery, column: str) -> str:
-    """Decimals are read as DOUBLE so every numeric aggregate has one float type."""
+    """Decimals are read as DOUBLE so every numeric aggregate has one float type; NaN is read as null (the
+    missing value of pandas, and of pushes: docs/semantics.md), so one NaN never poisons a window."""
     kind = base_type(view.column_types.get(column, ""))
-    return f"CAST({quote(column)} AS DOUBLE) AS {quote(column)}" if kind in ("DECIMAL", "HUGEINT") else quote(column)
+    if kind in ("DECIMAL", "HUGEINT"):
+        return f"CAST({quote(column)} AS DOUBLE) AS {quote(column)}"
+    if kind in ("DOUBLE", "FLOAT"):
+        return f"nullif({quote(column)}, 'NaN'::{kind}) AS {quote(column)}"
+    return quote(column)
 
 
 def epoch_sql(column: str, duckdb_type: str) -> str:

@@ -156,7 +156,9 @@ class OnlineService:
         targets = self.push_targets(catalog, version, name)
         required = {batch.timestamp_field, *(k for t in targets for k in t.keys)}
         schema = self.offline.source_schema(catalog, batch.name)
-        rows = check_rows(name, data, schema, batch.timestamp_field, required, time.time_ns() // 1000)
+        # a push row's availability is its arrival: the batch source's created column may be left out
+        optional = {*source.nullable, *filter(None, [batch.created_timestamp_field])}
+        rows = check_rows(name, data, schema, batch.timestamp_field, required, time.time_ns() // 1000, optional)
         logged = to != "online"
         pushed_at = self.offline.push_log.append(name, rows.log_lines) if logged else time.time_ns() // 1000
         updates = self._push_online(targets, rows, pushed_at, logged) if to != "offline" else 0
