@@ -178,3 +178,11 @@ def test_push_errors_name_the_column(example_repo: Path, tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["--repo", str(example_repo), "push", "transactions_push", "--file", str(path)])
     assert result.exit_code == 1
     assert "PushDataError" in result.output and "'amount'" in result.output
+
+
+def test_materialize_help_says_it_writes_both_stores() -> None:
+    text = CliRunner().invoke(main, ["materialize", "--help"], terminal_width=100).output
+    assert "offline DuckDB" in text and "online store" in text
+    listed = CliRunner().invoke(main, ["--help"], terminal_width=100).output
+    summary = next(line for line in listed.splitlines() if line.strip().startswith("materialize"))
+    assert "online" in summary and "offline" in summary
