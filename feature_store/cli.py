@@ -209,7 +209,7 @@ def _describe_feature(item: dict[str, Any]) -> str:
 @click.option("--full", is_flag=True, help="Rebuild from scratch instead of continuing from the watermark.")
 @click.pass_context
 def materialize(ctx: click.Context, end: datetime | None, views: str | None, full: bool) -> None:
-    """Precompute features up to --end, incrementally: offline tiles, then online values.
+    """Write offline tiles and online values up to --end (default now), incrementally.
 
     Writes per-hop tiles and snapshot history into the offline DuckDB, then each entity's values into the
     online store (SQLite or Redis), so that get-online, verify and the feature server can read them.
