@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,6 +15,7 @@ from typing import Any, TypeVar
 import click
 import pandas as pd
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -40,23 +42,34 @@ def _store(ctx: click.Context) -> FeatureStore:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """A FeatureStoreError is the user's to fix: print it plainly and exit 1, no traceback."""
+    """A FeatureStoreError is the user's to fix: print it plainly and exit 1; the traceback only with --debug."""
     try:
         yield
     except FeatureStoreError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc.message}", highlight=False, soft_wrap=True)
+        context = click.get_current_context(silent=True)
+        debug = bool(context and context.find_root().obj and context.find_root().obj.get("debug"))
+        hint = ""
+        if debug:
+            err_console.print("".join(traceback.format_exception(exc)), end="", markup=False, highlight=False,
+                              soft_wrap=True)
+        elif exc.__cause__ is not None and not isinstance(exc.__cause__, FeatureStoreError):
+            hint = " [dim](--debug prints the traceback)[/]"  # the cause is in code: user code, DuckDB, a driver
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(exc.message)}{hint}", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--repo", "repo", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="The feature repo (the folder holding feature_store.yaml).")
+@click.option("--debug", is_flag=True, help="On an error, also print its traceback (with the causes).")
 @click.version_option(package_name="feature-store")
 @click.pass_context
-def main(ctx: click.Context, repo: Path) -> None:
+def main(ctx: click.Context, repo: Path, debug: bool) -> None:
     """Feature store: define features once, get point-in-time-correct training sets."""
     ctx.ensure_object(dict)
     ctx.obj["repo"] = repo
+    ctx.obj["debug"] = debug
 
 
 @main.command()
