@@ -1,4 +1,9 @@
-"""The ``feature-store`` command line: acts on the repo in the current folder or --repo PATH."""
+"""The ``feature-store`` command line: acts on the repo in the current folder or --repo PATH.
+
+Start-up time matters here (every command is a new process): this module imports only click, rich and the
+light parts of the package; the store, definitions, pandas and the engines are imported by the commands
+that use them (tests/test_cli_startup.py checks which modules ``--help`` loads).
+"""
 
 from __future__ import annotations
 
@@ -10,22 +15,22 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import pandas as pd
 from rich.console import Console
 from rich.markup import escape
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from feature_store import example
-from feature_store.aggregations import Aggregation
-from feature_store.definitions import FileSource, kind_of, to_spec
 from feature_store.durations import format_duration
 from feature_store.errors import FeatureStoreError, PushDataError
-from feature_store.plan import Plan
-from feature_store.store import FeatureStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress
+
+    from feature_store.plan import Plan
+    from feature_store.store import FeatureStore
 
 console = Console()
 err_console = Console(stderr=True)
@@ -33,6 +38,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store(ctx: click.Context) -> FeatureStore:
+    from feature_store.store import FeatureStore
+
     if "store" not in ctx.obj:
         ctx.obj["store"] = FeatureStore(ctx.obj["repo"])
         ctx.call_on_close(ctx.obj["store"].close)
@@ -105,6 +112,8 @@ def generate_data(ctx: click.Context, customers: int, days: int, seed: int) -> N
 
 
 def _generate(data_dir: Path, customers: int, days: int, seed: int) -> None:
+    from feature_store import example
+
     with console.status("Generating example data..."):
         data = example.generate(data_dir, customers=customers, days=days, seed=seed)
     console.print(
@@ -152,6 +161,9 @@ def _print_plan(plan: Plan) -> None:
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Tables of the registered entities, sources, feature views, features and services."""
+    from feature_store.aggregations import Aggregation
+    from feature_store.definitions import FileSource
+
     with _errors():
         catalog = _store(ctx).catalog()
         entities = _table("Entities", "name", "join keys", "description")
@@ -194,6 +206,8 @@ def _table(title: str, *columns: str) -> Table:
 @click.pass_context
 def describe(ctx: click.Context, name: str) -> None:
     """Show one registered object (view, service, entity or source) in full."""
+    from feature_store.definitions import kind_of, to_spec
+
     with _errors():
         obj = _store(ctx).catalog().find(name)
         kind = kind_of(obj).replace("_", " ")
@@ -325,6 +339,8 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -365,6 +381,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, log_level: str
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=False) as progress:
         yield progress
@@ -408,17 +426,20 @@ def _print_frame(df: pd.DataFrame, title: str) -> None:
     table.add_column("column", style="bold", no_wrap=True, min_width=max(len(str(c)) for c in df.columns))
     for i in range(len(df)):
         table.add_column(f"row {i}", justify="right")
+    import pandas as pd
+
+    missing = (pd.NA, pd.NaT)
     for column in df.columns:
-        table.add_row(str(column), *(_cell(v) for v in df[column]))
+        table.add_row(str(column), *(_cell(None if any(v is m for m in missing) else v) for v in df[column]))
     console.print(table)
 
 
 def _cell(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+    if value is None or (isinstance(value, float) and value != value):
         return "[dim]null[/]"
     if isinstance(value, float):
         return f"{value:,.2f}"
-    if isinstance(value, pd.Timestamp):
+    if isinstance(value, datetime):  # pandas' Timestamp too
         return value.strftime("%Y-%m-%d %H:%M:%S")
     return str(value)
 

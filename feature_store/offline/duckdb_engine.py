@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from feature_store.aggregations import ORDERABLE_TYPES, Aggregation, base_type
@@ -47,13 +46,17 @@ from feature_store.offline.sql import (
 from feature_store.plan import view_signature
 from feature_store.references import ResolvedFeature
 
+if TYPE_CHECKING:  # pandas is imported by to_df: `feature-store plan` checks sources without it
+    import pandas as pd
+
 TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}  # after base_type()
 
 
-_NULLABLE = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
-    pa.bool_(): pd.BooleanDtype(),
-}
+def _nullable_dtypes() -> dict[pa.DataType, Any]:
+    import pandas as pd
+
+    return {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+            pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 class DuckDBRetrievalJob:
@@ -91,10 +94,11 @@ class DuckDBRetrievalJob:
         """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
         table = self.to_arrow()
         df = table.to_pandas()
+        nullable = _nullable_dtypes()
         for name in table.column_names:
             column = table.column(name)
-            if column.null_count and column.type in _NULLABLE:
-                df[name] = column.to_pandas(types_mapper=_NULLABLE.get)
+            if column.null_count and column.type in nullable:
+                df[name] = column.to_pandas(types_mapper=nullable.get)
         return df
 
     def to_parquet(self, path: str | Path) -> None:

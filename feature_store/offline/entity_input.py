@@ -8,7 +8,6 @@ from typing import Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -16,8 +15,6 @@ from feature_store.errors import EntityDataFrameError
 
 TIMESTAMP_COLUMN = "event_timestamp"
 ROW_ID = "__row_id"
-
-EntityInput = pd.DataFrame | pa.Table | str | Path
 
 
 def fetch_arrow(result: Any) -> pa.Table:
@@ -27,6 +24,8 @@ def fetch_arrow(result: Any) -> pa.Table:
 
 
 def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    import pandas as pd  # here, not at the top: the engine checks sources (feature-store plan) without pandas
+
     if isinstance(entity_df, pd.DataFrame):
         try:
             return pa.Table.from_pandas(entity_df, preserve_index=False)
