@@ -20,8 +20,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
+from feature_store.cli_output import Col, Grid
 from feature_store.durations import format_duration
 from feature_store.errors import FeatureStoreError, PushDataError
 
@@ -147,14 +148,13 @@ def _print_plan(plan: Plan) -> None:
     if plan.is_empty:
         console.print(f"No changes: the registry of project {plan.project!r} matches the repo.")
         return
-    table = Table(title=f"Plan for project {plan.project!r} (registry version {plan.base_version})")
-    for column in ("action", "kind", "name", "changed", "rebuilds materialized data of"):
-        table.add_column(column)
+    table = Grid(f"Plan for project {plan.project!r} (registry version {plan.base_version})",
+                 "action", "kind", "name", "changed", "rebuilds materialized data of")
     colours = {"add": "green", "change": "yellow", "remove": "red"}
     for change in plan.changes:
-        table.add_row(f"[{colours[change.action]}]{change.action}[/]", change.kind.replace("_", " "), change.name,
+        table.add_row(Text(change.action, style=colours[change.action]), change.kind.replace("_", " "), change.name,
                       ", ".join(change.fields), ", ".join(change.invalidates))
-    console.print(table)
+    table.show(console)
 
 
 @main.command("list")
@@ -166,18 +166,18 @@ def list_(ctx: click.Context) -> None:
 
     with _errors():
         catalog = _store(ctx).catalog()
-        entities = _table("Entities", "name", "join keys", "description")
+        entities = Grid("Entities", "name", "join keys", "description")
         for e in catalog.entities.values():
             entities.add_row(e.name, ", ".join(e.join_keys), e.description)
-        sources = _table("Sources", "name", "reads", "timestamp", "created")
+        sources = Grid("Sources", "name", "reads", "timestamp", "created")
         for s in catalog.sources.values():
             b = catalog.batch_source(s)
             reads = b.path if isinstance(b, FileSource) else (b.table or "query")
             if b is not s:
                 reads = f"pushed events + {b.name} ({reads})"
             sources.add_row(s.name, reads, b.timestamp_field, b.created_timestamp_field or "")
-        views = _table("Feature views", "name", "kind", "entities", "source", "features", "ttl")
-        features = _table("Features", "reference", "function", "column", "window", "hop")
+        views = Grid("Feature views", "name", "kind", "entities", "source", Col("features", right=True), "ttl")
+        features = Grid("Features", "reference", "function", "column", "window", "hop")
         for v in catalog.views.values():
             views.add_row(v.name, "aggregation" if v.is_aggregation else "snapshot", ", ".join(v.entity_names),
                           v.source_name, str(len(v.features)), format_duration(v.ttl) if v.ttl else "")
@@ -187,18 +187,13 @@ def list_(ctx: click.Context) -> None:
                                      format_duration(f.window), format_duration(f.effective_hop(v.hop)))
                 else:
                     features.add_row(f"{v.name}:{f.name}", "latest", f.name, "", "")
-        services = _table("Feature services", "name", "features")
+        services = Grid("Feature services", "name", "features")
         for svc in catalog.services.values():
             services.add_row(svc.name, ", ".join(f"{p.view}:{f}" for p in svc.projections for f in p.features))
-        for table in (entities, sources, views, features, services):
-            console.print(table)
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    return table
+        for n, table in enumerate((entities, sources, views, features, services)):
+            if n:
+                console.print()
+            table.show(console)
 
 
 @main.command()
@@ -211,13 +206,13 @@ def describe(ctx: click.Context, name: str) -> None:
     with _errors():
         obj = _store(ctx).catalog().find(name)
         kind = kind_of(obj).replace("_", " ")
-        table = _table(f"{kind} {name!r}", "field", "value")
+        table = Grid(f"{kind} {name!r}", "field", "value")
         spec = to_spec(obj)
         for key, value in spec.items():
             if key == "features" and isinstance(value, list):
                 value = "\n".join(_describe_feature(item) for item in value)
             table.add_row(key, str(value))
-        console.print(table)
+        table.show(console)
 
 
 def _describe_feature(item: dict[str, Any]) -> str:
@@ -252,11 +247,11 @@ def materialize(ctx: click.Context, end: datetime | None, views: str | None, ful
         end_utc = end.replace(tzinfo=UTC) if end else None
         names = [v.strip() for v in views.split(",")] if views else None
         results = _store(ctx).materialize(end=end_utc, views=names, full=full, progress=report)
-    table = _table("Materialized", "view", "part", "from", "to", "rows written", "rebuilt")
+    table = Grid("Materialized", "view", "part", "from (UTC)", "to (UTC)", Col("rows written", right=True), "rebuilt")
     for r in results:
-        table.add_row(r.view, r.part, str(r.previous_watermark or "start"), str(r.watermark), f"{r.rows_written:,}",
-                      "yes" if r.rebuilt else "")
-    console.print(table)
+        table.add_row(r.view, r.part, _time(r.previous_watermark) if r.previous_watermark else "start",
+                      _time(r.watermark), f"{r.rows_written:,}", "yes" if r.rebuilt else "")
+    table.show(console)
 
 
 @main.command("get-online")
@@ -279,11 +274,12 @@ def get_online(ctx: click.Context, entities: str, features: str | None, service:
             key, _, given = part.partition("=")
             rows[key.strip()] = [v.strip() for v in given.split(",")]
         response = store.get_online_features(refs, rows, now=now.replace(tzinfo=UTC) if now else None)
-        table = _table("Online features", "feature", *(f"{k}={v}" for k, v in _entity_labels(rows)))
+        table = Grid("Online features", "feature", *(Col(f"{k}={v}", right=True) for k, v in _entity_labels(rows)))
         for name, values in response.values.items():
-            cells = [f"{_cell(v)} [dim]{s}[/]" for v, s in zip(values, response.statuses[name], strict=True)]
+            cells = [Text.assemble(_cell(v), " ", (s, "dim")) for v, s in zip(values, response.statuses[name],
+                                                                             strict=True)]
             table.add_row(name, *cells)
-        console.print(table)
+        table.show(console)
 
 
 def _entity_labels(rows: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -304,13 +300,16 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
         names = [v.strip() for v in views.split(",")] if views else None
         with console.status("Reading online and computing offline..."):
             report = _store(ctx).verify(sample=sample, views=names)
-    table = _table(f"Online vs offline at {report.now:%Y-%m-%d %H:%M:%S} UTC", "view", "feature", "compared",
-                   "mismatches", "null mismatches", "mean rel. diff", "example")
+    examples = any(c.example for c in report.checks)  # a column only when something differs: 80 columns are few
+    table = Grid(f"Online vs offline at {report.now:%Y-%m-%d %H:%M:%S} UTC", "view", "feature",
+                 Col("compared", right=True), Col("mismatches", right=True), Col("null mismatches", right=True),
+                 Col("mean rel. diff", right=True), *(["example"] if examples else []))
     for c in report.checks:
-        style = "" if c.ok else "[red]"
-        table.add_row(c.view, c.feature, f"{c.compared:,}", f"{style}{c.mismatches}", f"{style}{c.null_mismatches}",
-                      f"{c.mean_relative_difference:.2e}", c.example)
-    console.print(table)
+        style = "" if c.ok else "red"
+        table.add_row(c.view, c.feature, f"{c.compared:,}", Text(str(c.mismatches), style=style),
+                      Text(str(c.null_mismatches), style=style), f"{c.mean_relative_difference:.2e}",
+                      *([c.example] if examples else []))
+    table.show(console)
     for view, count in report.not_found.items():
         if count:
             console.print(f"[yellow]{view}: {count} sampled entities are not in the online store.[/]")
@@ -422,26 +421,30 @@ def training_set(ctx: click.Context, entities: str, features: str | None, servic
 
 def _print_frame(df: pd.DataFrame, title: str) -> None:
     """Rows as columns: training sets are wide and short to preview, so this reads on a terminal."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("column", style="bold", no_wrap=True, min_width=max(len(str(c)) for c in df.columns))
-    for i in range(len(df)):
-        table.add_column(f"row {i}", justify="right")
     import pandas as pd
 
+    table = Grid(title, "column", *(Col(f"row {i}", right=True) for i in range(len(df))))
     missing = (pd.NA, pd.NaT)
     for column in df.columns:
         table.add_row(str(column), *(_cell(None if any(v is m for m in missing) else v) for v in df[column]))
-    console.print(table)
+    table.show(console)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any) -> Text:
     if value is None or (isinstance(value, float) and value != value):
-        return "[dim]null[/]"
+        return Text("null", style="dim")
     if isinstance(value, float):
-        return f"{value:,.2f}"
+        return Text(f"{value:,.2f}")
     if isinstance(value, datetime):  # pandas' Timestamp too
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+        return Text(_time(value))
+    return Text(str(value))
+
+
+def _time(value: datetime) -> str:
+    """Seconds are enough to read; a time zone other than UTC is named."""
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    offset = value.utcoffset()
+    return text if offset is None or not offset else f"{text} {value.strftime('%z')}"
 
 
 if __name__ == "__main__":
