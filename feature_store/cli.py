@@ -152,8 +152,9 @@ def _print_plan(plan: Plan) -> None:
                  "action", "kind", "name", "changed", "rebuilds materialized data of")
     colours = {"add": "green", "change": "yellow", "remove": "red"}
     for change in plan.changes:
+        changed = "\n".join(d.describe() for d in change.diffs) or ", ".join(change.fields)  # a line per field
         table.add_row(Text(change.action, style=colours[change.action]), change.kind.replace("_", " "), change.name,
-                      ", ".join(change.fields), ", ".join(change.invalidates))
+                      changed, ", ".join(change.invalidates))
     table.show(console)
 
 

@@ -110,12 +110,14 @@ class Grid:
 def column_widths(columns: list[list[Text]], available: int) -> list[int] | None:
     """Widths that keep every word whole within ``available`` characters, or None when none do.
 
+    ``columns`` holds each column's header, then its cells.
     Each column starts at its longest word. The spare width first puts whole columns on one line, those
     that lack the least first (a column of short cells then never wraps), then goes a character at a time
     to the column that lacks the most, so that the long ones wrap about evenly.
     """
     need = [max(longest_word(cell) for cell in cells) for cells in columns]
-    want = [max(longest_line(cell) for cell in cells) for cells in columns]
+    # The cells say how wide a column would like to be; a long header wraps instead (at its spaces).
+    want = [max(longest_word(cells[0]), *(longest_line(cell) for cell in cells[1:])) for cells in columns]
     if sum(need) > available:
         return None
     widths = list(need)

@@ -48,6 +48,22 @@ def test_plan_shows_changes_and_invalidation(example_repo: Path) -> None:
     assert "rebuilds" in out
 
 
+def test_plan_shows_each_changed_field_old_to_new(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    features = example_repo / "features.py"
+    text = features.read_text().replace('window=timedelta(days=7), name="spend_7d"',
+                                        'window=timedelta(days=14), name="spend_7d"')
+    text = text.replace('        Max("amount", window=timedelta(days=30), name="max_spend_30d"),\n', "")
+    features.write_text(text.replace("ttl=timedelta(days=365)", "ttl=timedelta(days=180)"))
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "plan"], env={"COLUMNS": "150"})
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert any("customer_spend features[spend_7d].window: 7d \u2192 14d customer_spend" in line for line in lines)
+    assert any("features[max_spend_30d] removed (was max(amount) over 30d)" in line for line in lines)
+    assert any("customer_profile ttl: 365d \u2192 180d customer_profile" in line for line in lines)
+    assert any("fraud_model_v1 features[customer_spend]: removed max_spend_30d" in line for line in lines)
+
+
 def test_materialize_and_training_set(example_repo: Path, tmp_path: Path) -> None:
     run(example_repo, "apply")
     materialized = run(example_repo, "materialize")
