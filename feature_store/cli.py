@@ -103,23 +103,25 @@ def init(directory: Path, project: str | None, no_data: bool) -> None:
 
 
 @main.command("generate-data")
-@click.option("--customers", default=2_000, show_default=True)
-@click.option("--days", default=180, show_default=True)
-@click.option("--seed", default=7, show_default=True)
+@click.option("--customers", default=2_000, show_default=True, type=click.IntRange(1), help="Card holders.")
+@click.option("--days", default=180, show_default=True, type=click.IntRange(1), help="Days of transactions.")
+@click.option("--seed", default=7, show_default=True, help="Same seed and --end: the same files.")
+@click.option("--end", type=click.DateTime(), help="When the data ends, as exported then (UTC; default: the current "
+              "hour, so that windows ending now hold data).")
 @click.pass_context
-def generate_data(ctx: click.Context, customers: int, days: int, seed: int) -> None:
+def generate_data(ctx: click.Context, customers: int, days: int, seed: int, end: datetime | None) -> None:
     """Write the example transactions, profiles and entity rows into the repo's data/ folder."""
-    _generate(ctx.obj["repo"] / "data", customers, days, seed)
+    _generate(ctx.obj["repo"] / "data", customers, days, seed, end.replace(tzinfo=UTC) if end else None)
 
 
-def _generate(data_dir: Path, customers: int, days: int, seed: int) -> None:
+def _generate(data_dir: Path, customers: int, days: int, seed: int, end: datetime | None = None) -> None:
     from feature_store import example
 
     with console.status("Generating example data..."):
-        data = example.generate(data_dir, customers=customers, days=days, seed=seed)
+        data = example.generate(data_dir, customers=customers, days=days, seed=seed, end=end)
     console.print(
-        f"Wrote {data.n_transactions:,} transactions of {data.n_customers:,} customers, profiles and entity rows "
-        f"to {data_dir}."
+        f"Wrote {data.n_transactions:,} transactions of {data.n_customers:,} customers from {_time(data.start)} to "
+        f"{_time(data.end)} UTC, profiles and entity rows to {data_dir}.", highlight=False,
     )
 
 

@@ -202,3 +202,28 @@ def test_materialize_help_says_it_writes_both_stores() -> None:
     listed = CliRunner().invoke(main, ["--help"], terminal_width=100).output
     summary = next(line for line in listed.splitlines() if line.strip().startswith("materialize"))
     assert "online" in summary and "offline" in summary
+
+
+def test_generate_data_ends_at_end_and_is_reproducible(tmp_path: Path) -> None:
+    def generate(folder: str, *extra: str) -> dict[str, pd.DataFrame]:
+        repo = tmp_path / folder
+        result = CliRunner().invoke(main, ["--repo", str(repo), "generate-data", "--customers", "40", "--days", "20",
+                                           "--seed", "5", *extra])
+        assert result.exit_code == 0, result.output
+        return {name: pd.read_parquet(repo / "data" / f"{name}.parquet")
+                for name in ("transactions", "profiles", "entity_rows")}
+
+    first = generate("a", "--end", "2026-03-01")
+    assert "to 2026-03-01 00:00:00 UTC" in " ".join(CliRunner().invoke(
+        main, ["--repo", str(tmp_path / "c"), "generate-data", "--customers", "5", "--end", "2026-03-01"]).output.split())
+    for name, frame in generate("b", "--end", "2026-03-01").items():
+        pd.testing.assert_frame_equal(frame, first[name])  # same seed and end: the same data
+    end, start = pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-02-09", tz="UTC")
+    tx = first["transactions"]
+    assert start <= tx["event_timestamp"].min() and tx["created"].max() < end  # exported at end: all landed
+    assert first["profiles"]["updated_at"].max() < end and first["entity_rows"]["event_timestamp"].max() < end
+
+    later = generate("d", "--end", "2026-03-03")  # another end: the same data, two days later
+    shifted = later["transactions"].copy()
+    shifted[["event_timestamp", "created"]] -= pd.Timedelta(days=2)
+    pd.testing.assert_frame_equal(shifted, tx)
