@@ -214,8 +214,9 @@ def test_generate_data_ends_at_end_and_is_reproducible(tmp_path: Path) -> None:
                 for name in ("transactions", "profiles", "entity_rows")}
 
     first = generate("a", "--end", "2026-03-01")
-    assert "to 2026-03-01 00:00:00 UTC" in " ".join(CliRunner().invoke(
-        main, ["--repo", str(tmp_path / "c"), "generate-data", "--customers", "5", "--end", "2026-03-01"]).output.split())
+    said = CliRunner().invoke(main, ["--repo", str(tmp_path / "c"), "generate-data", "--days", "20", "--end",
+                                     "2026-03-01"]).output
+    assert "from 2026-02-09 00:00:00 to 2026-03-01 00:00:00 UTC" in " ".join(said.split())
     for name, frame in generate("b", "--end", "2026-03-01").items():
         pd.testing.assert_frame_equal(frame, first[name])  # same seed and end: the same data
     end, start = pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-02-09", tz="UTC")
