@@ -161,10 +161,12 @@ class FeatureStore:
     ) -> OnlineResponse:
         """Feature values for entity rows at ``now`` (default: the current time), from the online store.
 
+        ``entity_rows``: ``[{join_key: value}, ...]``, ``{join_key: [values]}`` or a polars DataFrame.
+
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        return self.online.get(catalog, version, features, _rows(entity_rows), full_feature_names, now)
 
     async def get_online_features_async(
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
@@ -173,7 +175,7 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        return await self.online.get_async(catalog, version, features, _rows(entity_rows), full_feature_names, now)
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -198,7 +200,8 @@ class FeatureStore:
         return self._serving_catalog()
 
     def push(self, push_source_name: str, df: Any, to: PushTo = "online_and_offline") -> PushResult:
-        """Feed events to a PushSource: ``df`` is a DataFrame, ``{column: [values]}`` or a list of row dicts.
+        """Feed events to a PushSource: ``df`` is a pandas or polars DataFrame, ``{column: [values]}`` or a list
+        of row dicts.
 
         With ``to="online_and_offline"`` (the default) the rows are first appended durably to the offline
         log (training sets see them at any later time), then merged into the online values of every view
@@ -228,3 +231,14 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _rows(entity_rows: Any) -> Any:
+    """Online entity rows as the reader takes them; a polars DataFrame becomes {join key: [values]}."""
+    # The type's module is checked first: polars is optional, and a read is too short to pay for an import.
+    if type(entity_rows).__module__.startswith("polars."):
+        from feature_store.offline.entity_input import is_polars, polars_columns
+
+        if is_polars(entity_rows):
+            return polars_columns(entity_rows)
+    return entity_rows

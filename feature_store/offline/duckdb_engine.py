@@ -48,6 +48,7 @@ from feature_store.references import ResolvedFeature
 
 if TYPE_CHECKING:  # pandas is imported by to_df: `feature-store plan` checks sources without it
     import pandas as pd
+    import polars as pl
 
 TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}  # after base_type()
 
@@ -100,6 +101,10 @@ class DuckDBRetrievalJob:
             if column.null_count and column.type in nullable:
                 df[name] = column.to_pandas(types_mapper=nullable.get)
         return df
+
+    def to_polars(self) -> pl.DataFrame:
+        """polars (the optional extra ``feature-store[polars]``); nullable integers stay integers."""
+        return entity_input.arrow_to_polars(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> None:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
