@@ -1,18 +1,39 @@
-"""A feature store for Python: one definition, point-in-time-correct training sets, online serving."""
+"""A feature store for Python: one definition, point-in-time-correct training sets, online serving.
 
-from feature_store.aggregations import Aggregation, Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
-from feature_store.definitions import (
-    DuckDBSource,
-    Entity,
-    FeatureService,
-    FeatureView,
-    FeatureViewProjection,
-    Field,
-    FileSource,
-    PushSource,
-)
-from feature_store.errors import FeatureStoreError
-from feature_store.store import FeatureStore
+The public names are imported when first used (PEP 562), so that ``import feature_store`` and the command
+line start fast: definitions need pydantic only, and DuckDB, pandas and the online stores load with the
+first FeatureStore that uses them.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from feature_store.aggregations import Aggregation, Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+    from feature_store.definitions import (
+        DuckDBSource,
+        Entity,
+        FeatureService,
+        FeatureView,
+        FeatureViewProjection,
+        Field,
+        FileSource,
+        PushSource,
+    )
+    from feature_store.errors import FeatureStoreError
+    from feature_store.store import FeatureStore
+
+_MODULES = {
+    "feature_store.aggregations": ("Aggregation", "Count", "CountDistinct", "Last", "Max", "Mean", "Min", "StdDev",
+                                   "Sum"),
+    "feature_store.definitions": ("DuckDBSource", "Entity", "FeatureService", "FeatureView", "FeatureViewProjection",
+                                  "Field", "FileSource", "PushSource"),
+    "feature_store.errors": ("FeatureStoreError",),
+    "feature_store.store": ("FeatureStore",),
+}
+_WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "Aggregation",
@@ -37,3 +58,16 @@ __all__ = [
 ]
 
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'feature_store' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -1,29 +1,37 @@
-"""The ``feature-store`` command line: acts on the repo in the current folder or --repo PATH."""
+"""The ``feature-store`` command line: acts on the repo in the current folder or --repo PATH.
+
+Start-up time matters here (every command is a new process): this module imports only click, rich and the
+light parts of the package; the store, definitions, pandas and the engines are imported by the commands
+that use them (tests/test_cli_startup.py checks which modules ``--help`` loads).
+"""
 
 from __future__ import annotations
 
 import re
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from importlib import resources
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-import pandas as pd
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.markup import escape
+from rich.text import Text
 
-from feature_store import example
-from feature_store.aggregations import Aggregation
-from feature_store.definitions import FileSource, kind_of, to_spec
+from feature_store.cli_output import Col, Grid
 from feature_store.durations import format_duration
 from feature_store.errors import FeatureStoreError, PushDataError
-from feature_store.plan import Plan
-from feature_store.store import FeatureStore
+
+if TYPE_CHECKING:
+    import pandas as pd
+    from rich.progress import Progress
+
+    from feature_store.plan import Plan
+    from feature_store.store import FeatureStore
 
 console = Console()
 err_console = Console(stderr=True)
@@ -31,6 +39,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _store(ctx: click.Context) -> FeatureStore:
+    from feature_store.store import FeatureStore
+
     if "store" not in ctx.obj:
         ctx.obj["store"] = FeatureStore(ctx.obj["repo"])
         ctx.call_on_close(ctx.obj["store"].close)
@@ -40,23 +50,34 @@ def _store(ctx: click.Context) -> FeatureStore:
 
 @contextmanager
 def _errors() -> Iterator[None]:
-    """A FeatureStoreError is the user's to fix: print it plainly and exit 1, no traceback."""
+    """A FeatureStoreError is the user's to fix: print it plainly and exit 1; the traceback only with --debug."""
     try:
         yield
     except FeatureStoreError as exc:
-        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {exc.message}", highlight=False, soft_wrap=True)
+        context = click.get_current_context(silent=True)
+        debug = bool(context and context.find_root().obj and context.find_root().obj.get("debug"))
+        hint = ""
+        if debug:
+            err_console.print("".join(traceback.format_exception(exc)), end="", markup=False, highlight=False,
+                              soft_wrap=True)
+        elif exc.__cause__ is not None and not isinstance(exc.__cause__, FeatureStoreError):
+            hint = " [dim](--debug prints the traceback)[/]"  # the cause is in code: user code, DuckDB, a driver
+        err_console.print(f"[bold red]error:[/] {type(exc).__name__}: {escape(exc.message)}{hint}", highlight=False,
+                          soft_wrap=True)
         sys.exit(1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--repo", "repo", type=click.Path(file_okay=False, path_type=Path), default=Path("."),
               show_default=True, help="The feature repo (the folder holding feature_store.yaml).")
+@click.option("--debug", is_flag=True, help="On an error, also print its traceback (with the causes).")
 @click.version_option(package_name="feature-store")
 @click.pass_context
-def main(ctx: click.Context, repo: Path) -> None:
+def main(ctx: click.Context, repo: Path, debug: bool) -> None:
     """Feature store: define features once, get point-in-time-correct training sets."""
     ctx.ensure_object(dict)
     ctx.obj["repo"] = repo
+    ctx.obj["debug"] = debug
 
 
 @main.command()
@@ -82,21 +103,25 @@ def init(directory: Path, project: str | None, no_data: bool) -> None:
 
 
 @main.command("generate-data")
-@click.option("--customers", default=2_000, show_default=True)
-@click.option("--days", default=180, show_default=True)
-@click.option("--seed", default=7, show_default=True)
+@click.option("--customers", default=2_000, show_default=True, type=click.IntRange(1), help="Card holders.")
+@click.option("--days", default=180, show_default=True, type=click.IntRange(1), help="Days of transactions.")
+@click.option("--seed", default=7, show_default=True, help="Same seed and --end: the same files.")
+@click.option("--end", type=click.DateTime(), help="When the data ends, as exported then (UTC; default: the current "
+              "hour, so that windows ending now hold data).")
 @click.pass_context
-def generate_data(ctx: click.Context, customers: int, days: int, seed: int) -> None:
+def generate_data(ctx: click.Context, customers: int, days: int, seed: int, end: datetime | None) -> None:
     """Write the example transactions, profiles and entity rows into the repo's data/ folder."""
-    _generate(ctx.obj["repo"] / "data", customers, days, seed)
+    _generate(ctx.obj["repo"] / "data", customers, days, seed, end.replace(tzinfo=UTC) if end else None)
 
 
-def _generate(data_dir: Path, customers: int, days: int, seed: int) -> None:
+def _generate(data_dir: Path, customers: int, days: int, seed: int, end: datetime | None = None) -> None:
+    from feature_store import example
+
     with console.status("Generating example data..."):
-        data = example.generate(data_dir, customers=customers, days=days, seed=seed)
+        data = example.generate(data_dir, customers=customers, days=days, seed=seed, end=end)
     console.print(
-        f"Wrote {data.n_transactions:,} transactions of {data.n_customers:,} customers, profiles and entity rows "
-        f"to {data_dir}."
+        f"Wrote {data.n_transactions:,} transactions of {data.n_customers:,} customers from {_time(data.start)} to "
+        f"{_time(data.end)} UTC, profiles and entity rows to {data_dir}.", highlight=False,
     )
 
 
@@ -125,34 +150,37 @@ def _print_plan(plan: Plan) -> None:
     if plan.is_empty:
         console.print(f"No changes: the registry of project {plan.project!r} matches the repo.")
         return
-    table = Table(title=f"Plan for project {plan.project!r} (registry version {plan.base_version})")
-    for column in ("action", "kind", "name", "changed", "rebuilds materialized data of"):
-        table.add_column(column)
+    table = Grid(f"Plan for project {plan.project!r} (registry version {plan.base_version})",
+                 "action", "kind", "name", "changed", "rebuilds materialized data of")
     colours = {"add": "green", "change": "yellow", "remove": "red"}
     for change in plan.changes:
-        table.add_row(f"[{colours[change.action]}]{change.action}[/]", change.kind.replace("_", " "), change.name,
-                      ", ".join(change.fields), ", ".join(change.invalidates))
-    console.print(table)
+        changed = "\n".join(d.describe() for d in change.diffs) or ", ".join(change.fields)  # a line per field
+        table.add_row(Text(change.action, style=colours[change.action]), change.kind.replace("_", " "), change.name,
+                      changed, ", ".join(change.invalidates))
+    table.show(console)
 
 
 @main.command("list")
 @click.pass_context
 def list_(ctx: click.Context) -> None:
     """Tables of the registered entities, sources, feature views, features and services."""
+    from feature_store.aggregations import Aggregation
+    from feature_store.definitions import FileSource
+
     with _errors():
         catalog = _store(ctx).catalog()
-        entities = _table("Entities", "name", "join keys", "description")
+        entities = Grid("Entities", "name", "join keys", "description")
         for e in catalog.entities.values():
             entities.add_row(e.name, ", ".join(e.join_keys), e.description)
-        sources = _table("Sources", "name", "reads", "timestamp", "created")
+        sources = Grid("Sources", "name", "reads", "timestamp", "created")
         for s in catalog.sources.values():
             b = catalog.batch_source(s)
             reads = b.path if isinstance(b, FileSource) else (b.table or "query")
             if b is not s:
                 reads = f"pushed events + {b.name} ({reads})"
             sources.add_row(s.name, reads, b.timestamp_field, b.created_timestamp_field or "")
-        views = _table("Feature views", "name", "kind", "entities", "source", "features", "ttl")
-        features = _table("Features", "reference", "function", "column", "window", "hop")
+        views = Grid("Feature views", "name", "kind", "entities", "source", Col("features", right=True), "ttl")
+        features = Grid("Features", "reference", "function", "column", "window", "hop")
         for v in catalog.views.values():
             views.add_row(v.name, "aggregation" if v.is_aggregation else "snapshot", ", ".join(v.entity_names),
                           v.source_name, str(len(v.features)), format_duration(v.ttl) if v.ttl else "")
@@ -162,18 +190,13 @@ def list_(ctx: click.Context) -> None:
                                      format_duration(f.window), format_duration(f.effective_hop(v.hop)))
                 else:
                     features.add_row(f"{v.name}:{f.name}", "latest", f.name, "", "")
-        services = _table("Feature services", "name", "features")
+        services = Grid("Feature services", "name", "features")
         for svc in catalog.services.values():
             services.add_row(svc.name, ", ".join(f"{p.view}:{f}" for p in svc.projections for f in p.features))
-        for table in (entities, sources, views, features, services):
-            console.print(table)
-
-
-def _table(title: str, *columns: str) -> Table:
-    table = Table(title=title, title_justify="left")
-    for column in columns:
-        table.add_column(column)
-    return table
+        for n, table in enumerate((entities, sources, views, features, services)):
+            if n:
+                console.print()
+            table.show(console)
 
 
 @main.command()
@@ -181,16 +204,18 @@ def _table(title: str, *columns: str) -> Table:
 @click.pass_context
 def describe(ctx: click.Context, name: str) -> None:
     """Show one registered object (view, service, entity or source) in full."""
+    from feature_store.definitions import kind_of, to_spec
+
     with _errors():
         obj = _store(ctx).catalog().find(name)
         kind = kind_of(obj).replace("_", " ")
-        table = _table(f"{kind} {name!r}", "field", "value")
+        table = Grid(f"{kind} {name!r}", "field", "value")
         spec = to_spec(obj)
         for key, value in spec.items():
             if key == "features" and isinstance(value, list):
                 value = "\n".join(_describe_feature(item) for item in value)
             table.add_row(key, str(value))
-        console.print(table)
+        table.show(console)
 
 
 def _describe_feature(item: dict[str, Any]) -> str:
@@ -209,7 +234,11 @@ def _describe_feature(item: dict[str, Any]) -> str:
 @click.option("--full", is_flag=True, help="Rebuild from scratch instead of continuing from the watermark.")
 @click.pass_context
 def materialize(ctx: click.Context, end: datetime | None, views: str | None, full: bool) -> None:
-    """Write per-hop tiles and snapshot history into the offline DuckDB, incrementally."""
+    """Write offline tiles and online values up to --end (default now), incrementally.
+
+    Writes per-hop tiles and snapshot history into the offline DuckDB, then each entity's values into the
+    online store (SQLite or Redis), so that get-online, verify and the feature server can read them.
+    """
     with _errors(), _progress() as progress:
         tasks: dict[str, Any] = {}
 
@@ -221,11 +250,11 @@ def materialize(ctx: click.Context, end: datetime | None, views: str | None, ful
         end_utc = end.replace(tzinfo=UTC) if end else None
         names = [v.strip() for v in views.split(",")] if views else None
         results = _store(ctx).materialize(end=end_utc, views=names, full=full, progress=report)
-    table = _table("Materialized", "view", "part", "from", "to", "rows written", "rebuilt")
+    table = Grid("Materialized", "view", "part", "from (UTC)", "to (UTC)", Col("rows written", right=True), "rebuilt")
     for r in results:
-        table.add_row(r.view, r.part, str(r.previous_watermark or "start"), str(r.watermark), f"{r.rows_written:,}",
-                      "yes" if r.rebuilt else "")
-    console.print(table)
+        table.add_row(r.view, r.part, _time(r.previous_watermark) if r.previous_watermark else "start",
+                      _time(r.watermark), f"{r.rows_written:,}", "yes" if r.rebuilt else "")
+    table.show(console)
 
 
 @main.command("get-online")
@@ -248,11 +277,12 @@ def get_online(ctx: click.Context, entities: str, features: str | None, service:
             key, _, given = part.partition("=")
             rows[key.strip()] = [v.strip() for v in given.split(",")]
         response = store.get_online_features(refs, rows, now=now.replace(tzinfo=UTC) if now else None)
-        table = _table("Online features", "feature", *(f"{k}={v}" for k, v in _entity_labels(rows)))
+        table = Grid("Online features", "feature", *(Col(f"{k}={v}", right=True) for k, v in _entity_labels(rows)))
         for name, values in response.values.items():
-            cells = [f"{_cell(v)} [dim]{s}[/]" for v, s in zip(values, response.statuses[name], strict=True)]
+            cells = [Text.assemble(_cell(v), " ", (s, "dim")) for v, s in zip(values, response.statuses[name],
+                                                                             strict=True)]
             table.add_row(name, *cells)
-        console.print(table)
+        table.show(console)
 
 
 def _entity_labels(rows: dict[str, list[str]]) -> list[tuple[str, str]]:
@@ -273,13 +303,16 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
         names = [v.strip() for v in views.split(",")] if views else None
         with console.status("Reading online and computing offline..."):
             report = _store(ctx).verify(sample=sample, views=names)
-    table = _table(f"Online vs offline at {report.now:%Y-%m-%d %H:%M:%S} UTC", "view", "feature", "compared",
-                   "mismatches", "null mismatches", "mean rel. diff", "example")
+    examples = any(c.example for c in report.checks)  # a column only when something differs: 80 columns are few
+    table = Grid(f"Online vs offline at {report.now:%Y-%m-%d %H:%M:%S} UTC", "view", "feature",
+                 Col("compared", right=True), Col("mismatches", right=True), Col("null mismatches", right=True),
+                 Col("mean rel. diff", right=True), *(["example"] if examples else []))
     for c in report.checks:
-        style = "" if c.ok else "[red]"
-        table.add_row(c.view, c.feature, f"{c.compared:,}", f"{style}{c.mismatches}", f"{style}{c.null_mismatches}",
-                      f"{c.mean_relative_difference:.2e}", c.example)
-    console.print(table)
+        style = "" if c.ok else "red"
+        table.add_row(c.view, c.feature, f"{c.compared:,}", Text(str(c.mismatches), style=style),
+                      Text(str(c.null_mismatches), style=style), f"{c.mean_relative_difference:.2e}",
+                      *([c.example] if examples else []))
+    table.show(console)
     for view, count in report.not_found.items():
         if count:
             console.print(f"[yellow]{view}: {count} sampled entities are not in the online store.[/]")
@@ -308,6 +341,8 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
 
 
 def _read_rows(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
     suffix = path.suffix.lower()
     try:
         if suffix == ".parquet":
@@ -348,6 +383,8 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, log_level: str
 
 @contextmanager
 def _progress() -> Iterator[Progress]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                   TimeElapsedColumn(), console=err_console, transient=False) as progress:
         yield progress
@@ -387,23 +424,30 @@ def training_set(ctx: click.Context, entities: str, features: str | None, servic
 
 def _print_frame(df: pd.DataFrame, title: str) -> None:
     """Rows as columns: training sets are wide and short to preview, so this reads on a terminal."""
-    table = Table(title=title, title_justify="left")
-    table.add_column("column", style="bold", no_wrap=True, min_width=max(len(str(c)) for c in df.columns))
-    for i in range(len(df)):
-        table.add_column(f"row {i}", justify="right")
+    import pandas as pd
+
+    table = Grid(title, "column", *(Col(f"row {i}", right=True) for i in range(len(df))))
+    missing = (pd.NA, pd.NaT)
     for column in df.columns:
-        table.add_row(str(column), *(_cell(v) for v in df[column]))
-    console.print(table)
+        table.add_row(str(column), *(_cell(None if any(v is m for m in missing) else v) for v in df[column]))
+    table.show(console)
 
 
-def _cell(value: Any) -> str:
-    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
-        return "[dim]null[/]"
+def _cell(value: Any) -> Text:
+    if value is None or (isinstance(value, float) and value != value):
+        return Text("null", style="dim")
     if isinstance(value, float):
-        return f"{value:,.2f}"
-    if isinstance(value, pd.Timestamp):
-        return value.strftime("%Y-%m-%d %H:%M:%S")
-    return str(value)
+        return Text(f"{value:,.2f}")
+    if isinstance(value, datetime):  # pandas' Timestamp too
+        return Text(_time(value))
+    return Text(str(value))
+
+
+def _time(value: datetime) -> str:
+    """Seconds are enough to read; a time zone other than UTC is named."""
+    text = value.strftime("%Y-%m-%d %H:%M:%S")
+    offset = value.utcoffset()
+    return text if offset is None or not offset else f"{text} {value.strftime('%z')}"
 
 
 if __name__ == "__main__":

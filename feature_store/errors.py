@@ -84,6 +84,12 @@ class EntityDataFrameError(FeatureStoreError):
     http_status = 400
 
 
+class MissingDependencyError(FeatureStoreError):
+    """A feature needs an optional package that is not installed (the message names the extra to install)."""
+
+    http_status = 500
+
+
 # --- features -------------------------------------------------------------------------------
 
 

@@ -23,16 +23,32 @@ class ExampleData:
     entity_rows: Path
     n_transactions: int
     n_customers: int
+    start: datetime  # the data covers [start, end)
+    end: datetime
+
+
+def default_end() -> datetime:
+    """The current hour (UTC, rounded down): the data is as fresh as a real export, so that the features of
+    windows ending now (online, ``verify``) hold values, and the same within the hour."""
+    return datetime.now(UTC).replace(minute=0, second=0, microsecond=0)
 
 
 def generate(data_dir: Path, customers: int = 2_000, days: int = 180, seed: int = 7,
              end: datetime | None = None) -> ExampleData:
-    """Write transactions.parquet, profiles.parquet and entity_rows.parquet into data_dir."""
+    """Write transactions.parquet, profiles.parquet and entity_rows.parquet into data_dir.
+
+    The data covers the ``days`` before ``end`` (default: ``default_end()``, the current hour), as exported
+    at ``end``: every event happened, and every row landed (its ``created`` time), before it. A naive ``end``
+    is UTC. Every timestamp is relative to ``end``: the same seed and end give the same files, and the same
+    seed with another end gives the same data shifted in time.
+    """
     rng = np.random.default_rng(seed)
-    end = (end or datetime(2026, 11, 1, tzinfo=UTC)).astimezone(UTC)
+    end = end or default_end()
+    end = (end if end.tzinfo else end.replace(tzinfo=UTC)).astimezone(UTC)
     start = end - timedelta(days=days)
     span_us = days * 86_400_000_000
-    start_us = int(start.timestamp() * 1_000_000)
+    end_us = (end - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1)  # exact: no float seconds
+    start_us = end_us - span_us
 
     segment = rng.integers(0, len(SEGMENTS), customers)
     activity = rng.gamma(shape=1.5, scale=0.8, size=customers) * days / 10  # transactions per customer
@@ -47,13 +63,15 @@ def generate(data_dir: Path, customers: int = 2_000, days: int = 180, seed: int 
     delay_us = rng.exponential(90, n).astype(np.int64) * 1_000_000  # seconds until the row lands
     favourite = rng.integers(0, len(CATEGORIES), customers)
     category = np.where(rng.random(n) < 0.5, np.repeat(favourite, counts), rng.integers(0, len(CATEGORIES), n))
+    landed = ts_us + delay_us < end_us  # an export at `end` holds only the rows that had landed by then
+    n = int(landed.sum())
     transactions = pd.DataFrame({
         "transaction_id": np.arange(1, n + 1, dtype=np.int64),
-        "customer_id": customer_id,
-        "event_timestamp": pd.to_datetime(ts_us, unit="us", utc=True),
-        "created": pd.to_datetime(ts_us + delay_us, unit="us", utc=True),
-        "amount": amount,
-        "category": CATEGORIES[category],
+        "customer_id": customer_id[landed],
+        "event_timestamp": pd.to_datetime(ts_us[landed], unit="us", utc=True),
+        "created": pd.to_datetime((ts_us + delay_us)[landed], unit="us", utc=True),
+        "amount": amount[landed],
+        "category": CATEGORIES[category[landed]],
     }).sort_values("event_timestamp", ignore_index=True)
 
     # Profiles change now and then: each customer has one to three versions.
@@ -80,7 +98,7 @@ def generate(data_dir: Path, customers: int = 2_000, days: int = 180, seed: int 
 
     data_dir.mkdir(parents=True, exist_ok=True)
     paths = ExampleData(data_dir / "transactions.parquet", data_dir / "profiles.parquet",
-                        data_dir / "entity_rows.parquet", n, customers)
+                        data_dir / "entity_rows.parquet", n, customers, start, end)
     transactions.to_parquet(paths.transactions, index=False)
     profiles.to_parquet(paths.profiles, index=False)
     entity_rows.to_parquet(paths.entity_rows, index=False)

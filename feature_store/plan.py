@@ -17,6 +17,50 @@ from feature_store.definitions import to_spec
 
 Action = Literal["add", "change", "remove"]
 _COSMETIC = {"description", "tags", "nullable"}  # spec fields that do not determine materialized data
+# Spec lists whose items are objects with a name of their own (a view's features by "name", a service's
+# projections by "view"): compared item by item, by that name.
+_LISTS_BY_NAME = {"features"}
+_ITEM_KEYS = ("name", "view")
+
+
+@dataclass(frozen=True)
+class FieldChange:
+    """One difference inside a changed definition, e.g. ``features[spend_7d].window``: ``7d`` -> ``14d``.
+
+    ``path`` leads from the spec to the field: keys, and the names of items of a list (a view's features by
+    name, a service's projections by view). ``old`` and ``new`` are spec values (JSON); an added item has no
+    ``old``, a removed one no ``new`` (both None, told apart by ``action``).
+    """
+
+    path: tuple[str, ...]
+    action: Action
+    old: Any = None
+    new: Any = None
+
+    @property
+    def field(self) -> str:
+        """``ttl``, ``features[spend_7d].window``, ``features[customer_spend]``."""
+        text, item = "", False
+        for i, part in enumerate(self.path):
+            if item:  # the name of an item of the list before it
+                text, item = f"{text}[{part}]", False
+            else:
+                text, item = f"{text}.{part}" if i else part, part in _LISTS_BY_NAME
+        return text
+
+    def describe(self) -> str:
+        key = self.path[-1]
+        if self.action == "add":
+            return f"{self.field} added: {show(self.new, key)}"
+        if self.action == "remove":
+            return f"{self.field} removed (was {show(self.old, key)})"
+        if _names(self.old) and _names(self.new) and set(self.old) != set(self.new):  # join keys, features
+            added = [n for n in self.new if n not in self.old]
+            removed = [n for n in self.old if n not in self.new]
+            parts = ([f"added {', '.join(added)}"] if added else []) + (
+                [f"removed {', '.join(removed)}"] if removed else [])
+            return f"{self.field}: {'; '.join(parts)}"
+        return f"{self.field}: {show(self.old, key)} \u2192 {show(self.new, key)}"
 
 
 @dataclass(frozen=True)
@@ -26,8 +70,10 @@ class Change:
     action: Action
     fields: tuple[str, ...] = ()  # top-level spec keys that differ, for "change"
     invalidates: tuple[str, ...] = ()  # views whose materialized state must be rebuilt
+    diffs: tuple[FieldChange, ...] = ()  # what differs, field by field, for "change"
 
     def describe(self) -> str:
+        """One line: the action, the object, its changed top-level fields and what it rebuilds."""
         what = f"{self.action} {self.kind.replace('_', ' ')} {self.name!r}"
         if self.fields:
             what += f" ({', '.join(self.fields)})"
@@ -55,7 +101,9 @@ class Plan:
         if self.is_empty:
             return f"project {self.project!r}: no changes (registry version {self.base_version})."
         lines = [f"project {self.project!r}, registry version {self.base_version}:"]
-        lines += [f"  {c.describe()}" for c in self.changes]
+        for change in self.changes:
+            lines.append(f"  {change.describe()}")
+            lines += [f"    {diff.describe()}" for diff in change.diffs]
         return "\n".join(lines)
 
 
@@ -87,8 +135,74 @@ def make_plan(project: str, base_version: int, current: Catalog, desired: Catalo
             changes.append(Change(kind, name, "remove", invalidates=invalid))
         elif old[key] != new[key]:
             fields = tuple(sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k)))
-            changes.append(Change(kind, name, "change", fields, _invalidated(kind, name, current, desired)))
+            changes.append(Change(kind, name, "change", fields, _invalidated(kind, name, current, desired),
+                                  tuple(diff_specs(old[key], new[key]))))
     return Plan(project, base_version, tuple(changes), new)
+
+
+def diff_specs(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[FieldChange]:
+    """Field-by-field differences of two specs: into dicts by key, into lists of named items by name."""
+    if old == new:
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in [*new, *(k for k in old if k not in new)]:  # the new spec's order, then what it dropped
+            if key not in old:
+                out.append(FieldChange((*path, key), "add", new=new[key]))
+            elif key not in new:
+                out.append(FieldChange((*path, key), "remove", old=old[key]))
+            else:
+                out += diff_specs(old[key], new[key], (*path, key))
+        return out
+    old_items, new_items = _named(old), _named(new)
+    if path and path[-1] in _LISTS_BY_NAME and old_items is not None and new_items is not None:
+        out = []
+        for name in [*new_items, *(n for n in old_items if n not in new_items)]:
+            if name not in old_items:
+                out.append(FieldChange((*path, name), "add", new=new_items[name]))
+            elif name not in new_items:
+                out.append(FieldChange((*path, name), "remove", old=old_items[name]))
+            else:
+                out += diff_specs(old_items[name], new_items[name], (*path, name))
+        if not out:  # the same items in another order (the order of a view's columns)
+            out.append(FieldChange(path, "change", list(old_items), list(new_items)))
+        return out
+    return [FieldChange(path, "change", old, new)]
+
+
+def _named(value: Any) -> dict[str, Any] | None:
+    """A list of objects that each have a name (or a view), as {name: object}; None for any other value.
+
+    A service's projection ({"view": ..., "features": [...]}) stands for its list of features.
+    """
+    if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+        return None
+    for key in _ITEM_KEYS:
+        if all(isinstance(item.get(key), str) for item in value):
+            named = {item[key]: item["features"] if set(item) == {"view", "features"} else item for item in value}
+            return named if len(named) == len(value) else None
+    return None
+
+
+def _names(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(item, str) for item in value)
+
+
+def show(value: Any, key: str = "") -> str:
+    """A spec value as plan output prints it: a feature as ``sum(amount) over 7d``, a list comma-separated."""
+    if value is None:
+        return "lifetime" if key == "window" else "none"
+    if isinstance(value, str):
+        return value or '""'
+    if isinstance(value, list):
+        return ", ".join(show(item) for item in value) if value else "(none)"
+    if isinstance(value, dict):
+        if "kind" in value:  # an aggregation
+            text = f"{value['kind']}({value.get('column') or '*'}) over {show(value.get('window'), 'window')}"
+            return text + (f", hop {value['hop']}" if value.get("hop") else "")
+        if "dtype" in value:  # a snapshot field
+            return str(value["dtype"])
+    return json.dumps(value, sort_keys=True)
 
 
 def _invalidated(kind: str, name: str, current: Catalog, desired: Catalog) -> tuple[str, ...]:

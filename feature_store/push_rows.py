@@ -21,6 +21,7 @@ import pandas as pd
 
 from feature_store.aggregations import base_type
 from feature_store.errors import PushDataError
+from feature_store.offline.entity_input import is_polars, polars_columns
 from feature_store.offline.push_log import PUSHED_AT
 
 _INT_RANGES = {
@@ -61,9 +62,11 @@ class PushRows:
 
 
 def as_columns(data: Any) -> dict[str, list[Any]]:
-    """A DataFrame, {column: [values]} or [{column: value}] as equal-length columns."""
+    """A pandas or polars DataFrame, {column: [values]} or [{column: value}] as equal-length columns."""
     if isinstance(data, pd.DataFrame):
         return {str(c): data[c].tolist() for c in data.columns}
+    if is_polars(data):
+        return polars_columns(data)
     if isinstance(data, Mapping):
         columns = {str(k): list(v) if isinstance(v, list | tuple | np.ndarray | pd.Series) else [v]
                    for k, v in data.items()}
@@ -71,7 +74,8 @@ def as_columns(data: Any) -> dict[str, list[Any]]:
         names = list(dict.fromkeys(k for r in data for k in r))
         columns = {str(n): [r.get(n) for r in data] for n in names}
     else:
-        raise PushDataError("pushed data must be a DataFrame, {column: [values]} or a list of {column: value} rows.")
+        raise PushDataError("pushed data must be a pandas or polars DataFrame, {column: [values]} or a list of "
+                            "{column: value} rows.")
     lengths = {n: len(v) for n, v in columns.items()}
     if len(set(lengths.values())) > 1:
         raise PushDataError(f"pushed columns have different lengths: {lengths}; give every column one value per row.")

@@ -2,25 +2,28 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig, load_config
 from feature_store.definitions import Definition, FeatureService, FeatureView
 from feature_store.errors import NotAppliedError
-from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
-from feature_store.offline.engine import MaterializeResult, ProgressCallback
-from feature_store.online.reader import OnlineResponse
-from feature_store.online.service import OnlineService, PushResult, PushTo
-from feature_store.online.verify import VerifyReport, verify
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
 from feature_store.registry import Registry
 from feature_store.repo import load_repo
+
+if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online stores: loaded when first used
+    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
+    from feature_store.offline.engine import MaterializeResult, ProgressCallback
+    from feature_store.online.reader import OnlineResponse
+    from feature_store.online.service import OnlineService, PushResult, PushTo
+    from feature_store.online.verify import VerifyReport
 
 REGISTRY_REFRESH_SECONDS = 2.0
 
@@ -35,8 +38,9 @@ class FeatureStore:
         self.repo_path = Path(repo_path).resolve()
         self.config = config or load_config(self.repo_path)
         self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
-        self.offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
-        self.online = OnlineService(self.config, self.repo_path, self.registry, self.offline)
+        self._offline: DuckDBOfflineEngine | None = None
+        self._online: OnlineService | None = None
+        self._engines_lock = threading.Lock()
         self._serving: tuple[float, int, Catalog] | None = None
         # How stale the serving catalog may get before a read reloads it; a server that refreshes in the
         # background (refresh_serving) sets this to math.inf so that no request ever touches the registry.
@@ -45,6 +49,29 @@ class FeatureStore:
     @property
     def project(self) -> str:
         return self.config.project
+
+    # The engines are built on first use, so that what only reads the registry (list, describe) never imports
+    # DuckDB, pandas or the online stores. Under a lock: the feature server's threads may ask at the same time.
+    @property
+    def offline(self) -> DuckDBOfflineEngine:
+        if self._offline is None:
+            with self._engines_lock:
+                if self._offline is None:
+                    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
+
+                    self._offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
+        return self._offline
+
+    @property
+    def online(self) -> OnlineService:
+        if self._online is None:
+            offline = self.offline
+            with self._engines_lock:
+                if self._online is None:
+                    from feature_store.online.service import OnlineService
+
+                    self._online = OnlineService(self.config, self.repo_path, self.registry, offline)
+        return self._online
 
     # --- definitions --------------------------------------------------------------------------
 
@@ -134,10 +161,12 @@ class FeatureStore:
     ) -> OnlineResponse:
         """Feature values for entity rows at ``now`` (default: the current time), from the online store.
 
+        ``entity_rows``: ``[{join_key: value}, ...]``, ``{join_key: [values]}`` or a polars DataFrame.
+
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        return self.online.get(catalog, version, features, _rows(entity_rows), full_feature_names, now)
 
     async def get_online_features_async(
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
@@ -146,7 +175,7 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        return await self.online.get_async(catalog, version, features, _rows(entity_rows), full_feature_names, now)
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -171,7 +200,8 @@ class FeatureStore:
         return self._serving_catalog()
 
     def push(self, push_source_name: str, df: Any, to: PushTo = "online_and_offline") -> PushResult:
-        """Feed events to a PushSource: ``df`` is a DataFrame, ``{column: [values]}`` or a list of row dicts.
+        """Feed events to a PushSource: ``df`` is a pandas or polars DataFrame, ``{column: [values]}`` or a list
+        of row dicts.
 
         With ``to="online_and_offline"`` (the default) the rows are first appended durably to the offline
         log (training sets see them at any later time), then merged into the online values of every view
@@ -185,11 +215,15 @@ class FeatureStore:
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:
         """Prove serving equals training: sampled entities read online vs computed offline at ``now``."""
+        from feature_store.online.verify import verify
+
         return verify(self, sample, views, now)
 
     def close(self) -> None:
-        self.online.close()
-        self.offline.close()
+        if self._online is not None:
+            self._online.close()
+        if self._offline is not None:
+            self._offline.close()
         self.registry.close()
 
     def __enter__(self) -> FeatureStore:
@@ -197,3 +231,14 @@ class FeatureStore:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _rows(entity_rows: Any) -> Any:
+    """Online entity rows as the reader takes them; a polars DataFrame becomes {join key: [values]}."""
+    # The type's module is checked first: polars is optional, and a read is too short to pay for an import.
+    if type(entity_rows).__module__.startswith("polars."):
+        from feature_store.offline.entity_input import is_polars, polars_columns
+
+        if is_polars(entity_rows):
+            return polars_columns(entity_rows)
+    return entity_rows

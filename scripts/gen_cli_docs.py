@@ -18,7 +18,8 @@ def render() -> str:
     parts = [
         "# Command line\n",
         "`feature-store` (also `python -m feature_store`) acts on the feature repo in the current folder, or the one",
-        "given with `--repo PATH`. Errors print one line naming the problem and exit with status 1.",
+        "given with `--repo PATH`. Errors print one line naming the problem (for an error in a repo file: its file",
+        "and line) and exit with status 1; `--debug` also prints the traceback.",
         "This page is generated from `--help` by `python scripts/gen_cli_docs.py`.\n",
     ]
     assert isinstance(main, click.Group)  # noqa: S101 - a script, not library code

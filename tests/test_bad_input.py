@@ -521,8 +521,8 @@ def test_entity_column_with_reserved_name(store: FeatureStore) -> None:
 @pytest.mark.parametrize(("entity_df", "pattern"), [
     ("/no/such/rows.parquet", r"entity rows file '/no/such/rows\.parquet' does not exist"),
     ("SELECT * FROM no_such_table", r"the entity SQL query failed in the offline DuckDB: .*no_such_table"),
-    ([{"customer_id": 1}], r"entity rows must be a pandas DataFrame, a pyarrow Table, a parquet path or a SQL "
-                           r"query; got list"),
+    ([{"customer_id": 1}], r"entity rows must be a pandas or polars DataFrame, a pyarrow Table, a parquet path or "
+                           r"a SQL query; got list"),
 ], ids=["missing-parquet", "bad-sql", "wrong-type"])
 def test_unusable_entity_input(store: FeatureStore, entity_df: Any, pattern: str) -> None:
     with raises(EntityDataFrameError, match=pattern) as info:

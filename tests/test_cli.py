@@ -48,6 +48,22 @@ def test_plan_shows_changes_and_invalidation(example_repo: Path) -> None:
     assert "rebuilds" in out
 
 
+def test_plan_shows_each_changed_field_old_to_new(example_repo: Path) -> None:
+    run(example_repo, "apply")
+    features = example_repo / "features.py"
+    text = features.read_text().replace('window=timedelta(days=7), name="spend_7d"',
+                                        'window=timedelta(days=14), name="spend_7d"')
+    text = text.replace('        Max("amount", window=timedelta(days=30), name="max_spend_30d"),\n', "")
+    features.write_text(text.replace("ttl=timedelta(days=365)", "ttl=timedelta(days=180)"))
+    result = CliRunner().invoke(main, ["--repo", str(example_repo), "plan"], env={"COLUMNS": "150"})
+    assert result.exit_code == 0, result.output
+    lines = [" ".join(line.split()) for line in result.output.splitlines()]
+    assert any("customer_spend features[spend_7d].window: 7d \u2192 14d customer_spend" in line for line in lines)
+    assert any("features[max_spend_30d] removed (was max(amount) over 30d)" in line for line in lines)
+    assert any("customer_profile ttl: 365d \u2192 180d customer_profile" in line for line in lines)
+    assert any("fraud_model_v1 features[customer_spend]: removed max_spend_30d" in line for line in lines)
+
+
 def test_materialize_and_training_set(example_repo: Path, tmp_path: Path) -> None:
     run(example_repo, "apply")
     materialized = run(example_repo, "materialize")
@@ -179,3 +195,37 @@ def test_push_errors_name_the_column(example_repo: Path, tmp_path: Path) -> None
     result = CliRunner().invoke(main, ["--repo", str(example_repo), "push", "transactions_push", "--file", str(path)])
     assert result.exit_code == 1
     assert "PushDataError" in result.output and "'amount'" in result.output
+
+
+def test_materialize_help_says_it_writes_both_stores() -> None:
+    text = CliRunner().invoke(main, ["materialize", "--help"], terminal_width=100).output
+    assert "offline DuckDB" in text and "online store" in text
+    listed = CliRunner().invoke(main, ["--help"], terminal_width=100).output
+    summary = next(line for line in listed.splitlines() if line.strip().startswith("materialize"))
+    assert "online" in summary and "offline" in summary
+
+
+def test_generate_data_ends_at_end_and_is_reproducible(tmp_path: Path) -> None:
+    def generate(folder: str, *extra: str) -> dict[str, pd.DataFrame]:
+        repo = tmp_path / folder
+        result = CliRunner().invoke(main, ["--repo", str(repo), "generate-data", "--customers", "40", "--days", "20",
+                                           "--seed", "5", *extra])
+        assert result.exit_code == 0, result.output
+        return {name: pd.read_parquet(repo / "data" / f"{name}.parquet")
+                for name in ("transactions", "profiles", "entity_rows")}
+
+    first = generate("a", "--end", "2026-03-01")
+    said = CliRunner().invoke(main, ["--repo", str(tmp_path / "c"), "generate-data", "--days", "20", "--end",
+                                     "2026-03-01"]).output
+    assert "from 2026-02-09 00:00:00 to 2026-03-01 00:00:00 UTC" in " ".join(said.split())
+    for name, frame in generate("b", "--end", "2026-03-01").items():
+        pd.testing.assert_frame_equal(frame, first[name])  # same seed and end: the same data
+    end, start = pd.Timestamp("2026-03-01", tz="UTC"), pd.Timestamp("2026-02-09", tz="UTC")
+    tx = first["transactions"]
+    assert start <= tx["event_timestamp"].min() and tx["created"].max() < end  # exported at end: all landed
+    assert first["profiles"]["updated_at"].max() < end and first["entity_rows"]["event_timestamp"].max() < end
+
+    later = generate("d", "--end", "2026-03-03")  # another end: the same data, two days later
+    shifted = later["transactions"].copy()
+    shifted[["event_timestamp", "created"]] -= pd.Timedelta(days=2)
+    pd.testing.assert_frame_equal(shifted, tx)

@@ -8,11 +8,10 @@ from collections.abc import Sequence
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 
 from feature_store.aggregations import ORDERABLE_TYPES, Aggregation, base_type
@@ -47,13 +46,18 @@ from feature_store.offline.sql import (
 from feature_store.plan import view_signature
 from feature_store.references import ResolvedFeature
 
+if TYPE_CHECKING:  # pandas is imported by to_df: `feature-store plan` checks sources without it
+    import pandas as pd
+    import polars as pl
+
 TIMESTAMP_TYPES = {"TIMESTAMP", "TIMESTAMP WITH TIME ZONE", "DATE"}  # after base_type()
 
 
-_NULLABLE = {
-    pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(), pa.int64(): pd.Int64Dtype(),
-    pa.bool_(): pd.BooleanDtype(),
-}
+def _nullable_dtypes() -> dict[pa.DataType, Any]:
+    import pandas as pd
+
+    return {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
+            pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 class DuckDBRetrievalJob:
@@ -91,11 +95,16 @@ class DuckDBRetrievalJob:
         """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
         table = self.to_arrow()
         df = table.to_pandas()
+        nullable = _nullable_dtypes()
         for name in table.column_names:
             column = table.column(name)
-            if column.null_count and column.type in _NULLABLE:
-                df[name] = column.to_pandas(types_mapper=_NULLABLE.get)
+            if column.null_count and column.type in nullable:
+                df[name] = column.to_pandas(types_mapper=nullable.get)
         return df
+
+    def to_polars(self) -> pl.DataFrame:
+        """polars (the optional extra ``feature-store[polars]``); nullable integers stay integers."""
+        return entity_input.arrow_to_polars(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> None:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))
@@ -264,8 +273,8 @@ class DuckDBOfflineEngine:
         for key in catalog.join_keys(view):
             _require(schema, key, where)
         declared = catalog.source_of(view)
-        for column in declared.nullable if isinstance(declared, PushSource) else ():
-            _require(schema, column, f"source {source.name!r} (nullable= of push source {declared.name!r})")
+        for optional in declared.nullable if isinstance(declared, PushSource) else ():
+            _require(schema, optional, f"source {source.name!r} (nullable= of push source {declared.name!r})")
         for feature in view.features:
             column = feature.column if isinstance(feature, Aggregation) else feature.name
             if column is None:

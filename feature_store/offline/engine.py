@@ -6,13 +6,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
-
-import pandas as pd
-import pyarrow as pa
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from feature_store.catalog import Catalog
 from feature_store.references import ResolvedFeature
+
+if TYPE_CHECKING:  # annotations only: importing pandas costs the CLI's start-up a tenth of a second or more
+    import pandas as pd
+    import polars as pl
+    import pyarrow as pa
 
 ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
 
@@ -31,6 +33,7 @@ class MaterializeResult:
 class RetrievalJob(Protocol):
     def to_arrow(self) -> pa.Table: ...
     def to_df(self) -> pd.DataFrame: ...
+    def to_polars(self) -> pl.DataFrame: ...
     def to_parquet(self, path: str | Path) -> None: ...
     def sql(self) -> str: ...
 

@@ -1,23 +1,27 @@
-"""Entity rows for a training set: a DataFrame, an Arrow table, a parquet path or a SQL query."""
+"""Entity rows for a training set: a pandas or polars DataFrame, an Arrow table, a parquet path or a SQL query.
+
+polars is optional (the extra ``feature-store[polars]``): a polars frame is told apart by its type's module,
+so nothing here imports polars unless a polars result is asked for (``to_polars``).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
 import numpy as np
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from feature_store.errors import EntityDataFrameError
+from feature_store.errors import EntityDataFrameError, MissingDependencyError
+
+if TYPE_CHECKING:
+    import polars as pl
 
 TIMESTAMP_COLUMN = "event_timestamp"
 ROW_ID = "__row_id"
-
-EntityInput = pd.DataFrame | pa.Table | str | Path
 
 
 def fetch_arrow(result: Any) -> pa.Table:
@@ -27,6 +31,8 @@ def fetch_arrow(result: Any) -> pa.Table:
 
 
 def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
+    import pandas as pd  # here, not at the top: the engine checks sources (feature-store plan) without pandas
+
     if isinstance(entity_df, pd.DataFrame):
         try:
             return pa.Table.from_pandas(entity_df, preserve_index=False)
@@ -34,6 +40,11 @@ def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
             raise EntityDataFrameError(f"the entity DataFrame cannot be converted to Arrow: {exc}") from exc
     if isinstance(entity_df, pa.Table):
         return entity_df
+    if is_polars(entity_df):
+        try:
+            return polars_to_arrow(entity_df)
+        except Exception as exc:  # polars raises its own exception classes, which this module does not import
+            raise EntityDataFrameError(f"the entity polars DataFrame cannot be converted to Arrow: {exc}") from exc
     if isinstance(entity_df, Path) or (isinstance(entity_df, str) and _looks_like_path(entity_df)):
         path = Path(entity_df)
         if not path.is_file():
@@ -53,9 +64,46 @@ def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
                 f"the entity SQL query failed in the offline DuckDB: {exc}", query=entity_df
             ) from exc
     raise EntityDataFrameError(
-        f"entity rows must be a pandas DataFrame, a pyarrow Table, a parquet path or a SQL query; "
-        f"got {type(entity_df).__name__}."
+        f"entity rows must be a pandas or polars DataFrame, a pyarrow Table, a parquet path or a SQL query; "
+        f"got {_type_name(entity_df)}."
     )
+
+
+def _type_name(value: Any) -> str:
+    """``list``, or ``modin.pandas.dataframe.DataFrame``: which DataFrame it was, when it is one."""
+    kind = type(value)
+    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
+
+
+def is_polars(value: Any) -> bool:
+    """A polars DataFrame or LazyFrame (polars itself need not be installed to ask)."""
+    return type(value).__module__.startswith("polars.") and hasattr(value, "lazy")
+
+
+def polars_to_arrow(frame: Any) -> pa.Table:
+    """A polars DataFrame or LazyFrame (collected) as Arrow: strings as large_string, times as timestamps."""
+    table: pa.Table = (frame.collect() if hasattr(frame, "collect") else frame).to_arrow()
+    return table
+
+
+def polars_columns(frame: Any) -> dict[str, list[Any]]:
+    """A polars DataFrame or LazyFrame as {column: [Python values]}: online entity rows, pushed rows."""
+    columns: dict[str, list[Any]] = (frame.collect() if hasattr(frame, "collect") else frame).to_dict(
+        as_series=False)
+    return columns
+
+
+def arrow_to_polars(table: pa.Table) -> pl.DataFrame:
+    """An Arrow table as a polars DataFrame; polars is the optional extra ``feature-store[polars]``."""
+    try:
+        import polars as pl
+    except ImportError as exc:
+        raise MissingDependencyError(
+            "to_polars() needs polars, which is optional: install it with pip install 'feature-store[polars]' "
+            "(or use to_arrow() or to_df()).", package="polars", extra="polars",
+        ) from exc
+    frame = pl.from_arrow(table)  # typed DataFrame | Series: a Series only of an Arrow array, not a table
+    return frame if isinstance(frame, pl.DataFrame) else frame.to_frame()
 
 
 def _looks_like_path(text: str) -> bool:

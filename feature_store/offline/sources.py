@@ -5,8 +5,6 @@ from __future__ import annotations
 import glob
 from pathlib import Path
 
-import duckdb
-
 from feature_store.config import resolve_path
 from feature_store.definitions import DuckDBSource, FileSource
 from feature_store.errors import DefinitionError, SourceNotFoundError
@@ -50,6 +48,8 @@ def checked_select(source: DuckDBSource) -> str:
     code, so a query that would run anything else (a second statement, COPY, ATTACH, INSTALL, PRAGMA, ...) is
     refused before DuckDB executes any of it.
     """
+    import duckdb  # here: the registry imports this module, and commands that only read it load no DuckDB
+
     text = source.query or ""
     try:
         statements = duckdb.extract_statements(text)
