@@ -224,6 +224,10 @@ class ServerNotReadyError(FeatureStoreError):
     http_status = 503
 
 
+class InsecureServerError(ConfigError):
+    """``feature-store serve`` was asked to listen beyond loopback without API keys (and without --insecure)."""
+
+
 class UntrustedHostError(FeatureStoreError):
     """The request's Host header is not one the server accepts (protection against DNS rebinding)."""
 
