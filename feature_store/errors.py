@@ -200,10 +200,11 @@ class RequestTooLargeError(FeatureStoreError):
     http_status = 413
 
 
-class UnsupportedMediaTypeError(FeatureStoreError):
-    """A request body is not sent as application/json."""
+class CrossSiteRequestError(FeatureStoreError):
+    """A browser sent a request with side effects (a POST) from a page of another origin than the server's own
+    and those of server.cors_origins: refused, so that no web page can act through its visitors' browsers."""
 
-    http_status = 415
+    http_status = 403
 
 
 class InvalidRequestError(FeatureStoreError):

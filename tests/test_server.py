@@ -212,11 +212,54 @@ def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
              "PushDataError")
 
 
-def test_malformed_push_is_422_and_push_needs_json(client: TestClient) -> None:
+def test_malformed_push_is_422(client: TestClient) -> None:
     error_of(post(client, {"df": {"customer_id": [1]}}, "/push"), 422, "InvalidRequestError")
     error_of(post(client, {"push_source_name": "x", "df": {}, "to": "sideways"}, "/push"), 422, "InvalidRequestError")
-    text = client.post("/push", content=b'{"push_source_name": "x", "df": {}}', headers={"Content-Type": "text/plain"})
-    error_of(text, 415, "UnsupportedMediaTypeError")
+
+
+CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded",
+                 "text/plain", "multipart/form-data; boundary=x"]
+
+
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_both_endpoints_read_json_whatever_the_content_type(client: TestClient, content_type: str | None) -> None:
+    """Feast's client sends no Content-Type and Feast's docs use curl -d (form-urlencoded), for reads and pushes
+    alike: both endpoints read the body as JSON the same way."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    push = {"push_source_name": "transactions_push", "to": "online",
+            "df": {"customer_id": [3], "event_timestamp": [now], "created": [now], "amount": [1.0],
+                   "category": ["grocery"]}}
+    pushed = client.post("/push", content=json.dumps(push).encode(), headers=headers)
+    assert pushed.status_code == 200, pushed.text
+    read = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [3]}}
+    assert client.post("/get-online-features", content=json.dumps(read).encode(), headers=headers).status_code == 200
+    error_of(client.post("/push", content=b"{not json", headers=headers), 422, "InvalidRequestError")
+
+
+@pytest.mark.parametrize("path", ["/push", "/get-online-features"])
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_cross_site_browser_requests_are_refused(store: FeatureStore, path: str, content_type: str | None) -> None:
+    """What keeps a web page from pushing (or reading) through a visitor's browser: not the Content-Type, which a
+    page can choose among the 'simple' ones or leave out, but the Origin (and Sec-Fetch-Site) every browser sends
+    with a cross-site POST and cannot be made to forge."""
+    body = json.dumps({"push_source_name": "transactions_push", "df": {"customer_id": [1]}} if path == "/push"
+                      else {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [1]}}).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    app = create_app(store, ServerSettings(cors_origins=("https://dashboard.example",)))
+    with started(app) as browserish:
+        for cross in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                      {"Origin": "http://testserver:8080"},  # another port of the same host is another origin
+                      {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+            error = error_of(browserish.post(path, content=body, headers={**headers, **cross}), 403,
+                             "CrossSiteRequestError")
+            assert "server.cors_origins" in error["message"]
+        for allowed in ({}, {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},  # e.g. /docs
+                        {"Origin": "https://dashboard.example", "Sec-Fetch-Site": "cross-site"}):  # CORS-allowed
+            answered = browserish.post(path, content=body, headers={**headers, **allowed})
+            assert answered.status_code != 403, answered.text
+        # Reading endpoints without side effects stay open to simple cross-site GETs (they cannot read the answer).
+        assert browserish.get("/health", headers={"Origin": "https://evil.example"}).status_code == 200
 
 
 def test_entity_problems_are_400(client: TestClient) -> None:

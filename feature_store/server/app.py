@@ -31,7 +31,6 @@ from feature_store.errors import (
     OnlineStoreUnavailable,
     RouteNotFoundError,
     ServerNotReadyError,
-    UnsupportedMediaTypeError,
 )
 from feature_store.server import models
 from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
@@ -121,7 +120,8 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
     _install_error_handlers(app, metrics)
     app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
     front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online})
+                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online},
+                                  cors_origins=settings.cors_origins)
     if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
         front = CORSMiddleware(front, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                                allow_headers=["Authorization", "Content-Type"])
@@ -142,18 +142,22 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         """Feature values of entities, as Feast's feature server answers them (column-major).
 
         The body is read as JSON whatever its Content-Type: Feast's HTTP client sends none, and Feast's
-        docs use ``curl -d`` (form-urlencoded).
+        docs use ``curl -d`` (form-urlencoded). Browsers' requests from other origins are refused (403).
         """
         # Answered by ServerMiddleware's fast path; this route documents it, and serves without the middleware.
         return Response(await online(await request.body()), media_type=JSON)
 
     @app.post("/push", tags=["push"], response_model=None,
-              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 415, 422, 503)},
+              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 422, 503)},
               openapi_extra=_body(models.PushRequest, secured))
     async def push(request: Request) -> Response:
-        """Write rows of a push source to the online store, the offline store, or both (Feast's request)."""
+        """Write rows of a push source to the online store, the offline store, or both (Feast's request).
+
+        The body is read as JSON whatever its Content-Type, as for /get-online-features; browsers' requests
+        from other origins are refused (403).
+        """
         arrived = time.time()
-        body = parse(models.PushRequest, await _json_body(request))
+        body = parse(models.PushRequest, await request.body())
         rows = max((len(v) for v in body.df.values()), default=0)
         if online.threadpool or rows > INLINE_PUSH_ROWS:  # a big push must not hold up the reads on the loop
             result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
@@ -211,17 +215,6 @@ def _readiness(store: FeatureStore, refresher: RegistryRefresher) -> dict[str, A
                                   cause=type(exc).__name__) from exc
     return {"status": "ready", "project": store.project, "registry_version": refresher.version,
             "online_store": online.name}
-
-
-async def _json_body(request: Request) -> bytes:
-    """The body of a request with side effects: only as application/json, so that no web page can send it
-    with a cross-site 'simple' (text/plain or form) request."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if media != JSON and not media.endswith("+json"):
-        raise UnsupportedMediaTypeError(f"send the body as {JSON} (got Content-Type {content_type!r}).",
-                                        content_type=content_type)
-    return await request.body()
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

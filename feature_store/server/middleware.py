@@ -14,7 +14,13 @@ import time
 from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
-from feature_store.errors import FeatureStoreError, OnlineStoreUnavailable, RequestTooLargeError, UntrustedHostError
+from feature_store.errors import (
+    CrossSiteRequestError,
+    FeatureStoreError,
+    OnlineStoreUnavailable,
+    RequestTooLargeError,
+    UntrustedHostError,
+)
 from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
 from feature_store.server.encode import JSON, dumps, error_content
 from feature_store.server.metrics import Metrics
@@ -44,6 +50,8 @@ ROUTES: dict[str, tuple[str, str | None]] = {
 VIEW_ROUTE = ("/features/{view}", "read")
 OTHER_ROUTE = ("other", None)  # one label for every unknown path, so scanners cannot blow up label counts
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
+SAFE_METHODS = frozenset(("GET", "HEAD", "OPTIONS"))
+CROSS_SITE = (b"cross-site", b"same-site")  # Sec-Fetch-Site values of a request from another origin
 _JSON_BYTES = JSON.encode()
 
 
@@ -62,10 +70,12 @@ class _Disconnected(Exception):
 
 class ServerMiddleware:
     def __init__(self, app: ASGIApp, keys: KeyRing, metrics: Metrics, max_body_bytes: int,
-                 allowed_hosts: tuple[str, ...] = (), fast: Mapping[str, FastHandler] | None = None) -> None:
+                 allowed_hosts: tuple[str, ...] = (), fast: Mapping[str, FastHandler] | None = None,
+                 cors_origins: tuple[str, ...] = ()) -> None:
         self.app, self.keys, self.metrics = app, keys, metrics
         self.max_body_bytes = max_body_bytes
         self.allowed_hosts = frozenset(h.lower() for h in allowed_hosts)
+        self.cors_origins = frozenset(o.lower().encode("latin-1") for o in cors_origins)
         self.fast = dict(fast or {})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -128,7 +138,7 @@ class ServerMiddleware:
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _reject(self, scope: Scope, needed: str | None) -> FeatureStoreError | None:
-        host, authorization, length = None, None, None
+        host, authorization, length, origin, fetch_site = None, None, None, None, None
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -136,11 +146,19 @@ class ServerMiddleware:
                 authorization = value
             elif name == b"content-length":
                 length = value
+            elif name == b"origin":
+                origin = value
+            elif name == b"sec-fetch-site":
+                fetch_site = value
         if self.allowed_hosts and _host_name(host) not in self.allowed_hosts:
             return UntrustedHostError(
                 "this Host header is not accepted; the server answers only to "
                 f"{sorted(self.allowed_hosts)} (server.allowed_hosts in feature_store.yaml).",
             )
+        if (origin is not None or fetch_site is not None) and scope["method"] not in SAFE_METHODS:
+            refused = self._cross_site(origin, fetch_site, host, scope)
+            if refused is not None:
+                return refused
         if needed is not None:
             denied = self.keys.check(authorization, needed)
             if denied is not None:
@@ -148,6 +166,27 @@ class ServerMiddleware:
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
             return self._too_large()
         return None
+
+    def _cross_site(self, origin: bytes | None, fetch_site: bytes | None, host: bytes | None,
+                    scope: Scope) -> CrossSiteRequestError | None:
+        """A browser request with side effects from a page of another origin. Bodies are read as JSON whatever
+        their Content-Type (Feast's client sends none, its docs use curl -d), and a page can send any body
+        without a preflight (text/plain, a form, or no Content-Type at all): what a page cannot choose or forge
+        is the Origin its browser sends with every cross-origin POST (and Sec-Fetch-Site). Clients that are not
+        browsers send neither and are unaffected."""
+        if origin is not None:
+            origin = origin.strip().lower()
+            if origin in self.cors_origins or _same_origin(origin, host):
+                return None
+        elif fetch_site is None or fetch_site.strip().lower() not in CROSS_SITE:
+            return None
+        shown = origin.decode("latin-1") if origin is not None else "another site"
+        return CrossSiteRequestError(
+            f"a browser request from {shown!r} to {scope['method']} {scope['path']}: the server accepts browser "
+            "requests with side effects only from its own origin and from server.cors_origins. Add the page's "
+            "origin to server.cors_origins in feature_store.yaml (with an API key), or call the server from a "
+            "backend.", origin=shown,
+        )
 
     def _too_large(self) -> RequestTooLargeError:
         return RequestTooLargeError(
@@ -180,6 +219,15 @@ async def _send(send: Send, status: int, body: bytes, extra: list[tuple[bytes, b
     headers = [(b"content-type", _JSON_BYTES), (b"content-length", str(len(body)).encode()), *(extra or ())]
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+def _same_origin(origin: bytes, host: bytes | None) -> bool:
+    """Whether ``Origin: scheme://host[:port]`` names the host (and port) the request was sent to, as the
+    server's own /docs page does. The scheme is not compared: a proxy in front may terminate TLS."""
+    if host is None:
+        return False
+    _scheme, separator, authority = origin.partition(b"://")
+    return bool(separator) and authority == host.strip().lower()
 
 
 def _host_name(host: bytes | None) -> str:
