@@ -199,6 +199,20 @@ def test_digit_strings_beyond_64_bits_or_not_ascii_digits_are_400(client: TestCl
     assert post(client, body).status_code == 200
 
 
+@pytest.mark.parametrize("digits", [4_301, 5_000, 50_000])
+def test_digit_strings_beyond_the_int_conversion_limit_are_400_naming_the_key(client: TestClient,
+                                                                              digits: int) -> None:
+    """Python's int() refuses strings of more than 4,300 digits (a ValueError that used to answer 500)."""
+    body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [1, "9" * digits]}}
+    error = error_of(post(client, body), 400, "EntityDataFrameError")
+    assert "customer_id" in error["message"] and "64-bit" in error["message"]
+    assert len(error["message"]) < 300  # the value is cut short, not echoed whole
+    zeros = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": ["0" * digits + "7"]}}
+    answered = post(client, zeros)  # leading zeros: still customer 7
+    seven = post(client, {**zeros, "entities": {"customer_id": [7]}})
+    assert answered.status_code == 200 and answered.json()["results"][1:] == seven.json()["results"][1:]
+
+
 def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
     now = datetime.now(UTC).replace(microsecond=0)
     row = {"customer_id": [1, 2], "event_timestamp": [now.isoformat()] * 2, "created": [now.isoformat()] * 2,
