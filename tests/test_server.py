@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
@@ -183,6 +184,39 @@ def test_malformed_bodies_are_422(client: TestClient, body: bytes) -> None:
     response = client.post("/get-online-features", content=body, headers={"Content-Type": "application/json"})
     error = error_of(response, 422, "InvalidRequestError")
     assert error["details"]["errors"] and all(set(e) == {"loc", "msg", "type"} for e in error["details"]["errors"])
+
+
+FEATURE = ["customer_spend:spend_7d"]
+
+
+@pytest.mark.parametrize("body", [
+    {"features": None, "feature_service": None},
+    {},
+    {"features": FEATURE, "feature_service": "fraud_model_v1"},
+    {"features": FEATURE},
+    {"feature_service": "fraud_model_v1"},
+    {"features": None, "feature_service": "fraud_model_v1"},
+    {"features": FEATURE, "feature_service": None},
+    {"features": FEATURE, "now": 0},
+    {"features": FEATURE, "now": 1_700_000_000.5},
+    {"features": FEATURE, "now": "2026-11-27T10:00:00Z"},
+    {"features": FEATURE, "now": None},
+], ids=repr)
+def test_the_openapi_document_says_what_is_refused(client: TestClient, body: dict[str, Any]) -> None:
+    """A body the document's schema allows is answered, one it does not is a 422, and the reverse."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["GetOnlineFeaturesRequest"]
+    request = {**body, "entities": {"customer_id": [1]}}
+    response = post(client, request)
+    refused = response.status_code == 422 and response.json()["error"]["type"] == "InvalidRequestError"
+    assert jsonschema.Draft202012Validator(schema).is_valid(request) is not refused, response.text
+
+
+@pytest.mark.parametrize("now", ["1700000000", "2026-11-27", "27/11/2026 10:00", "yesterday"])
+def test_now_is_a_date_and_time_string_as_documented(client: TestClient, now: str) -> None:
+    """format: date-time, not the Unix times or bare dates pydantic would otherwise take."""
+    error = error_of(post(client, {"features": FEATURE, "entities": {"customer_id": [1]}, "now": now}), 422,
+                     "InvalidRequestError")
+    assert error["details"]["errors"][0]["loc"] == ["now"]
 
 
 def test_integer_keys_beyond_64_bits_are_refused(client: TestClient) -> None:
