@@ -16,6 +16,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    JsonValue,
     StrictInt,
     StrictStr,
     field_validator,
@@ -42,7 +43,7 @@ class _Request(BaseModel):
 
 # What the model validator below enforces, said in the document: a body with both, or neither (null counts as
 # absent), is not one the schema allows.
-EXACTLY_ONE_OF_FEATURES_OR_SERVICE = [
+EXACTLY_ONE_OF_FEATURES_OR_SERVICE: list[JsonValue] = [
     {"required": ["features"], "properties": {"features": {"type": "array"}}},
     {"required": ["feature_service"], "properties": {"feature_service": {"type": "string"}}},
 ]
