@@ -20,13 +20,14 @@ from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from feature_store import FeatureStore
-from feature_store.config import ApiKeyConfig
+from feature_store.config import ApiKeyConfig, RedisOnlineConfig
 from feature_store.server import ServerSettings, create_app
 from tests.server_fixtures import (
     FEATURES_10,
     SERVER_REDIS_DB,
     at,
     delete_keys,
+    free_port,
     make_repo,
     sdk_columns,
     server_columns,
@@ -446,6 +447,27 @@ def test_openapi_has_the_real_schemas(client: TestClient) -> None:
         "$ref": "#/components/schemas/GetOnlineFeaturesRequest"}
     assert {"200", "400", "404", "413", "422", "503"} <= set(operation["responses"])
     assert "swagger-ui" in client.get("/docs").text
+
+
+def test_ready_and_metrics_reveal_no_addresses_without_the_read_scope(store: FeatureStore, repo: Path) -> None:
+    """/ready and /metrics need no key (probes, scrapers): what they answer names no host, port or URL of the
+    registry or the online store, even when those fail; a caller with the read scope gets the details."""
+    closed = free_port()
+    down_redis = store.config.model_copy(update={"online_store": RedisOnlineConfig(
+        url=f"redis://127.0.0.1:{closed}/0", key_prefix="fstest-never-written", timeout_seconds=0.3)})
+    down_registry = down_redis.model_copy(update={"registry": f"postgresql+psycopg://fs@127.0.0.1:{closed}/test"})
+    keys = (ApiKeyConfig(key=READ_KEY, scopes=("read",)),)
+    for config, cause in ((down_redis, "OnlineStoreUnavailable"), (down_registry, "RegistryError")):
+        with FeatureStore(repo, config) as broken, started(create_app(broken, ServerSettings(api_keys=keys))) as app:
+            for path in ("/ready", "/metrics"):
+                for _ in range(2):  # a second /ready too: nothing about the cause is kept for later answers
+                    text = app.get(path).text
+                    assert str(closed) not in text and "127.0.0.1" not in text and "://" not in text, text
+            error = error_of(app.get("/ready"), 503, "ServerNotReadyError")
+            assert error["details"]["cause"] == cause and "server log" in error["message"]
+            detailed = error_of(app.get("/ready", headers={"Authorization": f"Bearer {READ_KEY}"}), 503,
+                                "ServerNotReadyError")
+            assert str(closed) in detailed["message"]
 
 
 def test_no_registry_is_503_on_ready_and_404_on_reads(tmp_path: Path) -> None:

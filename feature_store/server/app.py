@@ -116,7 +116,7 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                            openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
     online = OnlineFeatures(store, settings.max_entities, metrics, settings.threadpool)
     _feature_routes(app, store, online, metrics, keys.enabled)
-    _operation_routes(app, store, refresher, metrics)
+    _operation_routes(app, store, refresher, metrics, keys)
     _install_error_handlers(app, metrics)
     app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
     front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
@@ -181,16 +181,21 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         return json_response(await run_in_threadpool(describer.view, view))
 
 
-def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics) -> None:
+def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics,
+                      keys: KeyRing) -> None:
+    readiness = Readiness(store, refresher)
+
     @app.get("/health", tags=["operations"], response_model=models.HealthResponse)
     async def health() -> Response:
         """Liveness: 200 while the process runs."""
         return json_response({"status": "ok"})
 
     @app.get("/ready", tags=["operations"], response_model=models.ReadyResponse, responses=_errors(503))
-    async def ready() -> Response:
-        """Readiness: a registry is loaded and the online store answers; else 503 saying which."""
-        return json_response(await run_in_threadpool(_readiness, store, refresher))
+    async def ready(request: Request) -> Response:
+        """Readiness: a registry is loaded and the online store answers; else 503 saying which. Why (with
+        addresses) only to a caller with the read scope: probes need no key; the server log has it too."""
+        detailed = keys.check(request.headers.get("authorization", "").encode("latin-1"), "read") is None
+        return json_response(await run_in_threadpool(readiness.check, detailed))
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
@@ -200,21 +205,38 @@ def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefr
         return Response(body, media_type=content_type)
 
 
-def _readiness(store: FeatureStore, refresher: RegistryRefresher) -> dict[str, Any]:
-    if refresher.version is None:
-        cause = refresher.last_error
-        raise ServerNotReadyError(
-            "no registry loaded yet" + (f": {getattr(cause, 'message', cause)}" if cause else "."),
-            cause=type(cause).__name__ if cause else None,
-        )
-    online = store.online.store
-    try:
-        online.ping()
-    except FeatureStoreError as exc:
-        raise ServerNotReadyError(f"the online store does not answer: {exc.message}",
-                                  cause=type(exc).__name__) from exc
-    return {"status": "ready", "project": store.project, "registry_version": refresher.version,
-            "online_store": online.name}
+class Readiness:
+    """GET /ready. A failure's cause names hosts, ports and URLs of the registry and the online store: it goes
+    to the log (once per distinct cause, as probes call every few seconds) and to callers with the read scope,
+    while an anonymous probe learns only which part is not ready."""
+
+    def __init__(self, store: FeatureStore, refresher: RegistryRefresher) -> None:
+        self.store, self.refresher = store, refresher
+        self._logged: str | None = None
+
+    def check(self, detailed: bool) -> dict[str, Any]:
+        if self.refresher.version is None:
+            cause = self.refresher.last_error
+            why = f": {getattr(cause, 'message', cause)}" if cause else "."
+            raise self._not_ready("no registry loaded yet", why, cause, detailed)
+        online = self.store.online.store
+        try:
+            online.ping()
+        except FeatureStoreError as exc:
+            raise self._not_ready("the online store does not answer", f": {exc.message}", exc, detailed) from exc
+        self._logged = None
+        return {"status": "ready", "project": self.store.project, "registry_version": self.refresher.version,
+                "online_store": online.name}
+
+    def _not_ready(self, what: str, why: str, cause: Exception | None, detailed: bool) -> ServerNotReadyError:
+        kind = type(cause).__name__ if cause else None
+        if what + why != self._logged:  # the registry refresher logs its own failures already
+            self._logged = what + why
+            log.warning("not ready: %s%s", what, why)
+        if detailed:
+            return ServerNotReadyError(what + why, cause=kind)
+        return ServerNotReadyError(f"{what}{f' ({kind})' if kind else ''}; the server log says why (or send an API "
+                                   "key with the read scope).", cause=kind)
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
