@@ -200,6 +200,19 @@ class RequestTooLargeError(FeatureStoreError):
     http_status = 413
 
 
+class RequestTimeoutError(FeatureStoreError):
+    """A request's headers and body did not arrive whole within server.body_timeout_seconds."""
+
+    http_status = 408
+
+
+class ClientDisconnectedError(FeatureStoreError):
+    """The client closed the connection before its request body arrived; nobody reads the answer (nginx's 499,
+    for the metrics)."""
+
+    http_status = 499
+
+
 class CrossSiteRequestError(FeatureStoreError):
     """A browser sent a request with side effects (a POST) from a page of another origin than the server's own
     and those of server.cors_origins: refused, so that no web page can act through its visitors' browsers."""

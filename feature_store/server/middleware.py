@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from feature_store.errors import (
+    ClientDisconnectedError,
     CrossSiteRequestError,
     FeatureStoreError,
     OnlineStoreUnavailable,
@@ -64,8 +65,21 @@ def route_of(path: str) -> tuple[str, str | None]:
     return OTHER_ROUTE
 
 
+TIMED_OUT = "feature_store.timed_out"  # in the scope of a request the protocol timed out (protocol.py)
+
+
 class _Disconnected(Exception):
     """The client went away before sending its whole body."""
+
+
+class _Body:
+    """Whether a request's body is still (partly) to come. An answer sent before it has all arrived closes the
+    connection: else uvicorn would go on reading, and dropping, the rest of a body already refused."""
+
+    __slots__ = ("pending",)
+
+    def __init__(self, pending: bool) -> None:
+        self.pending = pending
 
 
 class ServerMiddleware:
@@ -85,31 +99,35 @@ class ServerMiddleware:
         started = time.perf_counter()
         label, needed = route_of(scope["path"])
         status = 500  # unless a response starts
+        rejection, body = self._reject(scope, needed)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                if body.pending:
+                    message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
             await send(message)
 
         try:
-            rejection = self._reject(scope, needed)
             handler = self.fast.get(scope["path"]) if scope["method"] == "POST" else None
             if rejection is not None:
                 await _send_error(send_wrapper, rejection)
             elif handler is not None:
-                await self._answer(handler, label, receive, send_wrapper)
+                await self._answer(handler, label, receive, send_wrapper, body)
             else:
-                await self.app(scope, self._limited(receive), send_wrapper)
+                await self.app(scope, self._limited(receive, body), send_wrapper)
         except _Disconnected:
             status = 499  # nginx's "client closed request", for the metrics only: nobody reads an answer
         finally:
+            if status == 499 and scope.get(TIMED_OUT):
+                status = 408  # the protocol answered 408 and closed the connection
             self.metrics.observe_request(label, scope["method"], status, time.perf_counter() - started)
 
-    async def _answer(self, handler: FastHandler, label: str, receive: Receive, send: Send) -> None:
+    async def _answer(self, handler: FastHandler, label: str, receive: Receive, send: Send, body: _Body) -> None:
         """What FastAPI's exception handlers do for the other routes, for a fast-path handler."""
         try:
-            body = await handler(await self._body(receive))
+            answer = await handler(await self._body(receive, body))
         except FeatureStoreError as exc:
             if isinstance(exc, OnlineStoreUnavailable):
                 self.metrics.online_errors.labels(label).inc()
@@ -121,9 +139,9 @@ class ServerMiddleware:
             log.exception("unexpected error on POST %s", label)
             await _send(send, 500, dumps(INTERNAL_ERROR))
             return
-        await _send(send, 200, body)
+        await _send(send, 200, answer)
 
-    async def _body(self, receive: Receive) -> bytes:
+    async def _body(self, receive: Receive, body: _Body) -> bytes:
         chunks, size = [], 0
         while True:
             message = await receive()
@@ -135,10 +153,12 @@ class ServerMiddleware:
                 raise self._too_large()
             chunks.append(chunk)
             if not message.get("more_body", False):
+                body.pending = False
                 return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
-    def _reject(self, scope: Scope, needed: str | None) -> FeatureStoreError | None:
-        host, authorization, length, origin, fetch_site = None, None, None, None, None
+    def _reject(self, scope: Scope, needed: str | None) -> tuple[FeatureStoreError | None, _Body]:
+        """The error to answer with before reading the body, if any; and whether a body is to come."""
+        host, authorization, length, origin, fetch_site, chunked = None, None, None, None, None, False
         for name, value in scope["headers"]:
             if name == b"host":
                 host = value
@@ -150,22 +170,26 @@ class ServerMiddleware:
                 origin = value
             elif name == b"sec-fetch-site":
                 fetch_site = value
+            elif name == b"transfer-encoding":
+                chunked = True
+        body = _Body(chunked or (length is not None and length.strip(b"0 ") != b""))
         if self.allowed_hosts and _host_name(host) not in self.allowed_hosts:
             return UntrustedHostError(
                 "this Host header is not accepted; the server answers only to "
                 f"{sorted(self.allowed_hosts)} (server.allowed_hosts in feature_store.yaml).",
-            )
+            ), body
         if (origin is not None or fetch_site is not None) and scope["method"] not in SAFE_METHODS:
             refused = self._cross_site(origin, fetch_site, host, scope)
             if refused is not None:
-                return refused
+                return refused, body
         if needed is not None:
             denied = self.keys.check(authorization, needed)
             if denied is not None:
-                return denied
+                return denied, body
+        # By its declared size, before a byte of it is read (a streamed body is counted as it comes: _limited).
         if length is not None and length.isdigit() and int(length) > self.max_body_bytes:
-            return self._too_large()
-        return None
+            return self._too_large(), body
+        return None, body
 
     def _cross_site(self, origin: bytes | None, fetch_site: bytes | None, host: bytes | None,
                     scope: Scope) -> CrossSiteRequestError | None:
@@ -194,8 +218,10 @@ class ServerMiddleware:
             "per request.", max_body_bytes=self.max_body_bytes,
         )
 
-    def _limited(self, receive: Receive) -> Receive:
-        """Count the bytes of a streamed (chunked) body too: Content-Length may be absent or lie."""
+    def _limited(self, receive: Receive, body: _Body) -> Receive:
+        """Count the bytes of a streamed (chunked) body too: Content-Length may be absent or lie. A client gone
+        before its body arrived is a ClientDisconnectedError (499, quietly), not Starlette's ClientDisconnect,
+        which would reach FastAPI's handler of unexpected errors (a 500 and a traceback in the log)."""
         received = 0
 
         async def wrapped() -> Message:
@@ -205,6 +231,10 @@ class ServerMiddleware:
                 received += len(message.get("body", b""))
                 if received > self.max_body_bytes:
                     raise self._too_large()  # answered by the app's FeatureStoreError handler
+                if not message.get("more_body", False):
+                    body.pending = False
+            elif message["type"] == "http.disconnect" and body.pending:
+                raise ClientDisconnectedError("the client closed the connection before its request body arrived.")
             return message
 
         return wrapped
