@@ -7,8 +7,10 @@ metrics and the OpenAPI document. tests/test_server_process.py runs the real uvi
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +26,7 @@ from feature_store.config import ApiKeyConfig, RedisOnlineConfig
 from feature_store.server import ServerSettings, create_app
 from tests.server_fixtures import (
     FEATURES_10,
+    ROOT,
     SERVER_REDIS_DB,
     at,
     delete_keys,
@@ -468,6 +471,28 @@ def test_ready_and_metrics_reveal_no_addresses_without_the_read_scope(store: Fea
             detailed = error_of(app.get("/ready", headers={"Authorization": f"Bearer {READ_KEY}"}), 503,
                                 "ServerNotReadyError")
             assert str(closed) in detailed["message"]
+
+
+def test_docs_work_offline_from_files_the_package_ships(client: TestClient) -> None:
+    """/docs refers to no CDN: every asset it loads is served by the server itself, from the package."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "://" not in page.text and "//cdn" not in page.text  # no absolute URL anywhere in the page
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) == 3 and all(a.startswith("/docs/") for a in assets), assets
+    kinds = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
+    static = ROOT / "feature_store" / "server" / "static" / "swagger-ui"
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.headers["content-type"].split(";")[0] in kinds[Path(asset).suffix], served.headers
+        assert served.content == (static / Path(asset).name).read_bytes()
+    assert "url: '/openapi.json'" in page.text and client.get("/openapi.json").status_code == 200
+    # The files are package data, so that an installed wheel serves them too.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["feature_store"]
+    packaged = {path for pattern in patterns for path in (ROOT / "feature_store").glob(pattern)}
+    assert {*static.iterdir()} <= packaged
 
 
 def test_no_registry_is_503_on_ready_and_404_on_reads(tmp_path: Path) -> None:

@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -23,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
 
 from feature_store.config import ApiKeyConfig, ServerConfig
 from feature_store.errors import (
@@ -42,6 +45,7 @@ from feature_store.server.runtime import RegistryDescriber, RegistryRefresher
 from feature_store.store import FeatureStore
 
 log = logging.getLogger("feature_store.server")
+DOCS_STATIC = "/docs/static"
 
 DESCRIPTION = """Online features over HTTP, wire-compatible with Feast's feature server (`/get-online-features`,
 `/push`). Errors are `{"error": {"type", "message", "details"}}`. With API keys configured, send
@@ -110,11 +114,12 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                 store.close()
 
     app = FeatureServerApp(title="feature-store feature server", description=DESCRIPTION, lifespan=lifespan,
-                           redoc_url=None,
+                           docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                            openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
     online = OnlineFeatures(store, settings.max_entities, metrics, settings.threadpool)
     _feature_routes(app, store, online, metrics, keys.enabled)
     _operation_routes(app, store, refresher, metrics, keys)
+    _docs_routes(app)
     _install_error_handlers(app, metrics)
     app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
     front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
@@ -234,6 +239,24 @@ class Readiness:
             return ServerNotReadyError(what + why, cause=kind)
         return ServerNotReadyError(f"{what}{f' ({kind})' if kind else ''}; the server log says why (or send an API "
                                    "key with the read scope).", cause=kind)
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """Swagger UI at /docs from files this package ships (static/swagger-ui), not from a CDN as FastAPI's own
+    page loads them: the documentation works offline and behind firewalls, and the page runs no third-party
+    script. No online validator either (validatorUrl: null): the page makes no request beyond this server."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=Path(__file__).parent / "static" / "swagger-ui"), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
+        )
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

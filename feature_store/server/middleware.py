@@ -62,6 +62,8 @@ def route_of(path: str) -> tuple[str, str | None]:
         return found
     if path.startswith("/features/"):
         return VIEW_ROUTE
+    if path.startswith("/docs/"):  # Swagger UI's files
+        return ROUTES["/docs"]
     return OTHER_ROUTE
 
 
