@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 REPO   := feature_repo
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint validate-compose bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: $(VENV)/.dev-installed
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check feature_store tests benchmarks
 	$(BIN)/mypy feature_store
+
+## validate-compose: docker-compose.yml against the official compose-spec schema (check-jsonschema, a dev extra,
+## ships it: no Docker engine or network needed)
+validate-compose: $(VENV)/.dev-installed
+	$(BIN)/check-jsonschema --builtin-schema vendor.compose-spec docker-compose.yml
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/offline.py --size small

@@ -362,15 +362,18 @@ def _read_rows(path: Path) -> pd.DataFrame:
 
 @main.command()
 @click.option("--host", default="127.0.0.1", show_default=True,
-              help="Address to bind; anything but loopback needs server.api_keys (a warning says so).")
+              help="Address to bind; anything but loopback needs server.api_keys (or --insecure).")
 @click.option("--port", default=6566, show_default=True, type=click.IntRange(0, 65535), help="TCP port.")
 @click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 64),
               help="Worker processes (one per core is a good start).")
 @click.option("--log-level", default="info", show_default=True,
               type=click.Choice(["critical", "error", "warning", "info", "debug"]))
 @click.option("--access-log", is_flag=True, help="Log every request (costs throughput).")
+@click.option("--insecure", is_flag=True,
+              help="Serve beyond loopback without API keys (anyone who reaches the port can read and push).")
 @click.pass_context
-def serve(ctx: click.Context, host: str, port: int, workers: int, log_level: str, access_log: bool) -> None:
+def serve(ctx: click.Context, host: str, port: int, workers: int, log_level: str, access_log: bool,
+          insecure: bool) -> None:
     """Run the HTTP feature server (Feast-compatible /get-online-features and /push).
 
     Endpoints, authentication and limits: docs/server.md; the API itself: http://HOST:PORT/docs.
@@ -378,7 +381,7 @@ def serve(ctx: click.Context, host: str, port: int, workers: int, log_level: str
     from feature_store.server.serve import serve as run_server  # FastAPI and uvicorn only when serving
 
     with _errors():
-        run_server(ctx.obj["repo"], host, port, workers, log_level, access_log)
+        run_server(ctx.obj["repo"], host, port, workers, log_level, access_log, insecure)
 
 
 @contextmanager

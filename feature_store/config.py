@@ -86,6 +86,11 @@ class ServerConfig(_Config):
     max_body_bytes: int = Field(10 * 1024 * 1024, gt=0)
     max_entities: int = Field(10_000, gt=0)  # entity rows per get-online-features request
     registry_refresh_seconds: float = Field(10.0, gt=0)
+    # A request must arrive whole (headers and body) within this time, from its connection's opening or its
+    # first byte: slow clients cannot hold connections and memory (408, connection closed).
+    body_timeout_seconds: float = Field(5.0, gt=0)
+    # Connections (and requests in progress) per worker process; beyond it uvicorn answers 503 at once.
+    max_connections: int = Field(1000, gt=0)
     cors_origins: tuple[str, ...] = ()  # empty: no CORS headers at all
     allowed_hosts: tuple[str, ...] = ()  # Host headers accepted; empty: loopback names when bound to loopback
     # Online reads run on the event loop (a thread hop costs as much as the read); True moves them to threads,

@@ -206,10 +206,24 @@ class RequestTooLargeError(FeatureStoreError):
     http_status = 413
 
 
-class UnsupportedMediaTypeError(FeatureStoreError):
-    """A request body is not sent as application/json."""
+class RequestTimeoutError(FeatureStoreError):
+    """A request's headers and body did not arrive whole within server.body_timeout_seconds."""
 
-    http_status = 415
+    http_status = 408
+
+
+class ClientDisconnectedError(FeatureStoreError):
+    """The client closed the connection before its request body arrived; nobody reads the answer (nginx's 499,
+    for the metrics)."""
+
+    http_status = 499
+
+
+class CrossSiteRequestError(FeatureStoreError):
+    """A browser sent a request with side effects (a POST) from a page of another origin than the server's own
+    and those of server.cors_origins: refused, so that no web page can act through its visitors' browsers."""
+
+    http_status = 403
 
 
 class InvalidRequestError(FeatureStoreError):
@@ -228,6 +242,10 @@ class ServerNotReadyError(FeatureStoreError):
     """The feature server cannot serve yet: no registry loaded, or the online store is unreachable."""
 
     http_status = 503
+
+
+class InsecureServerError(ConfigError):
+    """``feature-store serve`` was asked to listen beyond loopback without API keys (and without --insecure)."""
 
 
 class UntrustedHostError(FeatureStoreError):

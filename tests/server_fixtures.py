@@ -126,11 +126,13 @@ class Server:
 
 @contextmanager
 def run_server(repo: Path, log: Path, *args: str, env: dict[str, str] | None = None,
-               ready_timeout: float = 60) -> Iterator[Server]:
-    """``python -m feature_store --repo REPO serve --port P ARGS``, until /health answers; stopped afterwards."""
+               ready_timeout: float = 60, command: list[str] | None = None) -> Iterator[Server]:
+    """``python -m feature_store --repo REPO serve --port P ARGS``, until /health answers; stopped afterwards.
+    ``command``: another command that serves, to which ``--port P ARGS`` are given instead."""
     port = free_port()
-    command = [sys.executable, "-m", "feature_store", "--repo", str(repo), "serve", "--port", str(port),
-               "--log-level", "warning", *args]
+    command = [*command, "--port", str(port), *args] if command else [
+        sys.executable, "-m", "feature_store", "--repo", str(repo), "serve", "--port", str(port),
+        "--log-level", "warning", *args]
     with open(log, "wb") as out:
         proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     server = Server(f"http://127.0.0.1:{port}", proc, log)

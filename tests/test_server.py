@@ -7,25 +7,30 @@ metrics and the OpenAPI document. tests/test_server_process.py runs the real uvi
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
 from feature_store import FeatureStore
-from feature_store.config import ApiKeyConfig
+from feature_store.config import ApiKeyConfig, RedisOnlineConfig
 from feature_store.server import ServerSettings, create_app
 from tests.server_fixtures import (
     FEATURES_10,
+    ROOT,
     SERVER_REDIS_DB,
     at,
     delete_keys,
+    free_port,
     make_repo,
     sdk_columns,
     server_columns,
@@ -185,6 +190,39 @@ def test_malformed_bodies_are_422(client: TestClient, body: bytes) -> None:
     assert error["details"]["errors"] and all(set(e) == {"loc", "msg", "type"} for e in error["details"]["errors"])
 
 
+FEATURE = ["customer_spend:spend_7d"]
+
+
+@pytest.mark.parametrize("body", [
+    {"features": None, "feature_service": None},
+    {},
+    {"features": FEATURE, "feature_service": "fraud_model_v1"},
+    {"features": FEATURE},
+    {"feature_service": "fraud_model_v1"},
+    {"features": None, "feature_service": "fraud_model_v1"},
+    {"features": FEATURE, "feature_service": None},
+    {"features": FEATURE, "now": 0},
+    {"features": FEATURE, "now": 1_700_000_000.5},
+    {"features": FEATURE, "now": "2026-11-27T10:00:00Z"},
+    {"features": FEATURE, "now": None},
+], ids=repr)
+def test_the_openapi_document_says_what_is_refused(client: TestClient, body: dict[str, Any]) -> None:
+    """A body the document's schema allows is answered, one it does not is a 422, and the reverse."""
+    schema = client.get("/openapi.json").json()["components"]["schemas"]["GetOnlineFeaturesRequest"]
+    request = {**body, "entities": {"customer_id": [1]}}
+    response = post(client, request)
+    refused = response.status_code == 422 and response.json()["error"]["type"] == "InvalidRequestError"
+    assert jsonschema.Draft202012Validator(schema).is_valid(request) is not refused, response.text
+
+
+@pytest.mark.parametrize("now", ["1700000000", "2026-11-27", "27/11/2026 10:00", "yesterday"])
+def test_now_is_a_date_and_time_string_as_documented(client: TestClient, now: str) -> None:
+    """format: date-time, not the Unix times or bare dates pydantic would otherwise take."""
+    error = error_of(post(client, {"features": FEATURE, "entities": {"customer_id": [1]}, "now": now}), 422,
+                     "InvalidRequestError")
+    assert error["details"]["errors"][0]["loc"] == ["now"]
+
+
 def test_integer_keys_beyond_64_bits_are_refused(client: TestClient) -> None:
     body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [2**63]}}
     error_of(post(client, body), 422, "InvalidRequestError")
@@ -197,6 +235,20 @@ def test_digit_strings_beyond_64_bits_or_not_ascii_digits_are_400(client: TestCl
         error_of(post(client, body), 400, "EntityDataFrameError")
     body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": ["12", "-3", "+4"]}}
     assert post(client, body).status_code == 200
+
+
+@pytest.mark.parametrize("digits", [4_301, 5_000, 50_000])
+def test_digit_strings_beyond_the_int_conversion_limit_are_400_naming_the_key(client: TestClient,
+                                                                              digits: int) -> None:
+    """Python's int() refuses strings of more than 4,300 digits (a ValueError that used to answer 500)."""
+    body = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [1, "9" * digits]}}
+    error = error_of(post(client, body), 400, "EntityDataFrameError")
+    assert "customer_id" in error["message"] and "64-bit" in error["message"]
+    assert len(error["message"]) < 300  # the value is cut short, not echoed whole
+    zeros = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": ["0" * digits + "7"]}}
+    answered = post(client, zeros)  # leading zeros: still customer 7
+    seven = post(client, {**zeros, "entities": {"customer_id": [7]}})
+    assert answered.status_code == 200 and answered.json()["results"][1:] == seven.json()["results"][1:]
 
 
 def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
@@ -213,11 +265,54 @@ def test_push_answers_rows_online_updates_and_time(client: TestClient) -> None:
              "PushDataError")
 
 
-def test_malformed_push_is_422_and_push_needs_json(client: TestClient) -> None:
+def test_malformed_push_is_422(client: TestClient) -> None:
     error_of(post(client, {"df": {"customer_id": [1]}}, "/push"), 422, "InvalidRequestError")
     error_of(post(client, {"push_source_name": "x", "df": {}, "to": "sideways"}, "/push"), 422, "InvalidRequestError")
-    text = client.post("/push", content=b'{"push_source_name": "x", "df": {}}', headers={"Content-Type": "text/plain"})
-    error_of(text, 415, "UnsupportedMediaTypeError")
+
+
+CONTENT_TYPES = [None, "application/json", "application/json; charset=utf-8", "application/x-www-form-urlencoded",
+                 "text/plain", "multipart/form-data; boundary=x"]
+
+
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_both_endpoints_read_json_whatever_the_content_type(client: TestClient, content_type: str | None) -> None:
+    """Feast's client sends no Content-Type and Feast's docs use curl -d (form-urlencoded), for reads and pushes
+    alike: both endpoints read the body as JSON the same way."""
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    now = datetime.now(UTC).replace(microsecond=0).isoformat()
+    push = {"push_source_name": "transactions_push", "to": "online",
+            "df": {"customer_id": [3], "event_timestamp": [now], "created": [now], "amount": [1.0],
+                   "category": ["grocery"]}}
+    pushed = client.post("/push", content=json.dumps(push).encode(), headers=headers)
+    assert pushed.status_code == 200, pushed.text
+    read = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [3]}}
+    assert client.post("/get-online-features", content=json.dumps(read).encode(), headers=headers).status_code == 200
+    error_of(client.post("/push", content=b"{not json", headers=headers), 422, "InvalidRequestError")
+
+
+@pytest.mark.parametrize("path", ["/push", "/get-online-features"])
+@pytest.mark.parametrize("content_type", CONTENT_TYPES)
+def test_cross_site_browser_requests_are_refused(store: FeatureStore, path: str, content_type: str | None) -> None:
+    """What keeps a web page from pushing (or reading) through a visitor's browser: not the Content-Type, which a
+    page can choose among the 'simple' ones or leave out, but the Origin (and Sec-Fetch-Site) every browser sends
+    with a cross-site POST and cannot be made to forge."""
+    body = json.dumps({"push_source_name": "transactions_push", "df": {"customer_id": [1]}} if path == "/push"
+                      else {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [1]}}).encode()
+    headers = {} if content_type is None else {"Content-Type": content_type}
+    app = create_app(store, ServerSettings(cors_origins=("https://dashboard.example",)))
+    with started(app) as browserish:
+        for cross in ({"Origin": "https://evil.example"}, {"Origin": "null"},
+                      {"Origin": "http://testserver:8080"},  # another port of the same host is another origin
+                      {"Sec-Fetch-Site": "cross-site"}, {"Sec-Fetch-Site": "same-site"}):
+            error = error_of(browserish.post(path, content=body, headers={**headers, **cross}), 403,
+                             "CrossSiteRequestError")
+            assert "server.cors_origins" in error["message"]
+        for allowed in ({}, {"Origin": "http://testserver", "Sec-Fetch-Site": "same-origin"},  # e.g. /docs
+                        {"Origin": "https://dashboard.example", "Sec-Fetch-Site": "cross-site"}):  # CORS-allowed
+            answered = browserish.post(path, content=body, headers={**headers, **allowed})
+            assert answered.status_code != 403, answered.text
+        # Reading endpoints without side effects stay open to simple cross-site GETs (they cannot read the answer).
+        assert browserish.get("/health", headers={"Origin": "https://evil.example"}).status_code == 200
 
 
 def test_entity_problems_are_400(client: TestClient) -> None:
@@ -356,6 +451,49 @@ def test_openapi_has_the_real_schemas(client: TestClient) -> None:
         "$ref": "#/components/schemas/GetOnlineFeaturesRequest"}
     assert {"200", "400", "404", "413", "422", "503"} <= set(operation["responses"])
     assert "swagger-ui" in client.get("/docs").text
+
+
+def test_ready_and_metrics_reveal_no_addresses_without_the_read_scope(store: FeatureStore, repo: Path) -> None:
+    """/ready and /metrics need no key (probes, scrapers): what they answer names no host, port or URL of the
+    registry or the online store, even when those fail; a caller with the read scope gets the details."""
+    closed = free_port()
+    down_redis = store.config.model_copy(update={"online_store": RedisOnlineConfig(
+        url=f"redis://127.0.0.1:{closed}/0", key_prefix="fstest-never-written", timeout_seconds=0.3)})
+    down_registry = down_redis.model_copy(update={"registry": f"postgresql+psycopg://fs@127.0.0.1:{closed}/test"})
+    keys = (ApiKeyConfig(key=READ_KEY, scopes=("read",)),)
+    for config, cause in ((down_redis, "OnlineStoreUnavailable"), (down_registry, "RegistryError")):
+        with FeatureStore(repo, config) as broken, started(create_app(broken, ServerSettings(api_keys=keys))) as app:
+            for path in ("/ready", "/metrics"):
+                for _ in range(2):  # a second /ready too: nothing about the cause is kept for later answers
+                    text = app.get(path).text
+                    assert str(closed) not in text and "127.0.0.1" not in text and "://" not in text, text
+            error = error_of(app.get("/ready"), 503, "ServerNotReadyError")
+            assert error["details"]["cause"] == cause and "server log" in error["message"]
+            detailed = error_of(app.get("/ready", headers={"Authorization": f"Bearer {READ_KEY}"}), 503,
+                                "ServerNotReadyError")
+            assert str(closed) in detailed["message"]
+
+
+def test_docs_work_offline_from_files_the_package_ships(client: TestClient) -> None:
+    """/docs refers to no CDN: every asset it loads is served by the server itself, from the package."""
+    page = client.get("/docs")
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "://" not in page.text and "//cdn" not in page.text  # no absolute URL anywhere in the page
+    assets = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert len(assets) == 3 and all(a.startswith("/docs/") for a in assets), assets
+    kinds = {".js": ("text/javascript", "application/javascript"), ".css": ("text/css",), ".png": ("image/png",)}
+    static = ROOT / "feature_store" / "server" / "static" / "swagger-ui"
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.headers["content-type"].split(";")[0] in kinds[Path(asset).suffix], served.headers
+        assert served.content == (static / Path(asset).name).read_bytes()
+    assert "url: '/openapi.json'" in page.text and client.get("/openapi.json").status_code == 200
+    # The files are package data, so that an installed wheel serves them too.
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    patterns = config["tool"]["setuptools"]["package-data"]["feature_store"]
+    packaged = {path for pattern in patterns for path in (ROOT / "feature_store").glob(pattern)}
+    assert {*static.iterdir()} <= packaged
 
 
 def test_no_registry_is_503_on_ready_and_404_on_reads(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ their replies, other requests run meanwhile, and concurrent reads share the conn
 matches replies to reads).
 
 The connection is made, authenticated and its database selected by redis-py's own code (so every URL
-option redis-py knows applies), then its socket is handed to the event loop. TLS connections are not
-handed over (asyncio would need to redo the handshake): stores with a ``rediss://`` URL read as the
-SDK does, blocking.
+option redis-py knows applies), in a thread since that blocks, then its socket is handed to the event loop.
+A Redis that hangs thus holds no loop: reads fail after the timeout, connecting included. TLS connections
+are not handed over (asyncio would need to redo the handshake): stores with a ``rediss://`` URL read as
+the SDK does, in a thread (redis_store.py).
 """
 
 from __future__ import annotations
@@ -131,14 +132,21 @@ class AsyncReads:
                  unavailable: Callable[[Exception], Exception]) -> None:
         self.make_connection, self.timeout, self.unavailable = make_connection, timeout, unavailable
         self._connections: dict[int, tuple[asyncio.AbstractEventLoop, int, _Replies]] = {}
+        self._connecting: dict[int, tuple[asyncio.AbstractEventLoop, asyncio.Task[_Replies]]] = {}
         self._lock = threading.Lock()  # loops in several threads may connect at once
 
     async def request(self, command: bytes, count: int) -> list[Any]:
-        """The replies of ``count`` commands (in RESP, back to back)."""
+        """The replies of ``count`` commands (in RESP, back to back), or the store's error within the timeout,
+        connecting included."""
         loop = asyncio.get_running_loop()
-        replies = self._replies(loop)
+        deadline = loop.time() + self.timeout
+        found = self._connections.get(id(loop))
+        if found is not None and found[0] is loop and found[1] == os.getpid() and not found[2].closed:
+            replies = found[2]
+        else:
+            replies = await self._connected(loop, deadline)
         future = replies.send(command, count, loop)
-        timer = loop.call_later(self.timeout, self._expire, replies, future)
+        timer = loop.call_at(deadline, self._expire, replies, future)
         try:
             values: list[Any] = await future
         except RedisError as exc:
@@ -147,20 +155,45 @@ class AsyncReads:
             timer.cancel()
         return values
 
-    def _replies(self, loop: asyncio.AbstractEventLoop) -> _Replies:
-        found = self._connections.get(id(loop))
-        if found is not None and found[0] is loop and found[1] == os.getpid() and not found[2].closed:
-            return found[2]
+    async def _connected(self, loop: asyncio.AbstractEventLoop, deadline: float) -> _Replies:
+        """The loop's connection once made: by one attempt at a time, in a thread, since redis-py's connect
+        blocks (TCP, then AUTH, SELECT and CLIENT SETINFO, each waiting up to the timeout: a Redis that hangs
+        accepts the TCP connection and answers nothing). A read waits for the attempt until its deadline; an
+        attempt that succeeds later serves the next reads, and one begun before this read that fails is made
+        again for it (Redis may be back by now)."""
+        while True:
+            with self._lock:
+                self._forget_closed_loops()
+                found = self._connecting.get(id(loop))
+                if found is not None and found[0] is loop and not found[1].done():
+                    attempt, mine = found[1], False
+                else:
+                    attempt, mine = loop.create_task(self._connect(loop)), True
+                    attempt.add_done_callback(_retrieved)
+                    self._connecting[id(loop)] = (loop, attempt)
+            try:
+                return await asyncio.wait_for(asyncio.shield(attempt), max(0.0, deadline - loop.time()))
+            except TimeoutError:
+                raise self.unavailable(RedisTimeoutError(f"no connection to Redis within {self.timeout} s")) from None
+            except Exception:
+                if mine or loop.time() >= deadline:
+                    raise
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+        sock = await loop.run_in_executor(None, self._open)
+        replies = _Replies()
+        replies.sock = sock
+        # Reads sent before the loop has taken the socket over wait in replies.unsent.
+        replies.handing_over = loop.create_task(self._hand_over(loop, replies, sock))
         with self._lock:
-            self._forget_closed_loops()
-            replies = self._connect(loop)
             self._connections[id(loop)] = (loop, os.getpid(), replies)
         return replies
 
-    def _connect(self, loop: asyncio.AbstractEventLoop) -> _Replies:
+    def _open(self) -> socket.socket:
+        """A socket connected and set up by redis-py (blocking: run in a thread)."""
         connection = self.make_connection()
         try:
-            connection.connect()  # blocking, bounded by the connect timeout: once per loop, and after a failure
+            connection.connect()
         except RedisError as exc:
             connection.disconnect()
             raise self.unavailable(exc) from exc
@@ -168,11 +201,7 @@ class AsyncReads:
         connection._parser.on_disconnect()
         if sock is None:  # redis-py connected without raising, so it has one; the type says it may not
             raise self.unavailable(RedisConnectionError("redis-py returned no socket after connecting"))
-        replies = _Replies()
-        replies.sock = sock
-        # Reads sent before the loop has taken the socket over wait in replies.unsent.
-        replies.handing_over = loop.create_task(self._hand_over(loop, replies, sock))
-        return replies
+        return sock
 
     async def _hand_over(self, loop: asyncio.AbstractEventLoop, replies: _Replies, sock: socket.socket) -> None:
         try:
@@ -189,6 +218,9 @@ class AsyncReads:
             replies.fail(RedisTimeoutError(f"no reply from Redis within {self.timeout} s"))
 
     def _forget_closed_loops(self) -> None:
+        for key, (loop, _task) in list(self._connecting.items()):
+            if loop.is_closed():
+                del self._connecting[key]
         for key, (loop, pid, replies) in list(self._connections.items()):
             if loop.is_closed() or replies.closed or pid != os.getpid():
                 del self._connections[key]
@@ -202,6 +234,14 @@ class AsyncReads:
                 if pid == os.getpid() and not loop.is_closed() and replies.transport is not None:
                     loop.call_soon_threadsafe(replies.transport.close)
             self._connections.clear()
+            self._connecting.clear()
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Take a connection attempt's outcome, which every read waiting for it may have stopped waiting for: else
+    asyncio logs 'exception was never retrieved'."""
+    if not task.cancelled():
+        task.exception()
 
 
 def reply_reader() -> hiredis.Reader:

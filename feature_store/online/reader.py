@@ -137,17 +137,29 @@ def _coerce(value: Any, kind: str, key: str) -> Any:
     if kind != "integer":
         return str(value)
     integral = isinstance(value, numbers.Integral) and not isinstance(value, bool | np.bool_)  # numpy ints too
-    if integral or (isinstance(value, str) and _DIGITS.fullmatch(value)):
+    if integral:
         number = int(value)
+    elif isinstance(value, str) and _DIGITS.fullmatch(value):
+        # int() refuses strings of over 4,300 digits, leading zeros included: convert the significant ones,
+        # and only when they may fit (more than 20 is beyond 64 bits).
+        significant = value.lstrip("+-").lstrip("0") or "0"
+        number = _INT_MAX + 1 if len(significant) > 20 else int(significant)
+        number = -number if value.startswith("-") else number
     else:
         raise EntityDataFrameError(
-            f"join key {key!r} is an integer key but got {value!r}, which is not an integer.", key=key,
+            f"join key {key!r} is an integer key but got {_shown(value)}, which is not an integer.", key=key,
         )
     if not _INT_MIN <= number <= _INT_MAX:
         raise EntityDataFrameError(
-            f"join key {key!r} is an integer key but {value!r} is outside the 64-bit range.", key=key,
+            f"join key {key!r} is an integer key but {_shown(value)} is outside the 64-bit range.", key=key,
         )
     return number
+
+
+def _shown(value: Any) -> str:
+    """A value for a message: the repr, cut short when long (a request may send megabytes in one key)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
 
 
 def read(store: OnlineStore, plans: Sequence[ViewPlan], columns: dict[str, list[Any]],

@@ -8,6 +8,7 @@ measured in docs/online.md): each key lookup there is a few cache and TLB misses
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import random
@@ -177,7 +178,8 @@ class RedisOnlineStore:
 
     async def read_async(self, keys: Sequence[bytes]) -> list[bytes | None]:
         """``read`` without blocking the loop while Redis answers: concurrent reads share a pipelined
-        connection (aio.py). Over TLS, the blocking ``read``."""
+        connection (aio.py). Over TLS, the blocking ``read`` in a thread: a Redis that hangs must not hold
+        the loop (and every other request on it) for a timeout per read."""
         if not keys:
             return []
         return await self._read_async(_Reads.of(keys))
@@ -189,7 +191,7 @@ class RedisOnlineStore:
 
     async def _read_async(self, reads: _Reads) -> list[bytes | None]:
         if self._async is None:
-            return self._read(reads)
+            return await asyncio.to_thread(self._read, reads)
         return reads.values(await self._async.request(reads.command, reads.count))
 
     def delete_prefix(self, prefix: bytes) -> int:

@@ -12,10 +12,12 @@ import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.openapi.utils import get_openapi
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
@@ -23,6 +25,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
 
 from feature_store.config import ApiKeyConfig, ServerConfig
 from feature_store.errors import (
@@ -31,7 +34,6 @@ from feature_store.errors import (
     OnlineStoreUnavailable,
     RouteNotFoundError,
     ServerNotReadyError,
-    UnsupportedMediaTypeError,
 )
 from feature_store.server import models
 from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
@@ -43,6 +45,7 @@ from feature_store.server.runtime import RegistryDescriber, RegistryRefresher
 from feature_store.store import FeatureStore
 
 log = logging.getLogger("feature_store.server")
+DOCS_STATIC = "/docs/static"
 
 DESCRIPTION = """Online features over HTTP, wire-compatible with Feast's feature server (`/get-online-features`,
 `/push`). Errors are `{"error": {"type", "message", "details"}}`. With API keys configured, send
@@ -85,8 +88,6 @@ class FeatureServerApp(FastAPI):
         await super().__call__(scope, receive, send)
 
 
-INLINE_PUSH_ROWS = 16  # pushes of up to this many rows run on the event loop, like reads
-
 def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {status: {"model": models.ErrorResponse} for status in statuses}
 
@@ -113,15 +114,17 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                 store.close()
 
     app = FeatureServerApp(title="feature-store feature server", description=DESCRIPTION, lifespan=lifespan,
-                           redoc_url=None,
+                           docs_url=None, redoc_url=None, swagger_ui_oauth2_redirect_url=None,
                            openapi_tags=[{"name": "features"}, {"name": "push"}, {"name": "operations"}])
     online = OnlineFeatures(store, settings.max_entities, metrics, settings.threadpool)
     _feature_routes(app, store, online, metrics, keys.enabled)
-    _operation_routes(app, store, refresher, metrics)
+    _operation_routes(app, store, refresher, metrics, keys)
+    _docs_routes(app)
     _install_error_handlers(app, metrics)
     app.openapi = _openapi(app, keys.enabled)  # type: ignore[method-assign]
     front: Any = ServerMiddleware(app.fastapi_call, keys=keys, metrics=metrics, max_body_bytes=settings.max_body_bytes,
-                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online})
+                                  allowed_hosts=settings.allowed_hosts, fast={"/get-online-features": online},
+                                  cors_origins=settings.cors_origins)
     if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
         front = CORSMiddleware(front, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
                                allow_headers=["Authorization", "Content-Type"])
@@ -142,23 +145,26 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         """Feature values of entities, as Feast's feature server answers them (column-major).
 
         The body is read as JSON whatever its Content-Type: Feast's HTTP client sends none, and Feast's
-        docs use ``curl -d`` (form-urlencoded).
+        docs use ``curl -d`` (form-urlencoded). Browsers' requests from other origins are refused (403).
         """
         # Answered by ServerMiddleware's fast path; this route documents it, and serves without the middleware.
         return Response(await online(await request.body()), media_type=JSON)
 
     @app.post("/push", tags=["push"], response_model=None,
-              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 415, 422, 503)},
+              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 422, 503)},
               openapi_extra=_body(models.PushRequest, secured))
     async def push(request: Request) -> Response:
-        """Write rows of a push source to the online store, the offline store, or both (Feast's request)."""
+        """Write rows of a push source to the online store, the offline store, or both (Feast's request).
+
+        The body is read as JSON whatever its Content-Type, as for /get-online-features; browsers' requests
+        from other origins are refused (403).
+        """
         arrived = time.time()
-        body = parse(models.PushRequest, await _json_body(request))
-        rows = max((len(v) for v in body.df.values()), default=0)
-        if online.threadpool or rows > INLINE_PUSH_ROWS:  # a big push must not hold up the reads on the loop
-            result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
-        else:  # a small one costs less than the thread hop would (see OnlineFeatures.__call__)
-            result = store.push(body.push_source_name, body.df, body.to)
+        body = parse(models.PushRequest, await request.body())
+        # In a thread, even for one row, though the hop costs 150-300 us: a push's Redis transaction (WATCH, reads,
+        # MULTI/EXEC) blocks, and on the event loop a Redis that hangs would stall every request for a timeout
+        # per push.
+        result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
         metrics.push_lag.observe(max(0.0, result.pushed_at.timestamp() - arrived))
         metrics.pushed_rows.inc(result.rows)
         return json_response({"rows": result.rows, "online_updates": result.online_updates,
@@ -177,16 +183,21 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         return json_response(await run_in_threadpool(describer.view, view))
 
 
-def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics) -> None:
+def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics,
+                      keys: KeyRing) -> None:
+    readiness = Readiness(store, refresher)
+
     @app.get("/health", tags=["operations"], response_model=models.HealthResponse)
     async def health() -> Response:
         """Liveness: 200 while the process runs."""
         return json_response({"status": "ok"})
 
     @app.get("/ready", tags=["operations"], response_model=models.ReadyResponse, responses=_errors(503))
-    async def ready() -> Response:
-        """Readiness: a registry is loaded and the online store answers; else 503 saying which."""
-        return json_response(await run_in_threadpool(_readiness, store, refresher))
+    async def ready(request: Request) -> Response:
+        """Readiness: a registry is loaded and the online store answers; else 503 saying which. Why (with
+        addresses) only to a caller with the read scope: probes need no key; the server log has it too."""
+        detailed = keys.check(request.headers.get("authorization", "").encode("latin-1"), "read") is None
+        return json_response(await run_in_threadpool(readiness.check, detailed))
 
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
@@ -196,32 +207,56 @@ def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefr
         return Response(body, media_type=content_type)
 
 
-def _readiness(store: FeatureStore, refresher: RegistryRefresher) -> dict[str, Any]:
-    if refresher.version is None:
-        cause = refresher.last_error
-        raise ServerNotReadyError(
-            "no registry loaded yet" + (f": {getattr(cause, 'message', cause)}" if cause else "."),
-            cause=type(cause).__name__ if cause else None,
+class Readiness:
+    """GET /ready. A failure's cause names hosts, ports and URLs of the registry and the online store: it goes
+    to the log (once per distinct cause, as probes call every few seconds) and to callers with the read scope,
+    while an anonymous probe learns only which part is not ready."""
+
+    def __init__(self, store: FeatureStore, refresher: RegistryRefresher) -> None:
+        self.store, self.refresher = store, refresher
+        self._logged: str | None = None
+
+    def check(self, detailed: bool) -> dict[str, Any]:
+        if self.refresher.version is None:
+            cause = self.refresher.last_error
+            why = f": {getattr(cause, 'message', cause)}" if cause else "."
+            raise self._not_ready("no registry loaded yet", why, cause, detailed)
+        online = self.store.online.store
+        try:
+            online.ping()
+        except FeatureStoreError as exc:
+            raise self._not_ready("the online store does not answer", f": {exc.message}", exc, detailed) from exc
+        self._logged = None
+        return {"status": "ready", "project": self.store.project, "registry_version": self.refresher.version,
+                "online_store": online.name}
+
+    def _not_ready(self, what: str, why: str, cause: Exception | None, detailed: bool) -> ServerNotReadyError:
+        kind = type(cause).__name__ if cause else None
+        if what + why != self._logged:  # the registry refresher logs its own failures already
+            self._logged = what + why
+            log.warning("not ready: %s%s", what, why)
+        if detailed:
+            return ServerNotReadyError(what + why, cause=kind)
+        return ServerNotReadyError(f"{what}{f' ({kind})' if kind else ''}; the server log says why (or send an API "
+                                   "key with the read scope).", cause=kind)
+
+
+def _docs_routes(app: FastAPI) -> None:
+    """Swagger UI at /docs from files this package ships (static/swagger-ui), not from a CDN as FastAPI's own
+    page loads them: the documentation works offline and behind firewalls, and the page runs no third-party
+    script. No online validator either (validatorUrl: null): the page makes no request beyond this server."""
+    app.mount(DOCS_STATIC, StaticFiles(directory=Path(__file__).parent / "static" / "swagger-ui"), name="docs-static")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> Response:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}/openapi.json", title=f"{app.title} - Swagger UI",
+            swagger_js_url=f"{root}{DOCS_STATIC}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{DOCS_STATIC}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{DOCS_STATIC}/favicon-32x32.png",
+            swagger_ui_parameters={"validatorUrl": None},
         )
-    online = store.online.store
-    try:
-        online.ping()
-    except FeatureStoreError as exc:
-        raise ServerNotReadyError(f"the online store does not answer: {exc.message}",
-                                  cause=type(exc).__name__) from exc
-    return {"status": "ready", "project": store.project, "registry_version": refresher.version,
-            "online_store": online.name}
-
-
-async def _json_body(request: Request) -> bytes:
-    """The body of a request with side effects: only as application/json, so that no web page can send it
-    with a cross-site 'simple' (text/plain or form) request."""
-    content_type = request.headers.get("content-type", "")
-    media = content_type.partition(";")[0].strip().lower()
-    if media != JSON and not media.endswith("+json"):
-        raise UnsupportedMediaTypeError(f"send the body as {JSON} (got Content-Type {content_type!r}).",
-                                        content_type=content_type)
-    return await request.body()
 
 
 def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:

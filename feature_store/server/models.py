@@ -7,14 +7,33 @@ their models here only describe them in the OpenAPI document.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    JsonValue,
+    StrictInt,
+    StrictStr,
+    field_validator,
+    model_validator,
+)
 
 Status = Literal["PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"]
+
+
+def _integral_number(value: Any) -> Any:
+    """1.0 is an integer to JSON Schema (and so to the OpenAPI document): take it as 1, as 1.5 is not."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
 # Integer keys are 64-bit in every store; None is refused by the SDK with a message naming the key.
-EntityValue = Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] | StrictStr | None
+EntityValue = (Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1), BeforeValidator(_integral_number)]
+               | StrictStr | None)
 
 
 class _Request(BaseModel):
@@ -22,8 +41,22 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+# What the model validator below enforces, said in the document: a body with both, or neither (null counts as
+# absent), is not one the schema allows.
+EXACTLY_ONE_OF_FEATURES_OR_SERVICE: list[JsonValue] = [
+    {"required": ["features"], "properties": {"features": {"type": "array"}}},
+    {"required": ["feature_service"], "properties": {"feature_service": {"type": "string"}}},
+]
+# ISO-8601 with a date and a time: what `format: date-time` promises (a naive time is read as UTC). pydantic
+# alone would also take numbers and digit strings as Unix times, and a date without a time.
+_DATE_TIME = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
 class GetOnlineFeaturesRequest(_Request):
     """Feast's request: features (``view:feature`` references) or a feature service, for entity columns."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True,
+                              json_schema_extra={"oneOf": EXACTLY_ONE_OF_FEATURES_OR_SERVICE})
 
     entities: dict[str, list[EntityValue]] = Field(
         description="Join-key columns of equal length: {\"customer_id\": [1, 2]}.",
@@ -36,7 +69,8 @@ class GetOnlineFeaturesRequest(_Request):
     feature_service: StrictStr | None = Field(None, description="A feature service name; or give features.")
     full_feature_names: bool = Field(False, description="Name output columns 'view__feature'.")
     now: datetime | None = Field(
-        None, description="Read as of this ISO-8601 time (replay, tests); naive times are UTC. Default: now."
+        None, description="Read as of this ISO-8601 date and time (replay, tests), e.g. '2026-11-27T10:00:00Z'; "
+        "a time without offset is UTC. Default: now.",
     )
 
     @model_validator(mode="after")
@@ -44,6 +78,13 @@ class GetOnlineFeaturesRequest(_Request):
         if (self.features is None) == (self.feature_service is None):
             raise ValueError("give exactly one of 'features' and 'feature_service'")
         return self
+
+    @field_validator("now", mode="before")
+    @classmethod
+    def _date_time_text(cls, value: Any) -> Any:
+        if value is None or isinstance(value, datetime) or (isinstance(value, str) and _DATE_TIME.match(value)):
+            return value
+        raise ValueError("now must be an ISO-8601 date and time string, e.g. '2026-11-27T10:00:00Z'")
 
     @field_validator("now")
     @classmethod
