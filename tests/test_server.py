@@ -282,7 +282,7 @@ def test_both_endpoints_read_json_whatever_the_content_type(client: TestClient, 
     now = datetime.now(UTC).replace(microsecond=0).isoformat()
     push = {"push_source_name": "transactions_push", "to": "online",
             "df": {"customer_id": [3], "event_timestamp": [now], "created": [now], "amount": [1.0],
-                   "category": ["grocery"]}}
+                   "category": ["grocery"], "transaction_id": [None]}}
     pushed = client.post("/push", content=json.dumps(push).encode(), headers=headers)
     assert pushed.status_code == 200, pushed.text
     read = {"features": ["customer_spend:spend_7d"], "entities": {"customer_id": [3]}}

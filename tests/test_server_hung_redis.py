@@ -106,7 +106,7 @@ def push(client: httpx.Client) -> httpx.Response:
     return client.post("/push", content=json.dumps({
         "push_source_name": "transactions_push", "to": "online",
         "df": {"customer_id": [3], "event_timestamp": [stamp], "created": [stamp], "amount": [1.0],
-               "category": ["grocery"]}}))
+               "category": ["grocery"], "transaction_id": [None]}}))
 
 
 def health(client: httpx.Client) -> httpx.Response:
