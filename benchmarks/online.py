@@ -192,8 +192,18 @@ def worker_generate(spec: dict, result: dict) -> None:
 
 def worker_materialize(spec: dict, result: dict) -> None:
     import feature_store
-    import feature_store.online.service as service_mod
     from feature_store import FeatureStore
+
+    try:  # the pipeline's caller, in this version of the library and in the versions compared with
+        import feature_store.online.materialize.runner as service_mod
+
+        def task_view(task: Any) -> str:
+            return str(task.tiles.plan.name)
+    except ImportError:
+        import feature_store.online.service as service_mod  # type: ignore[no-redef]
+
+        def task_view(task: Any) -> str:
+            return str(task.view.name)
 
     result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
     repo = Path(spec["repo"])
@@ -225,12 +235,13 @@ def worker_materialize(spec: dict, result: dict) -> None:
 
     orig_views = service_mod.materialize_views
 
-    def timed_views(con, tasks, *a, **k):
+    def timed_views(*a, **k):
         # views go through one pipeline: a view's time runs from the previous view's last write to its own
+        tasks = a[0] if len(a) == 2 else a[1]  # (tasks, progress), or (con, tasks, progress) before the engine API
         t = time.perf_counter()
-        for index, *rest in orig_views(con, tasks, *a, **k):
+        for index, *rest in orig_views(*a, **k):
             now = time.perf_counter()
-            per_view[tasks[index].view.name] = now - t
+            per_view[task_view(tasks[index])] = now - t
             t = now
             yield (index, *rest)
 
@@ -317,7 +328,11 @@ def captured_views(store, features: list[str], entity_rows: Any) -> list[tuple[b
         store.get_online_features(features, entity_rows)
     finally:
         del ostore.read_views
-    return seen[-1] if seen else []
+    from feature_store.online.keys import split_key
+
+    # the views' values, not the pushed deltas a read of a view over a push source also asks for (field "view:sig+")
+    return [(prefix, entities) for prefix, entities in (seen[-1] if seen else [])
+            if not split_key(prefix + b"x")[1].endswith(b"+")]
 
 
 def _norm(v: Any) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from feature_store.definitions import (
@@ -21,6 +21,7 @@ from feature_store.errors import (
     DuplicateObjectError,
     FeatureNotFoundError,
     PushSourceNotFoundError,
+    SchemaNotRecordedError,
     UnknownReferenceError,
     closest,
 )
@@ -38,6 +39,8 @@ class Catalog:
     sources: Mapping[str, SourceDef] = field(default_factory=dict)
     views: Mapping[str, FeatureView] = field(default_factory=dict)
     services: Mapping[str, FeatureService] = field(default_factory=dict)
+    # batch source -> column -> engine-neutral type, as the offline engine read them at apply (registry)
+    schemas: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
     @classmethod
     def build(cls, objects: Iterable[Definition], origins: Mapping[int, str] | None = None) -> Catalog:
@@ -161,6 +164,22 @@ class Catalog:
                 raise UnknownReferenceError(f"push source {source.name!r} reads another push source.")
             return batch
         return source
+
+    def schema(self, source: str) -> Mapping[str, str]:
+        """The recorded column types of a batch source (types.py names)."""
+        found = self.schemas.get(source)
+        if found is None:
+            raise SchemaNotRecordedError(
+                f"the registry has no recorded columns for source {source!r}: run 'feature-store apply' (it records "
+                "each source's columns, which serving needs without reading the data).", source=source,
+            )
+        return found
+
+    def with_schemas(self, schemas: Mapping[str, Mapping[str, str]]) -> Catalog:
+        return replace(self, schemas={**self.schemas, **schemas})
+
+    def batch_sources(self) -> dict[str, BatchSource]:
+        return {name: s for name, s in self.sources.items() if not isinstance(s, PushSource)}
 
     def push_source(self, name: str) -> PushSource:
         source = self.sources.get(name)

@@ -31,6 +31,14 @@ class DuckDBOfflineConfig(_Config):
     push_fsync: bool = True  # pushed rows reach the disk (fdatasync) before a push is acknowledged
 
 
+OfflineConfig = DuckDBOfflineConfig  # one engine so far: a union discriminated by ``type`` as engines come
+
+
+def push_log_dir(config: OfflineConfig, repo: Path) -> Path:
+    """Where the local push log keeps its files: beside the offline database."""
+    return resolve_path(repo, config.path).parent / "push_log"
+
+
 class SqliteOnlineConfig(_Config):
     type: Literal["sqlite"] = "sqlite"
     path: str = "data/online.db"

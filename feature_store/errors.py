@@ -78,6 +78,12 @@ class SchemaError(SourceError):
     """A column is missing or has a type the definition cannot use."""
 
 
+class SchemaNotRecordedError(SourceError):
+    """The registry holds no column types for a source (recorded at apply since this version)."""
+
+    http_status = 503
+
+
 class EntityDataFrameError(FeatureStoreError):
     """The entity rows given to get_historical_features are unusable."""
 

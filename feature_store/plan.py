@@ -9,11 +9,12 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from feature_store.aggregations import Aggregation
 from feature_store.catalog import Catalog, SpecKey
-from feature_store.definitions import to_spec
+from feature_store.definitions import FeatureView, to_spec
 
 Action = Literal["add", "change", "remove"]
 _COSMETIC = {"description", "tags", "nullable"}  # spec fields that do not determine materialized data
@@ -88,10 +89,14 @@ class Plan:
     base_version: int
     changes: tuple[Change, ...]
     desired: Mapping[SpecKey, Mapping[str, Any]]
+    # batch source -> its columns' engine-neutral types, as read at plan time: recorded by apply, so that serving
+    # never reads the data
+    schemas: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    records_columns: bool = False  # the registry lacks some of them (an earlier version did not record them)
 
     @property
     def is_empty(self) -> bool:
-        return not self.changes
+        return not self.changes and not self.records_columns
 
     @property
     def invalidated_views(self) -> tuple[str, ...]:
@@ -100,6 +105,9 @@ class Plan:
     def __str__(self) -> str:
         if self.is_empty:
             return f"project {self.project!r}: no changes (registry version {self.base_version})."
+        if not self.changes:
+            return (f"project {self.project!r}, registry version {self.base_version}: no changes of definitions; "
+                    "apply records the sources' columns.")
         lines = [f"project {self.project!r}, registry version {self.base_version}:"]
         for change in self.changes:
             lines.append(f"  {change.describe()}")
@@ -120,11 +128,31 @@ def view_signature(catalog: Catalog, view_name: str) -> str:
         "batch": _without_cosmetics(to_spec(catalog.batch_source(source))),
         "keys": catalog.join_keys(view),
     }
+    columns = catalog.schemas.get(catalog.batch_source(source).name)
+    if columns is not None:  # the types of what the view reads: another type is another stored layout
+        payload["types"] = {c: columns.get(c) for c in sorted(_columns_read(catalog, view))}
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _columns_read(catalog: Catalog, view: FeatureView) -> set[str]:
+    batch = catalog.batch_source(catalog.source_of(view))
+    names = {*catalog.join_keys(view), batch.timestamp_field, *filter(None, [batch.created_timestamp_field])}
+    for feature in view.features:
+        column = feature.column if isinstance(feature, Aggregation) else feature.name
+        if column:
+            names.add(column)
+    return names
+
+
 def make_plan(project: str, base_version: int, current: Catalog, desired: Catalog) -> Plan:
+    """The changes from ``current`` (the registry) to ``desired`` (the repo), definitions and recorded columns."""
     old, new = current.specs(), desired.specs()
+    for name, columns in current.schemas.items():  # recorded columns compare as a field of their source
+        if ("source", name) in old:
+            old[("source", name)] = {**old[("source", name)], "columns": dict(columns)}
+    for name, columns in desired.schemas.items():
+        if ("source", name) in new:
+            new[("source", name)] = {**new[("source", name)], "columns": dict(columns)}
     changes: list[Change] = []
     for key in sorted(set(old) | set(new)):
         kind, name = key
@@ -133,11 +161,22 @@ def make_plan(project: str, base_version: int, current: Catalog, desired: Catalo
         elif key not in new:
             invalid = (name,) if kind == "feature_view" else ()
             changes.append(Change(kind, name, "remove", invalidates=invalid))
-        elif old[key] != new[key]:
+        elif old[key] != new[key] and (kind, name, "columns") not in _unrecorded(current, old, new, key):
             fields = tuple(sorted(k for k in set(old[key]) | set(new[key]) if old[key].get(k) != new[key].get(k)))
             changes.append(Change(kind, name, "change", fields, _invalidated(kind, name, current, desired),
                                   tuple(diff_specs(old[key], new[key]))))
-    return Plan(project, base_version, tuple(changes), new)
+    unrecorded = any(current.schemas.get(name) != columns for name, columns in desired.schemas.items())
+    return Plan(project, base_version, tuple(changes), desired.specs(), dict(desired.schemas), unrecorded)
+
+
+def _unrecorded(current: Catalog, old: Mapping[SpecKey, Any], new: Mapping[SpecKey, Any],
+                key: SpecKey) -> set[tuple[str, str, str]]:
+    """A source whose only difference is columns the registry never recorded (written by an earlier version):
+    nothing to show, though apply records them."""
+    a, b = dict(old[key]), dict(new[key])
+    if key[0] == "source" and "columns" not in a and {k: v for k, v in b.items() if k != "columns"} == a:
+        return {(key[0], key[1], "columns")}
+    return set()
 
 
 def diff_specs(old: Any, new: Any, path: tuple[str, ...] = ()) -> list[FieldChange]:

@@ -19,15 +19,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from feature_store.aggregations import base_type
+from feature_store import types
 from feature_store.errors import PushDataError
-from feature_store.offline.entity_input import is_polars, polars_columns
-from feature_store.offline.push_log import PUSHED_AT
+from feature_store.frames import is_polars, polars_columns
+from feature_store.query import PUSHED_AT
 
 _INT_RANGES = {
-    "TINYINT": (-(2**7), 2**7 - 1), "SMALLINT": (-(2**15), 2**15 - 1), "INTEGER": (-(2**31), 2**31 - 1),
-    "BIGINT": (-(2**63), 2**63 - 1), "HUGEINT": (-(2**127), 2**127 - 1), "UTINYINT": (0, 2**8 - 1),
-    "USMALLINT": (0, 2**16 - 1), "UINTEGER": (0, 2**32 - 1), "UBIGINT": (0, 2**64 - 1),
+    "int8": (-(2**7), 2**7 - 1), "int16": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1),
+    "int64": (-(2**63), 2**63 - 1), "int128": (-(2**127), 2**127 - 1), "uint8": (0, 2**8 - 1),
+    "uint16": (0, 2**16 - 1), "uint32": (0, 2**32 - 1), "uint64": (0, 2**64 - 1),
 }
 MAX_ROWS = 1_000_000
 # Pushed floats beyond this magnitude are refused: no sum of fewer than 10^8 of them can overflow a double, so a
@@ -131,18 +131,18 @@ def check_rows(source: str, data: Any, schema: Mapping[str, str], timestamp_fiel
     return PushRows(typed, count, stamps)
 
 
-def _typed_column(source: str, name: str, values: list[Any], duckdb_type: str) -> list[Any]:
-    kind = base_type(duckdb_type)
+def _typed_column(source: str, name: str, values: list[Any], kind: str) -> list[Any]:
     out: list[Any] = []
     for row, value in enumerate(values):
         if _is_null(value):
             out.append(None)
             continue
         try:
-            out.append(_typed(value, kind, duckdb_type))
+            out.append(_typed(value, kind))
         except (TypeError, ValueError, ArithmeticError, InvalidOperation) as exc:
             raise PushDataError(
-                f"push to {source!r}: column {name!r} is {duckdb_type} but row {row} holds {value!r} ({exc}).",
+                f"push to {source!r}: column {name!r} is {types.sql_name(kind)} but row {row} holds {_shown(value)} "
+                f"({exc}).",
                 push_source=source, column=name, row=row,
             ) from exc
     return out
@@ -152,7 +152,13 @@ def _is_null(value: Any) -> bool:
     return value is None or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
 
 
-def _typed(value: Any, kind: str, duckdb_type: str) -> Any:
+def _shown(value: Any) -> str:
+    """A value for a message: the repr, cut short when long (a push may send megabytes in one value)."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:40]}... ({len(text):,} characters)"
+
+
+def _typed(value: Any, kind: str) -> Any:
     """The value as the offline store reads it back (floats for decimals, as events are read)."""
     if kind in _INT_RANGES:
         number = _integer(value)
@@ -160,35 +166,35 @@ def _typed(value: Any, kind: str, duckdb_type: str) -> Any:
         if not low <= number <= high:
             raise ValueError(f"out of range for {kind}")
         return number
-    if kind in ("DOUBLE", "FLOAT"):
+    if kind in ("float64", "float32"):
         if isinstance(value, bool) or not isinstance(value, int | float | str | np.number):
             raise TypeError("not a number")
         real = _finite(float(value))
-        if kind == "FLOAT" and abs(real) > FLOAT32_MAX:
+        if kind == "float32" and abs(real) > FLOAT32_MAX:
             raise ValueError("out of range for FLOAT")
-        return float(np.float32(real)) if kind == "FLOAT" else real
-    if kind == "DECIMAL":
-        scale = int(duckdb_type.split(",")[1].rstrip(") ")) if "," in duckdb_type else 3
+        return float(np.float32(real)) if kind == "float32" else real
+    if types.is_decimal(kind):
+        scale = types.decimal_scale(kind)
         if isinstance(value, bool):
             raise TypeError("not a number")
         exact = Decimal(str(value)).quantize(Decimal(1).scaleb(-scale), rounding=ROUND_HALF_UP)
         return _finite(float(exact))
-    if kind == "VARCHAR":
+    if kind == "string":
         if not isinstance(value, str):
             raise TypeError("not a string; send strings for string columns")
         return value
-    if kind == "BOOLEAN":
+    if kind == "bool":
         if not isinstance(value, bool | np.bool_):
             raise TypeError("not true or false")
         return bool(value)
-    if kind in ("TIMESTAMP", "TIMESTAMP WITH TIME ZONE"):
+    if kind in ("timestamp", "timestamp_tz"):
         instant = _instant(value)
-        return instant if kind == "TIMESTAMP WITH TIME ZONE" else instant.replace(tzinfo=None)
-    if kind == "DATE":
+        return instant if kind == "timestamp_tz" else instant.replace(tzinfo=None)
+    if kind == "date":
         if isinstance(value, datetime) or not isinstance(value, date | str):
             raise TypeError("not a date (YYYY-MM-DD)")
         return value if isinstance(value, date) else date.fromisoformat(value)
-    raise TypeError(f"pushing {duckdb_type} columns is not supported")
+    raise TypeError(f"pushing {types.sql_name(kind)} columns is not supported")
 
 
 def _finite(real: float) -> float:

@@ -13,7 +13,6 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import (
-    BigInteger,
     Column,
     DateTime,
     Engine,
@@ -34,7 +33,6 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from feature_store.catalog import Catalog
 from feature_store.definitions import from_spec
 from feature_store.errors import ConcurrentApplyError, FeatureStoreError, RegistryError
-from feature_store.offline.sources import still_valid
 from feature_store.plan import Plan
 
 metadata = MetaData()
@@ -57,15 +55,14 @@ objects = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
-
-online_state = Table(
-    "fs_online_state",
+# The column types of each batch source (engine-neutral names), read at apply, so that compiling a plan (serving
+# included) needs no access to the data
+schemas = Table(
+    "fs_schemas",
     metadata,
     Column("project", String(128), primary_key=True),
-    Column("view", String(128), primary_key=True),
-    Column("signature", String(64), nullable=False),
-    Column("watermark", BigInteger, nullable=False),
-    Column("files", Text, nullable=False),  # JSON fingerprint of the source files read
+    Column("source", String(128), primary_key=True),
+    Column("columns", Text, nullable=False),  # JSON {column: type}, in the source's column order
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -116,7 +113,11 @@ class Registry:
             rows = conn.execute(
                 select(objects.c.kind, objects.c.name, objects.c.spec).where(objects.c.project == self.project)
             ).all()
-        self._cache = (version, self._decode(rows))
+            columns = conn.execute(
+                select(schemas.c.source, schemas.c.columns).where(schemas.c.project == self.project)
+            ).all()
+        recorded = {str(source): dict(json.loads(text)) for source, text in columns}
+        self._cache = (version, self._decode(rows).with_schemas(recorded))
         return self._cache
 
     def _decode(self, rows: Any) -> Catalog:
@@ -159,6 +160,11 @@ class Registry:
                             project=self.project, kind=change.kind, name=change.name,
                             spec=json.dumps(plan.desired[key], sort_keys=True), updated_at=now,
                         ))
+                conn.execute(delete(schemas).where(schemas.c.project == self.project))
+                if plan.schemas:
+                    conn.execute(insert(schemas), [
+                        {"project": self.project, "source": name, "columns": json.dumps(dict(columns)),
+                         "updated_at": now} for name, columns in plan.schemas.items()])
         except IntegrityError as exc:
             raise self._conflict_error(plan.base_version) from exc
         except SQLAlchemyError as exc:
@@ -189,33 +195,14 @@ class Registry:
     def _errors(self, doing: str) -> Any:
         return _RegistryErrors(doing, self._safe_url())
 
-    # --- online materialization watermarks --------------------------------------------------------
-
-    def online_watermark(self, view: str, signature: str, files: dict[str, list[int]]) -> int | None:
-        """The view's online watermark (epoch microseconds), if its online data has this signature and
-        was computed from source files that are unchanged since."""
-        with self._errors("reading online watermarks"), self.engine.connect() as conn:
-            row = conn.execute(select(online_state.c.signature, online_state.c.watermark, online_state.c.files).where(
-                (online_state.c.project == self.project) & (online_state.c.view == view))).first()
-        if row is None or row[0] != signature or not still_valid(json.loads(row[2]), files):
+    def applied_at(self) -> datetime | None:
+        """When the last apply changed the project's definitions (None: never)."""
+        with self._errors("reading the registry version"), self.engine.connect() as conn:
+            row = conn.execute(select(projects.c.updated_at).where(projects.c.project == self.project)).first()
+        if row is None:
             return None
-        return int(row[1])
-
-    def online_views(self) -> set[str]:
-        """The views that have online state, of whatever definition: the only ones with keys in the store."""
-        with self._errors("reading online watermarks"), self.engine.connect() as conn:
-            rows = conn.execute(select(online_state.c.view).where(online_state.c.project == self.project)).all()
-        return {row[0] for row in rows}
-
-    def set_online_watermark(self, view: str, signature: str, watermark: int | None,
-                             files: dict[str, list[int]] | None = None) -> None:
-        where = (online_state.c.project == self.project) & (online_state.c.view == view)
-        with self._errors("writing online watermarks"), self.engine.begin() as conn:
-            conn.execute(delete(online_state).where(where))
-            if watermark is not None:
-                conn.execute(insert(online_state).values(
-                    project=self.project, view=view, signature=signature, watermark=watermark,
-                    files=json.dumps(files or {}, sort_keys=True), updated_at=datetime.now(UTC)))
+        stamp: datetime = row[0]
+        return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)  # SQLite gives naive UTC back
 
     def close(self) -> None:
         if self._engine is not None:

@@ -19,11 +19,11 @@ from feature_store.registry import Registry
 from feature_store.repo import load_repo
 
 if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online stores: loaded when first used
-    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine, DuckDBRetrievalJob
-    from feature_store.offline.engine import MaterializeResult, ProgressCallback
-    from feature_store.online.reader import OnlineResponse
+    from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
+    from feature_store.offline.push_log import PushLog
+    from feature_store.online.read.reader import OnlineResponse
     from feature_store.online.service import OnlineService, PushResult, PushTo
-    from feature_store.online.verify import VerifyReport
+    from feature_store.verify import VerifyReport
 
 REGISTRY_REFRESH_SECONDS = 2.0
 
@@ -38,8 +38,9 @@ class FeatureStore:
         self.repo_path = Path(repo_path).resolve()
         self.config = config or load_config(self.repo_path)
         self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
-        self._offline: DuckDBOfflineEngine | None = None
+        self._offline: OfflineEngine | None = None
         self._online: OnlineService | None = None
+        self._push_log: PushLog | None = None
         self._engines_lock = threading.Lock()
         self._serving: tuple[float, int, Catalog] | None = None
         # How stale the serving catalog may get before a read reloads it; a server that refreshes in the
@@ -51,26 +52,41 @@ class FeatureStore:
         return self.config.project
 
     # The engines are built on first use, so that what only reads the registry (list, describe) never imports
-    # DuckDB, pandas or the online stores. Under a lock: the feature server's threads may ask at the same time.
+    # DuckDB, pandas or the online stores, and serving never builds the offline engine at all. Under a lock: the
+    # feature server's threads may ask at the same time.
     @property
-    def offline(self) -> DuckDBOfflineEngine:
+    def push_log(self) -> PushLog:
+        if self._push_log is None:
+            with self._engines_lock:
+                if self._push_log is None:
+                    from feature_store.config import push_log_dir
+                    from feature_store.offline.push_log import PushLog
+
+                    config = self.config.offline_store
+                    self._push_log = PushLog(push_log_dir(config, self.repo_path), fsync=config.push_fsync)
+        return self._push_log
+
+    @property
+    def offline(self) -> OfflineEngine:
+        """The offline engine ``offline_store.type`` names (offline/engine.py: the only door to one)."""
         if self._offline is None:
+            push_log = self.push_log
             with self._engines_lock:
                 if self._offline is None:
-                    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
+                    from feature_store.offline.engine import create_engine
 
-                    self._offline = DuckDBOfflineEngine(self.config.offline_store, self.repo_path)
+                    self._offline = create_engine(self.config.offline_store, self.repo_path, push_log)
         return self._offline
 
     @property
     def online(self) -> OnlineService:
         if self._online is None:
-            offline = self.offline
+            push_log = self.push_log
             with self._engines_lock:
                 if self._online is None:
                     from feature_store.online.service import OnlineService
 
-                    self._online = OnlineService(self.config, self.repo_path, self.registry, offline)
+                    self._online = OnlineService(self.config, self.repo_path, self.registry, push_log)
         return self._online
 
     # --- definitions --------------------------------------------------------------------------
@@ -80,10 +96,15 @@ class FeatureStore:
         return load_repo(self.repo_path) if objects is None else Catalog.build(objects)
 
     def plan(self, objects: Iterable[Definition] | None = None) -> Plan:
-        """The diff between the registry and the desired definitions, checked against the data sources."""
+        """The diff between the registry and the desired definitions, checked against the data sources, whose
+        columns the plan records (serving reads them from the registry, never from the data)."""
+        from feature_store.query import check_view
+
         desired = self.load_definitions(objects)
-        for view in desired.views:
-            self.offline.check_view(desired, view)
+        desired = desired.with_schemas({name: self.offline.source_schema(source)
+                                        for name, source in desired.batch_sources().items()})
+        for view in desired.views.values():
+            check_view(desired, view)
         version, current = self.registry.catalog()
         return make_plan(self.project, version, current, desired)
 
@@ -104,6 +125,15 @@ class FeatureStore:
             )
         return catalog
 
+    def offline_catalog(self) -> Catalog:
+        """The registry's catalog, with the columns of sources the registry has none recorded for (an earlier
+        version did not record them) read from the data: offline work reads it anyway."""
+        catalog = self.catalog()
+        missing = {name: source for name, source in catalog.batch_sources().items() if name not in catalog.schemas}
+        if not missing:
+            return catalog
+        return catalog.with_schemas({name: self.offline.source_schema(source) for name, source in missing.items()})
+
     def get_feature_view(self, name: str) -> FeatureView:
         return self.catalog().view(name)
 
@@ -118,7 +148,7 @@ class FeatureStore:
     def get_historical_features(
         self, entity_df: Any, features: FeatureRefs, full_feature_names: bool = False,
         available_before: datetime | None = None, *, pushed_before: datetime | None = None,
-    ) -> DuckDBRetrievalJob:
+    ) -> RetrievalJob:
         """Point-in-time-correct feature values for each entity row, as of its event_timestamp.
 
         ``available_before`` computes them over the data as it was at that time: only source rows whose
@@ -126,7 +156,7 @@ class FeatureStore:
         ``pushed_before`` (with it) lets events pushed to a PushSource count up to that later time: what
         an online value holds after materializing at ``available_before`` and pushing since.
         """
-        catalog = self.catalog()
+        catalog = self.offline_catalog()
         resolved = resolve_features(catalog, features, full_feature_names)
         return self.offline.historical_features(catalog, entity_df, resolved, available_before, pushed_before)
 
@@ -141,8 +171,8 @@ class FeatureStore:
         online: bool = True,
     ) -> list[MaterializeResult]:
         """Materialize up to ``end`` (default now): per-hop tiles and snapshot history into the offline
-        DuckDB, then (unless ``online=False``) per-entity values into the online store."""
-        catalog = self.catalog()
+        store, then (unless ``online=False``) per-entity values into the online store."""
+        catalog = self.offline_catalog()
         names = list(views) if views else list(catalog.views)
         for name in names:
             catalog.view(name)
@@ -150,7 +180,8 @@ class FeatureStore:
         results: list[MaterializeResult] = []
         results.extend(self.offline.materialize(catalog, names, end, full, progress))
         if online:
-            results.extend(self.online.materialize(catalog, names, end, full, progress))
+            results.extend(self.online.materialize(self.offline, catalog, names, end, full, progress))
+            self._serving = None  # a generation may have gone live: reads see it at once
         return results
 
     # --- online serving ----------------------------------------------------------------------
@@ -166,7 +197,7 @@ class FeatureStore:
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        return self.online.get(catalog, version, features, _rows(entity_rows), full_feature_names, now)
+        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
 
     async def get_online_features_async(
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
@@ -175,7 +206,7 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        return await self.online.get_async(catalog, version, features, _rows(entity_rows), full_feature_names, now)
+        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -192,6 +223,7 @@ class FeatureStore:
         version, catalog = self.registry.catalog()
         if version == 0:
             self.catalog()  # raises the 'run apply first' error
+        self.online.refresh()  # and which generation of each view the online store serves
         self._serving = (time.monotonic(), version, catalog)
         return version
 
@@ -215,7 +247,7 @@ class FeatureStore:
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:
         """Prove serving equals training: sampled entities read online vs computed offline at ``now``."""
-        from feature_store.online.verify import verify
+        from feature_store.verify import verify
 
         return verify(self, sample, views, now)
 
@@ -232,13 +264,3 @@ class FeatureStore:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-
-def _rows(entity_rows: Any) -> Any:
-    """Online entity rows as the reader takes them; a polars DataFrame becomes {join key: [values]}."""
-    # The type's module is checked first: polars is optional, and a read is too short to pay for an import.
-    if type(entity_rows).__module__.startswith("polars."):
-        from feature_store.offline.entity_input import is_polars, polars_columns
-
-        if is_polars(entity_rows):
-            return polars_columns(entity_rows)
-    return entity_rows

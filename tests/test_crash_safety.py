@@ -37,13 +37,13 @@ CUSTOMERS = 1000
 DRIVER = """
 import sys
 from datetime import datetime
-from feature_store.offline import materialize as offline_materialize
-from feature_store.online import materialize as online_materialize
+from feature_store.offline.duckdb import materialize as offline_materialize, online_tiles
+from feature_store.online.materialize import pipeline
 from feature_store.store import FeatureStore
 
 offline_materialize.ROWS_PER_CHUNK = 1_500  # many small transactions: many points at which to be killed
-online_materialize.ENTITIES_PER_CHUNK = 100
-online_materialize.BATCH = 25
+online_tiles.ENTITIES_PER_CHUNK = 100
+pipeline.BATCH = 25
 store = FeatureStore(sys.argv[1])
 print("ready", flush=True)
 store.materialize(end=datetime.fromisoformat(sys.argv[2]), full=sys.argv[3] == "full",
@@ -206,7 +206,7 @@ def test_materialize_killed_at_random_points_then_rerun_equals_a_clean_build(
 KILLED_AT = """
 import os, signal, sys
 from datetime import datetime
-from feature_store.offline.materialize import Materializer
+from feature_store.offline.duckdb.materialize import Materializer
 from feature_store.store import FeatureStore
 
 original = getattr(Materializer, sys.argv[3])

@@ -14,7 +14,7 @@ import pytest
 
 from feature_store import Count, Entity, FeatureStore, FeatureView, Field, FileSource, Last, Sum
 from feature_store.errors import EntityDataFrameError
-from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
+from feature_store.offline.duckdb.engine import DuckDBOfflineEngine
 
 T0 = pd.Timestamp("2024-01-01", tz="UTC")
 

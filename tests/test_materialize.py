@@ -214,9 +214,9 @@ def test_progress_is_reported(repo: Path) -> None:
 def test_compound_keys_online_in_several_buckets(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A view keyed by two join keys (an int and a string), materialized online in several hash buckets (their
     sizes estimated): every entity is written once, and serves what get_historical_features computes."""
-    from feature_store.online import materialize as online_materialize
+    from feature_store.offline.duckdb import online_tiles
 
-    monkeypatch.setattr(online_materialize, "ENTITIES_PER_CHUNK", 7)
+    monkeypatch.setattr(online_tiles, "ENTITIES_PER_CHUNK", 7)
     (tmp_path / "data").mkdir()
     (tmp_path / "feature_store.yaml").write_text("project: compound\n")
     rng = np.random.default_rng(5)
@@ -250,10 +250,10 @@ def test_compound_keys_online_in_several_buckets(tmp_path: Path, monkeypatch: py
 def test_buckets_are_sized_by_tiles_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A few entities with many tiles each are computed in several buckets (a bucket's memory is its tiles), read
     from the offline tiles and the late events alike, and serve what get_historical_features computes."""
-    from feature_store.online import materialize as online_materialize
-    from feature_store.online.compute import ViewCompute
+    from feature_store.offline.duckdb import online_tiles
+    from feature_store.offline.duckdb.online_tiles import ViewCompute
 
-    monkeypatch.setattr(online_materialize, "TILES_PER_CHUNK", 40)
+    monkeypatch.setattr(online_tiles, "TILES_PER_CHUNK", 40)
     buckets: list[int] = []  # the bucket count of every bucket query
     queries = ViewCompute.queries
 
@@ -292,7 +292,7 @@ def test_buckets_are_sized_by_tiles_too(tmp_path: Path, monkeypatch: pytest.Monk
 
 @pytest.mark.parametrize("buckets", [1, 2, 3, 5, 7, 1000, 4095, 4096])
 def test_every_hash_part_is_in_exactly_one_bucket(buckets: int) -> None:
-    from feature_store.online.compute import PARTS, parts
+    from feature_store.offline.duckdb.online_tiles import PARTS, parts
 
     ranges = [parts(bucket, buckets) for bucket in range(buckets)]
     assert ranges[0][0] == 0 and ranges[-1][1] == PARTS
@@ -321,8 +321,9 @@ def test_tile_tables_of_an_earlier_version_are_rebuilt(repo: Path) -> None:
 def test_online_values_reuse_the_offline_tiles_they_can(repo: Path) -> None:
     """Groups whose partials the offline tile table holds read it; a group with a standard deviation (mean and
     M2 are not kept offline) reads raw events; without materialized tables every group reads raw events."""
-    from feature_store.offline.materialize import table_columns, to_us
-    from feature_store.online.compute import ViewCompute
+    from feature_store.offline.duckdb.materialize import table_columns
+    from feature_store.offline.duckdb.online_tiles import ViewCompute
+    from feature_store.offline.engine import to_us
     from feature_store.references import ResolvedFeature
 
     store = FeatureStore(repo)
@@ -334,7 +335,7 @@ def test_online_values_reuse_the_offline_tiles_they_can(repo: Path) -> None:
     con = store.offline.con  # type: ignore[attr-defined]
 
     def reuse(materialized: bool) -> list[bool]:
-        query = store.offline.view_query(catalog, view, items, materialized=materialized)
+        query = store.offline.compiled(catalog, view, items, materialized=materialized)  # type: ignore[attr-defined]
         compute = ViewCompute.of(query, to_us(end), lambda table: table_columns(con, table))
         return [(g.group.hop, g.reuse is not None) for g in compute.groups]
 

@@ -23,7 +23,8 @@ import redis
 import feature_store as fs
 from feature_store.config import RedisOnlineConfig
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.stores import LAYOUT_VERSION, RedisOnlineStore, key_prefix
+from feature_store.online.keys import LAYOUT_VERSION, key_prefix
+from feature_store.online.stores.redis.store import RedisOnlineStore
 from feature_store.store import FeatureStore
 from tests.conftest import _free_port, start_redis
 

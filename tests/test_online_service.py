@@ -24,7 +24,7 @@ def test_plan_cache_keeps_the_most_recently_used(example_repo: Path, monkeypatch
             store.get_online_features(features, {"customer_id": [1]})
             store.get_online_features(lists[0], {"customer_id": [1]})  # used again: stays
         assert len(store.online._plans) == 3
-        assert any(key[1] == tuple(lists[0]) for key in store.online._plans)
+        assert any(key[2] == tuple(lists[0]) for key in store.online._plans)
         assert store.get_online_features(lists[0], {"customer_id": [1]}).to_dict() == first
 
 
@@ -45,53 +45,48 @@ def test_integer_keys_numpy_ints_and_digit_strings_are_coerced_the_rest_is_an_er
                 store.get_online_features(refs, {"customer_id": [bad]})
 
 
-def test_old_keys_are_deleted_only_where_there_can_be_some(example_repo: Path,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    """A view never materialized online has no keys: its first run deletes nothing (a shared Redis would be
-    walked whole for nothing). A rebuild of a materialized view, and --full, delete what the view had."""
+def test_only_a_rebuild_in_place_walks_the_store(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A view's first run writes fresh values and walks nothing (a shared Redis would be walked whole for nothing);
+    a rebuild in place (--full) writes every value over the old one, then deletes those it did not write."""
     with FeatureStore(example_repo) as store:
         store.apply()
-        deleted: list[list[bytes]] = []
-        original = store.online.store.delete_prefixes
-        monkeypatch.setattr(store.online.store, "delete_prefixes",
-                            lambda prefixes, keep=(): deleted.append(list(prefixes)) or original(prefixes, keep))
+        scanned: list[bytes] = []
+        original = store.online.store.scan
+        monkeypatch.setattr(store.online.store, "scan", lambda prefix: scanned.append(prefix) or original(prefix))
         store.materialize(views=["customer_profile"])
-        assert deleted == [[]]
-        stale = store.online.prefix("customer_profile", "an_older_definition") + b"stale"
-        store.online.store.write([(stale, b"\x90", None)])
-        store.materialize(views=["customer_profile", "customer_spend"], full=True)
-        assert deleted[-1] == [store.online.every_prefix(view) for view in ("customer_profile", "customer_spend")]
-        assert store.online.store.read([stale]) == [None]
-
-
-def test_values_of_an_older_layout_are_rebuilt(example_repo: Path) -> None:
-    """After an upgrade that changes the online layout, no read finds the values stored before: the registry
-    records the layout with each view's online watermark, so the next materialize rebuilds the view instead of
-    adding only what changed since."""
-    from sqlalchemy import select, update
-
-    from feature_store.online.keys import LAYOUT_VERSION, stored_as
-    from feature_store.plan import view_signature
-    from feature_store.registry import online_state
-
-    with FeatureStore(example_repo) as store:
-        store.apply()
-        store.materialize(views=["customer_profile"])
+        assert scanned == []
+        signature = store.online.state().live["customer_profile"].signature
+        stale = store.online.prefix("customer_profile", signature) + b"\x91\xcd\x03\xe7"  # customer 999, no rows
+        store.online.store.write([(stale, b"\x93\x00\x00\x00", None)])  # as written by an older run (end 0)
         refs = ["customer_profile:age"]
-        expected = store.get_online_features(refs, {"customer_id": [1, 2]}).to_dict()
-        signature = view_signature(store.catalog(), "customer_profile")
-        view = online_state.c.view == "customer_profile"
-        with store.registry.engine.begin() as conn:
-            assert conn.execute(select(online_state.c.signature).where(view)).scalar_one() == stored_as(signature)
-            assert stored_as(signature) == f"{signature}/v{LAYOUT_VERSION}"
-            # what a store of the older layout recorded, and its values, which no read finds
-            conn.execute(update(online_state).where(view).values(signature=f"{signature}/v{LAYOUT_VERSION - 1}"))
-        store.online.store.delete_prefix(store.online.every_prefix("customer_profile"))
-        results = [r for r in store.materialize(views=["customer_profile"]) if r.part == "online"]
-        assert [r.rebuilt for r in results] == [True]
-        assert store.get_online_features(refs, {"customer_id": [1, 2]}).to_dict() == expected
-        results = [r for r in store.materialize(views=["customer_profile"]) if r.part == "online"]
-        assert [r.rebuilt for r in results] == [False]  # recorded with this layout now
+        assert store.get_online_features(refs, {"customer_id": [999]}).values["age"] == [None]  # too old a row
+        store.materialize(views=["customer_profile"], full=True)
+        assert scanned == [store.online.prefix("customer_profile", signature)]
+        assert store.online.store.read([stale]) == [None]
+        assert store.get_online_features(refs, {"customer_id": [1]}).statuses["age"] == ["PRESENT"]
+
+
+def test_a_store_that_lost_its_data_is_rebuilt(example_repo: Path) -> None:
+    """The store keeps its own identity beside the values (a random id): after it loses its data (a restarted
+    Redis without persistence, a flush, an upgrade to another key layout) the next plain materialize finds no
+    id, so no generation, and rebuilds every view; before, it restored 1 entity of 2,000."""
+    from feature_store.online.keys import store_id_key
+
+    with FeatureStore(example_repo) as store:
+        store.apply()
+        store.materialize()
+        refs = ["customer_spend:txn_count_30d", "customer_profile:age", "customer_habits:txn_count_1h"]
+        ids = {"customer_id": list(range(1, 151))}
+        expected = store.get_online_features(refs, ids).to_dict()
+        online = store.online
+        online.store.delete_prefixes([online.every_prefix(v) for v in store.catalog().views])
+        online.store.delete([store_id_key("fs", store.project)])
+        store.refresh_serving()  # what a reader does within registry_refresh_seconds
+        lost = store.get_online_features(refs, ids)
+        assert set(lost.statuses["age"]) == {"NOT_MATERIALIZED"}
+        results = [r for r in store.materialize() if r.part == "online"]
+        assert all(r.rebuilt for r in results) and len(results) == 3
+        assert store.get_online_features(refs, ids).to_dict() == expected
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "redis"])

@@ -24,16 +24,11 @@ from redis.connection import Connection
 
 from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.keys import split_key, view_prefix
-from feature_store.online.stores import (
-    LAYOUT_VERSION,
-    SQLITE_PAGE_BYTES,
-    OnlineStore,
-    SqliteOnlineStore,
-    open_online_store,
-)
-from feature_store.online.stores import key_prefix as layout_prefix
-from feature_store.online.writes import Batch
+from feature_store.online.keys import LAYOUT_VERSION, split_key, view_prefix
+from feature_store.online.keys import key_prefix as layout_prefix
+from feature_store.online.stores import OnlineStore, open_online_store
+from feature_store.online.stores.sqlite import SQLITE_PAGE_BYTES, SqliteOnlineStore
+from feature_store.online.stores.writes import Batch
 
 STORES = ["sqlite", "redis"]
 
@@ -531,7 +526,7 @@ def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: 
 def test_async_reads_over_tls_block_as_the_sdk_does(store: OnlineStore) -> None:
     """A TLS socket is not handed to the event loop (asyncio would redo the handshake): such a store reads
     with its blocking path. Opening one connects nowhere, so no TLS server is needed to see the choice."""
-    from feature_store.online.stores import RedisOnlineStore
+    from feature_store.online.stores.redis.store import RedisOnlineStore
 
     assert isinstance(store, RedisOnlineStore) and store._async is not None
     tls = RedisOnlineStore(RedisOnlineConfig(url="rediss://127.0.0.1:1/0"))

@@ -16,10 +16,11 @@ import pyarrow as pa
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_store.online.encode import pack_key, plain
 from feature_store.online.keys import LAYOUT_VERSION, key_prefix
-from feature_store.online.packing import BIN, array_headers, pack_elements, pack_keys
-from feature_store.online.writes import NEVER_MS, Batch, items_of, resp_hsets
+from feature_store.online.stores.redis.resp import NEVER_MS, resp_hsets
+from feature_store.online.stores.writes import Batch, items_of
+from feature_store.online.tiles.columnar import pack_key, plain
+from feature_store.online.tiles.packing import BIN, array_headers, pack_elements, pack_keys
 
 INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
 # the edges of every msgpack integer width, where an off-by-one would show

@@ -85,8 +85,8 @@ def fast_settling(store: FeatureStore) -> FeatureStore:
     """One thread pushes and materializes, so nothing is in flight; buckets of 1 us let a materialization
     pass every earlier push (the default minute would keep the last minute's pushes pending). Every store
     of a deployment must use the same bucket."""
-    store.offline.push_log.settle_seconds = 0.0
-    store.offline.push_log.bucket_seconds = 1e-6
+    store.push_log.settle_seconds = 0.0
+    store.push_log.bucket_seconds = 1e-6
     return store
 
 
@@ -208,7 +208,7 @@ def event(key: int, amount: float | None, ago: timedelta = MIN, category: str | 
 
 
 def log_size(store: FeatureStore) -> int:
-    return sum(os.path.getsize(f) for f in store.offline.push_log.files("spend_push"))
+    return sum(os.path.getsize(f) for f in store.push_log.files("spend_push"))
 
 
 def test_bad_pushes_are_rejected_whole_and_write_nothing(pushed_repo: Any) -> None:
@@ -360,18 +360,18 @@ def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: An
     store, _spend, _profile = pushed_repo
     if store.config.online_store.type != "redis":
         pytest.skip("SQLite's update holds the write lock: no other writer can land meanwhile")
-    from feature_store.online.push import PushTarget
+    from feature_store.online.push.merge import PushTarget
 
     merged: list[int] = []
     original = PushTarget.apply
 
-    def apply(self: PushTarget, blob: bytes | None, events: Any, now_us: int) -> Any:
+    def apply(self: PushTarget, base: bytes | None, delta: bytes | None, events: Any, now_us: int) -> Any:
         if not merged and not other_pushed:
             other_pushed.append(True)  # once, from inside the first merge: another client pushes
             with fast_settling(FeatureStore(store.repo_path)) as other:
                 other.push("spend_push", [event(21, 1000.0)])
         merged.append(len(events))
-        return original(self, blob, events, now_us)
+        return original(self, base, delta, events, now_us)
 
     other_pushed: list[bool] = []
     monkeypatch.setattr(PushTarget, "apply", apply)
@@ -385,7 +385,7 @@ def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: An
 def test_materialize_while_pushing_counts_every_event_once(pushed_repo: Any) -> None:
     """Pushes race a materialization (with the real settle time): every event is online exactly once."""
     store, _spend, _profile = pushed_repo
-    store.offline.push_log.settle_seconds = 1.0
+    store.push_log.settle_seconds = 1.0
     stop = threading.Event()
     sent: list[float] = []
 
@@ -421,9 +421,12 @@ def test_unknown_key_after_push_of_other_keys(pushed_repo: Any) -> None:
 
 
 def test_push_when_the_online_store_is_down_says_the_events_are_logged(pushed_repo: Any) -> None:
+    """A store that goes down between a push's log append and its online merge: the error says the events are
+    logged (and reach the online store at the next materialize), so the client does not push them again."""
     store, _spend, _profile = pushed_repo
     unreachable = RedisOnlineConfig(url="redis://127.0.0.1:1/0", timeout_seconds=0.2)
     with FeatureStore(store.repo_path, config=store.config.model_copy(update={"online_store": unreachable})) as down:
+        down.online._state = store.online.state()  # what the store held when it went down (a serving process)
         with pytest.raises(OnlineStoreUnavailable, match="offline log") as info:
             down.push("spend_push", [event(13, 2.0)])
         assert info.value.details["logged_offline"] is True
@@ -432,50 +435,102 @@ def test_push_when_the_online_store_is_down_says_the_events_are_logged(pushed_re
     assert store.get_online_features(["spend:n_all"], {"customer_id": [13]}).to_dict()["n_all"] == [1]
 
 
-def test_push_fsync_is_configurable(tmp_path: Path) -> None:
-    from feature_store.config import DuckDBOfflineConfig
-    from feature_store.offline.duckdb_engine import DuckDBOfflineEngine
-
-    assert DuckDBOfflineEngine(DuckDBOfflineConfig(), tmp_path).push_log.fsync is True
-    engine = DuckDBOfflineEngine(DuckDBOfflineConfig(push_fsync=False), tmp_path)
-    assert engine.push_log.fsync is False
-    pushed_at = engine.push_log.append("events", lambda at: f'{{"__fs_pushed_at": {at}}}\n'.encode())
-    assert engine.push_log.files("events") and pushed_at > 0
-
-
-def test_a_rebuild_reads_its_keys_only_once_a_push_lands(pushed_repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rebuild deletes the view's keys with the view's marker set to a value of its own, so its batches read
-    none of their keys while the marker keeps that value; a push landing between two batches rewrites it, and
-    every later batch reads its keys and merges what they hold: the pushed event stays online."""
+def test_push_when_the_online_store_was_never_reached_writes_nothing(pushed_repo: Any) -> None:
+    """A process that cannot reach the online store to learn what it holds refuses the push before logging it:
+    pushing again later counts it once."""
     store, _spend, _profile = pushed_repo
-    from feature_store.online import materialize as online_materialize
-    from feature_store.online.push import MergingWriter
+    unreachable = RedisOnlineConfig(url="redis://127.0.0.1:1/0", timeout_seconds=0.2)
+    with FeatureStore(store.repo_path, config=store.config.model_copy(update={"online_store": unreachable})) as down:
+        with pytest.raises(OnlineStoreUnavailable) as info:
+            down.push("spend_push", [event(13, 2.0)])
+        assert "logged_offline" not in info.value.details
+    assert log_size(store) == 0
 
+
+def test_push_fsync_is_configurable(tmp_path: Path) -> None:
+    from feature_store.config import RepoConfig
+
+    repo = tmp_path
+    assert FeatureStore(repo, RepoConfig(project="p")).push_log.fsync is True
+    store = FeatureStore(repo, RepoConfig(project="p", offline_store={"push_fsync": False}))  # type: ignore[arg-type]
+    assert store.push_log.fsync is False
+    pushed_at = store.push_log.append("events", lambda at: f'{{"__fs_pushed_at": {at}}}\n'.encode())
+    assert store.push_log.files("events") and pushed_at > 0
+
+
+def test_materialization_never_reads_or_watches_values(pushed_repo: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Materialization writes every value with a plain write, never reading or watching a value first (pushes
+    keep what they add in a field of their own): so it cannot lose a race to pushes, however many there are.
+    Before, a batch that lost to concurrent pushes 100 times in a row failed the whole run."""
+    store, _spend, _profile = pushed_repo
     fast_settling(store)
     with fast_settling(FeatureStore(store.repo_path)) as other:
         other.push("spend_push", [event(k, 1.0) for k in range(30, 36)])
-    log: list[tuple[str, int]] = []  # ("write", batch number) and ("read", keys) of the spend view, in order
-    real_read = store.online.store.read
-    monkeypatch.setattr(store.online.store, "read", lambda keys: log.append(("read", len(keys))) or real_read(keys))
-    original = MergingWriter.write
+    from feature_store.online.keys import store_id_key
 
-    def write(self: MergingWriter, writes: Any) -> None:
-        if self.target.view == "spend":
-            log.append(("write", sum(1 for kind, _ in log if kind == "write") + 1))
-            if log[-1][1] == 3:  # before the third batch, another client pushes to the entity of the last one
-                with fast_settling(FeatureStore(store.repo_path)) as pusher:
-                    pusher.push("spend_push", [event(35, 100.0)])
-        original(self, writes)
-
-    monkeypatch.setattr(MergingWriter, "write", write)
-    monkeypatch.setattr(online_materialize, "BATCH", 1)  # one entity per batch: customers 1, 30, ..., 35 in order
+    calls: list[tuple[str, list[bytes]]] = []
+    for name in ("read", "read_views", "update"):
+        real = getattr(store.online.store, name)
+        monkeypatch.setattr(store.online.store, name,
+                            lambda keys, *args, _name=name, _real=real: calls.append((_name, list(keys)))
+                            or _real(keys, *args))
+    store.materialize()
     store.materialize(full=True)
+    identity = store_id_key(getattr(store.config.online_store, "key_prefix", "fs"), store.project)
+    assert calls and all(call == ("read", [identity]) for call in calls), calls  # the store's identity alone
     monkeypatch.undo()
-    spend_log = log[log.index(("write", 1)):]
-    reads_after = {n: spend_log[i + 1][0] == "read" for i, (kind, n) in enumerate(spend_log) if kind == "write"}
-    assert reads_after == {1: False, 2: False, 3: True, 4: True, 5: True, 6: True, 7: True}, spend_log
     online = store.get_online_features(["spend:n_all", "spend:s_1d"], {"customer_id": [34, 35]}).to_dict()
-    assert online["n_all"] == [1, 2] and online["s_1d"] == [1.0, 101.0]
+    assert online["n_all"] == [1, 1] and online["s_1d"] == [1.0, 1.0]
+
+
+def test_materialize_finishes_under_a_flood_of_pushes(pushed_repo: Any) -> None:
+    """Several threads push to a few entities as fast as they can for the whole of repeated materializations,
+    each also keeping a CPU busy: every materialization finishes, and every acknowledged event counts once,
+    online and offline."""
+    store, _spend, _profile = pushed_repo
+    store.push_log.settle_seconds = 0.5
+    stop = threading.Event()
+    sent: dict[int, list[float]] = {k: [] for k in (40, 41, 42)}
+    lock = threading.Lock()
+
+    def pusher(seed: int) -> None:
+        with FeatureStore(store.repo_path) as own:
+            own.push_log.settle_seconds = 0.5
+            own.push_log.bucket_seconds = store.push_log.bucket_seconds  # one bucket size for the deployment
+            n = 0
+            while not stop.is_set():
+                key = (40, 41, 42)[(seed + n) % 3]
+                amount = float(seed * 1000 + n)
+                own.push("spend_push", [event(key, amount, ago=timedelta(seconds=1))])
+                with lock:
+                    sent[key].append(amount)
+                n += 1
+
+    def busy() -> None:
+        while not stop.is_set():
+            sum(range(10_000))
+
+    threads = [threading.Thread(target=pusher, args=(i,)) for i in range(3)] + [threading.Thread(target=busy)]
+    for thread in threads:
+        thread.start()
+    try:
+        for full in (False, True, False):
+            store.materialize(full=full)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
+    keys = {"customer_id": [40, 41, 42]}
+    online = store.get_online_features(["spend:n_all", "spend:s_1d"], keys).to_dict()
+    assert online["n_all"] == [len(sent[k]) for k in (40, 41, 42)]
+    assert online["s_1d"] == pytest.approx([sum(sent[k]) for k in (40, 41, 42)], rel=1e-12)
+    time.sleep(0.6)
+    store.materialize()
+    online = store.get_online_features(["spend:n_all"], keys).to_dict()
+    assert online["n_all"] == [len(sent[k]) for k in (40, 41, 42)]
+    df = pd.DataFrame({"customer_id": [40, 41, 42], "event_timestamp": [datetime.now(UTC)] * 3})
+    offline = store.get_historical_features(df, ["spend:n_all"]).to_df()
+    assert offline["n_all"].tolist() == [len(sent[k]) for k in (40, 41, 42)]
 
 
 def test_a_push_leaving_out_a_column_is_refused_unless_declared_nullable(example_repo: Path) -> None:

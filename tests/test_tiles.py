@@ -1,6 +1,7 @@
-"""The stored form of a group's tiles (tiles.py), and the two ways a read finishes features from them:
-numpy over many entities at once (combine.py) and entity by entity in Python (scalar.py). Tiles are
-built from random events with the partials pushes compute (push.py), nulls and NaN included."""
+"""The stored form of a group's tiles (online/tiles), and the two ways a read finishes features from them:
+numpy over many entities at once (each function's finish_many) and entity by entity in Python (finish_one).
+Tiles are built from random events with the partials pushes compute (online/push/merge.py), nulls and NaN
+included."""
 
 from __future__ import annotations
 
@@ -13,38 +14,55 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from feature_store.aggregations import Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+from feature_store.aggregations import (
+    FLOAT,
+    INT,
+    OBJECT,
+    Count,
+    CountDistinct,
+    Last,
+    Max,
+    Mean,
+    Min,
+    StdDev,
+    Sum,
+    function_of,
+)
 from feature_store.errors import PushDataError
-from feature_store.offline.sql import FeatureRequest
-from feature_store.online import combine, scalar
-from feature_store.online.layout import FLOAT, INT, OBJECT, Layout
-from feature_store.online.push import _merge, _single
-from feature_store.online.tiles import EntityTiles, Shape, StoredTiles, TileBatch, decode_tiles, encode_tiles
+from feature_store.online.push.merge import _single, merge_fields
+from feature_store.online.tiles.batch import TileBatch, select
+from feature_store.online.tiles.format import EntityTiles, Shape, StoredTiles, decode_tiles, encode_tiles
+from feature_store.query import FeatureRequest, Group
 
 HOP, WINDOW = 10, 40
-COLUMNS = ("x", "i", "c")  # a DOUBLE, a BIGINT and a VARCHAR column
+COLUMNS = ("x", "i", "c")  # a float64, an int64 and a string column
 
 
-def request(feature: Any, input_type: str | None, output_type: str) -> FeatureRequest:
-    return FeatureRequest(feature, feature.name, input_type, output_type, HOP, WINDOW)
+def request(feature: Any, input_type: str | None) -> FeatureRequest:
+    kind = function_of(feature).output_type(feature, input_type)
+    return FeatureRequest(feature.name, feature.name, kind, input_type, feature.column, HOP, WINDOW, feature)
 
 
 REQUESTS = [
-    request(Count(window="1h", name="n"), None, "BIGINT"),
-    request(Count("x", window="1h", name="nx"), "DOUBLE", "BIGINT"),
-    request(Sum("x", window="1h", name="sx"), "DOUBLE", "DOUBLE"),
-    request(Sum("i", window="1h", name="si"), "BIGINT", "BIGINT"),
-    request(Mean("x", window="1h", name="mx"), "DOUBLE", "DOUBLE"),
-    request(StdDev("x", window="1h", name="dx"), "DOUBLE", "DOUBLE"),
-    request(Min("x", window="1h", name="lox"), "DOUBLE", "DOUBLE"),
-    request(Max("x", window="1h", name="hix"), "DOUBLE", "DOUBLE"),
-    request(Min("i", window="1h", name="loi"), "BIGINT", "BIGINT"),
-    request(Max("c", window="1h", name="hic"), "VARCHAR", "VARCHAR"),
-    request(Last("c", window="1h", name="lc"), "VARCHAR", "VARCHAR"),
-    request(Last("x", window="1h", name="lx"), "DOUBLE", "DOUBLE"),
-    request(CountDistinct("c", window="1h", name="dc"), "VARCHAR", "BIGINT"),
+    request(Count(window="1h", name="n"), None),
+    request(Count("x", window="1h", name="nx"), "float64"),
+    request(Sum("x", window="1h", name="sx"), "float64"),
+    request(Sum("i", window="1h", name="si"), "int64"),
+    request(Mean("x", window="1h", name="mx"), "float64"),
+    request(StdDev("x", window="1h", name="dx"), "float64"),
+    request(Min("x", window="1h", name="lox"), "float64"),
+    request(Max("x", window="1h", name="hix"), "float64"),
+    request(Min("i", window="1h", name="loi"), "int64"),
+    request(Max("c", window="1h", name="hic"), "string"),
+    request(Last("c", window="1h", name="lc"), "string"),
+    request(Last("x", window="1h", name="lx"), "float64"),
+    request(CountDistinct("c", window="1h", name="dc"), "string"),
 ]
-GROUP = Layout._group(HOP, REQUESTS)
+GROUP = Group.of(HOP, REQUESTS)
+
+
+def _merge(group: Group, a: Any, b: Any) -> list[Any]:
+    return merge_fields(group, a, b)
 
 values_x = st.one_of(st.none(), st.just(math.nan), st.floats(-1e6, 1e6, allow_nan=False))
 values_i = st.one_of(st.none(), st.integers(-(2**59), 2**59))  # sums of 12 fit int64
@@ -87,7 +105,7 @@ def test_an_integer_sum_beyond_64_bits_is_a_clear_error_when_a_push_edits_a_tile
 
 
 def test_partial_kinds() -> None:
-    kinds = dict(zip(GROUP.partials, GROUP.kinds, strict=True))
+    kinds = dict(zip(GROUP.fields, GROUP.storages, strict=True))
     assert kinds["maxts__"] == kinds["n__"] == kinds["sum__i"] == kinds["min__i"] == kinds["lastt__c"] == INT
     assert kinds["sum__x"] == kinds["mean__x"] == kinds["m2__x"] == kinds["max__x"] == kinds["last__x"] == FLOAT
     assert kinds["max__c"] == kinds["last__c"] == kinds["set__c"] == OBJECT
@@ -139,12 +157,12 @@ def test_numpy_and_python_finishing_agree(entities: list[list[tuple[int, int, tu
     shape = Shape.of(GROUP)
     start = None if unbounded else (now - WINDOW) - (now - WINDOW) % HOP
     batch = TileBatch(shape, list(range(len(stored))), stored)
-    selection = combine.select(batch, start)
+    selection = select(batch, start)
     few = [EntityTiles(shape, value) for value in stored]
     firsts = [0 if start is None else bisect_left(t.positions, start) for t in few]
     for req in REQUESTS:
-        many = combine.finisher(req, GROUP)(batch, selection)
-        finish = scalar.finisher(req, GROUP)
-        empty = combine.empty_value(req)
+        many = req.function.finish_many(req.aggregation, GROUP, req.output_type)(batch, selection)
+        finish = req.function.finish_one(req.aggregation, GROUP, req.output_type)
+        empty = req.function.empty(req.output_type)
         one = [empty if i == t.count else finish(t, i) for t, i in zip(few, firsts, strict=True)]
         assert all(same(a, b) for a, b in zip(many, one, strict=True)), (req.output, many, one)

@@ -1,14 +1,21 @@
-"""The small protocol an offline engine implements, and the lazy result of a training-set query."""
+"""The one door to an offline engine: a small protocol, its capability flags, and the factory that builds one from
+``offline_store.type``.
+
+An engine reads sources and the push log; it computes training sets and offline tiles from the compiled plans
+(feature_store/query.py), and hands online materialization each view's per-entity tiles as Arrow tables
+(:class:`OnlineTiles`), which the online side encodes and writes without knowing the engine. Nothing outside an
+engine's own package imports its library (DuckDB's lives in offline/duckdb).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from feature_store.catalog import Catalog
+from feature_store.catalog import BatchSource, Catalog
 from feature_store.references import ResolvedFeature
 
 if TYPE_CHECKING:  # annotations only: importing pandas costs the CLI's start-up a tenth of a second or more
@@ -16,7 +23,28 @@ if TYPE_CHECKING:  # annotations only: importing pandas costs the CLI's start-up
     import polars as pl
     import pyarrow as pa
 
+    from feature_store.config import OfflineConfig
+    from feature_store.offline.push_log import PushLog
+    from feature_store.query import ViewQuery
+
 ProgressCallback = Callable[[str, int, int], None]  # (what, done, total)
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def to_us(value: datetime) -> int:
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return (value - EPOCH) // timedelta(microseconds=1)
+
+
+def from_us(value: int) -> datetime:
+    return EPOCH + timedelta(microseconds=value)
+
+
+def still_valid(recorded: dict[str, list[int]], current: dict[str, list[int]]) -> bool:
+    """Whether data computed from sources with fingerprint ``recorded`` still holds for ``current``: every file
+    it read is unchanged (new files are fine: materialization is incremental)."""
+    return all(current.get(name) == list(value) for name, value in recorded.items())
 
 
 @dataclass(frozen=True)
@@ -30,6 +58,15 @@ class MaterializeResult:
     rebuilt: bool
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an engine can do, read by the code that depends on it (not only by tests)."""
+
+    sql_entity_rows: bool  # entity rows may be given as a SQL query the engine runs
+    materialized_tiles: bool  # keeps offline tiles, so training sets and online values reuse them
+    sample_keys: bool  # can draw a sample of a view's entity keys (verify)
+
+
 class RetrievalJob(Protocol):
     def to_arrow(self) -> pa.Table: ...
     def to_df(self) -> pd.DataFrame: ...
@@ -38,14 +75,31 @@ class RetrievalJob(Protocol):
     def sql(self) -> str: ...
 
 
+class OnlineTiles(Protocol):
+    """One view's online values to write, as the engine computes them: per bucket of entities, one Arrow table per
+    hop group of the plan (bounded groups a row per (keys, ``__pos``) in (keys, position) order, the cumulative
+    group a row per entity), or for a snapshot view its latest rows (keys, ``__ts``, ``__cr``, columns)."""
+
+    plan: ViewQuery
+    end: int  # epoch us: the values hold the events available before it
+    entities: int  # how many entities, perhaps estimated (progress only)
+
+    def buckets(self) -> Iterator[list[pa.Table]]: ...
+
+
 class OfflineEngine(Protocol):
-    """What the store needs from an offline engine; DuckDB is the one built in."""
+    """What the store needs from an offline engine."""
 
     name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
 
-    def source_schema(self, catalog: Catalog, source_name: str) -> dict[str, str]: ...
+    def source_schema(self, source: BatchSource) -> dict[str, str]:
+        """The source's columns and their engine-neutral types (feature_store/types.py)."""
+        ...
 
-    def check_view(self, catalog: Catalog, view_name: str) -> None: ...
+    def fingerprint(self, source: BatchSource) -> dict[str, list[int]]:
+        """What tells a changed source apart (file sizes and times); materialized data remembers it."""
+        ...
 
     def historical_features(
         self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
@@ -57,4 +111,22 @@ class OfflineEngine(Protocol):
         progress: ProgressCallback | None = None,
     ) -> list[MaterializeResult]: ...
 
+    def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> OnlineTiles:
+        """The view's online values as of ``end``: of every entity, or (``since``) of those with rows available in
+        [since, end). Computed lazily, bucket by bucket, as they are asked for."""
+        ...
+
+    def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:
+        """Up to ``sample`` distinct entity keys of the view's source, repeatably for a seed."""
+        ...
+
     def close(self) -> None: ...
+
+
+def create_engine(config: OfflineConfig, repo: Path, push_log: PushLog) -> OfflineEngine:
+    """The engine ``offline_store.type`` names, built from its typed config (imported only when asked for)."""
+    if config.type == "duckdb":
+        from feature_store.offline.duckdb.engine import DuckDBOfflineEngine
+
+        return DuckDBOfflineEngine(config, repo, push_log)
+    raise NotImplementedError(f"no offline engine of type {config.type!r}")  # config validation rules it out

@@ -16,18 +16,14 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO
-
-from feature_store.identifiers import quote, quote_literal
 
 # A push takes its availability time immediately before its lines are written; materialization stays
 # this far behind the clock, so it never passes an event that is about to land in the log.
 SETTLE_SECONDS = 5.0
 BUCKET_SECONDS = 60.0
-PUSHED_AT = "__fs_pushed_at"  # epoch microseconds at which the push arrived
-CREATED = "__fs_created"  # availability time of every row of a push source (epoch us): created, or pushed at
 
 
 class PushLog:
@@ -90,21 +86,6 @@ class PushLog:
 
     def files(self, source: str) -> list[str]:
         return sorted(glob.glob(str(self.directory / glob.escape(source) / "*.jsonl")))
-
-    def relation_sql(self, source: str, column_types: Mapping[str, str]) -> str | None:
-        """A SELECT of the logged events with the batch source's column types (None: nothing was pushed)."""
-        files = self.files(source)
-        if not files:
-            return None
-        listed = "[" + ", ".join(quote_literal(f) for f in files) + "]"
-        declared = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in column_types)
-        columns = ", ".join(f"CAST({quote(c)} AS {t}) AS {quote(c)}" for c, t in column_types.items())
-        # A line torn by a crash was never acknowledged: skipping it loses nothing that was promised.
-        return (
-            f"SELECT {columns}, {quote(PUSHED_AT)} AS {quote(CREATED)}, TRUE AS __fs_pushed FROM read_json({listed}, "
-            f"format = 'newline_delimited', columns = {{{declared}, {quote_literal(PUSHED_AT)}: 'BIGINT'}}, "
-            "ignore_errors = true)"
-        )
 
     def close(self) -> None:
         with self._lock:

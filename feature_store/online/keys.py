@@ -15,7 +15,10 @@ from __future__ import annotations
 
 import functools
 
-LAYOUT_VERSION = 4
+LAYOUT_VERSION = 5
+DELTA = "+"  # after a view field: the field of the events pushed since the value was materialized (push/merge.py)
+STORE = "__store"  # in place of a view name (names never start with __): the store's own identity
+PUSHES = "__pushes"  # in place of a view name: idempotency records of pushes
 SEP = b"\x00"
 
 
@@ -23,6 +26,20 @@ def key_prefix(store_prefix: str, project: str, view: str, signature: str = "") 
     """What every key of the values of one definition of a view starts with: the prefix plus the packed
     entity key is the value's key."""
     return _namespace(store_prefix, project) + SEP + f"{view}:{signature}".encode() + SEP
+
+
+def delta_prefix(prefix: bytes) -> bytes:
+    """The keys of the pushed deltas of the values under ``prefix`` (a key_prefix)."""
+    return prefix[:-1] + DELTA.encode() + SEP
+
+
+OWN = b"\xc1"  # starts the "entity" of the store's own keys: never an entity's (0xc1 never starts msgpack)
+
+
+def store_id_key(store_prefix: str, project: str) -> bytes:
+    """The key of the project's identity in this store: a random id the first materialization writes. Registry
+    state is kept per id, so a new store, or one that lost its data (the id with it), is rebuilt."""
+    return key_prefix(store_prefix, project, STORE, "id") + OWN + b"id"
 
 
 def view_prefix(store_prefix: str, project: str, view: str) -> bytes:

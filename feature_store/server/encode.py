@@ -16,7 +16,7 @@ import orjson
 from starlette.responses import Response
 
 from feature_store.errors import FeatureStoreError
-from feature_store.online.reader import OnlineResponse
+from feature_store.online.read.reader import OnlineResponse
 
 EPOCH_Z = "1970-01-01T00:00:00Z"  # what Feast answers where a value has no event time
 JSON = "application/json"

@@ -7,14 +7,14 @@ import math
 import threading
 from typing import Any
 
-from feature_store.aggregations import Aggregation
 from feature_store.catalog import Catalog
 from feature_store.definitions import FeatureView, PushSource
 from feature_store.durations import format_duration
-from feature_store.offline.sql import FeatureRequest
+from feature_store.query import FeatureRequest, compile_view
 from feature_store.references import ResolvedFeature
 from feature_store.server.metrics import Metrics
 from feature_store.store import FeatureStore
+from feature_store.types import sql_name
 
 log = logging.getLogger("feature_store.server")
 
@@ -102,8 +102,8 @@ class RegistryDescriber:
 
     def _view(self, catalog: Catalog, view: FeatureView) -> dict[str, Any]:
         items = [ResolvedFeature(view, f, f) for f in view.feature_names]
-        # materialized=False: types come from the source schema; the offline database file stays closed.
-        query = self.store.offline.view_query(catalog, view, items, materialized=False)
+        # types from the columns recorded at apply: the offline data is never read
+        query = compile_view(catalog, view, items)
         return {
             "name": view.name,
             "kind": "aggregation" if view.is_aggregation else "snapshot",
@@ -118,11 +118,11 @@ class RegistryDescriber:
 
 
 def _feature(view: FeatureView, request: FeatureRequest) -> dict[str, Any]:
-    feature = request.feature
-    described: dict[str, Any] = {"name": feature.name, "reference": f"{view.name}:{feature.name}",
-                                 "type": request.output_type}
-    if isinstance(feature, Aggregation):
+    described: dict[str, Any] = {"name": request.name, "reference": f"{view.name}:{request.name}",
+                                 "type": sql_name(request.output_type)}
+    feature = request.definition
+    if feature is not None:
         return {**described, "function": feature.function, "column": feature.column,
                 "window": format_duration(feature.window) if feature.window else None,
                 "hop": format_duration(feature.effective_hop(view.hop))}
-    return {**described, "function": "latest", "column": feature.name, "window": None, "hop": None}
+    return {**described, "function": "latest", "column": request.name, "window": None, "hop": None}

@@ -1,0 +1,59 @@
+"""The online store protocol: opaque values under binary keys, each with an expiry, and the capability flags
+the code that depends on a store reads.
+
+Everything a store holds is written by materialization and pushes and read back by the reader. Keys carry the
+project name and a layout version (online/keys.py), so projects can share one Redis and a new layout never
+misreads an old one. Stores: SQLite (the embedded default, sqlite.py) and Redis (redis/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterator, Sequence
+from typing import ClassVar, Protocol
+
+from feature_store.online.stores.writes import Compute, Writes
+
+
+class OnlineStore(Protocol):
+    name: ClassVar[str]
+    one_round_trip_reads: ClassVar[bool]
+    # True: a value is gone from its expiry on. False (Redis): it lives at least that long, and as long as
+    # any value written before under its entity (expiries only lengthen); reads enforce windows and ttl anyway.
+    exact_expiry: ClassVar[bool]
+
+    def write(self, writes: Writes) -> None: ...
+
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        """Atomically: read ``keys``, then write what ``compute`` makes of their current values."""
+        ...
+
+    def read(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
+
+    def read_views(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]:
+        """``read`` of the keys ``prefix + entity`` of every (prefix, entities) pair, pair after pair: how
+        the reader asks for views' values, which a store may lay out by entity (Redis does)."""
+        ...
+
+    async def read_async(self, keys: Sequence[bytes]) -> list[bytes | None]:
+        """``read`` for code on an asyncio event loop (the feature server)."""
+        ...
+
+    async def read_views_async(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]: ...
+
+    def delete_prefix(self, prefix: bytes) -> int: ...
+
+    def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
+        """Delete every key under any of the prefixes except those in ``keep``; return how many."""
+        ...
+
+    def scan(self, prefix: bytes) -> Iterator[list[tuple[bytes, bytes]]]:
+        """Every (key, value) under the prefix of one view's values (keys.key_prefix), in batches."""
+        ...
+
+    def delete(self, keys: Sequence[bytes]) -> int:
+        """Delete these keys; return how many there were."""
+        ...
+
+    def ping(self) -> None: ...
+
+    def close(self) -> None: ...
