@@ -30,6 +30,10 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 
+## test-fast: the developers' tier (under a minute): no server processes or kill -9 trials, fewer hypothesis examples
+test-fast: $(VENV)/.dev-installed
+	ONLINE_EXAMPLES=4 SEMANTICS_EXAMPLES=12 $(BIN)/python -m pytest -q -n 2 -m "not slow"
+
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check feature_store tests benchmarks
 	$(BIN)/mypy feature_store

@@ -75,6 +75,9 @@ def _errors() -> Iterator[None]:
 @click.pass_context
 def main(ctx: click.Context, repo: Path, debug: bool) -> None:
     """Feature store: define features once, get point-in-time-correct training sets."""
+    global console, err_console
+    # made again each run: a console fixes its width (COLUMNS) when made, and a process may run many commands
+    console, err_console = Console(), Console(stderr=True)
     ctx.ensure_object(dict)
     ctx.obj["repo"] = repo
     ctx.obj["debug"] = debug

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig, load_config
 from feature_store.definitions import Definition, FeatureService, FeatureView
-from feature_store.errors import NotAppliedError
+from feature_store.errors import EntityDataFrameError, NotAppliedError
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
 from feature_store.registry import Registry
@@ -26,6 +26,13 @@ if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online s
     from feature_store.verify import VerifyReport
 
 REGISTRY_REFRESH_SECONDS = 2.0
+SQL_STARTS = ("SELECT", "WITH", "FROM", "VALUES", "(", "TABLE")
+
+
+def is_sql(text: str) -> bool:
+    """Entity rows given as text are SQL when they start with a query keyword (else a parquet path)."""
+    stripped = text.strip()
+    return bool(stripped) and stripped.split(None, 1)[0].upper() in SQL_STARTS
 
 
 class FeatureStore:
@@ -158,6 +165,11 @@ class FeatureStore:
         """
         catalog = self.offline_catalog()
         resolved = resolve_features(catalog, features, full_feature_names)
+        if isinstance(entity_df, str) and is_sql(entity_df) and not self.offline.capabilities.sql_entity_rows:
+            raise EntityDataFrameError(
+                f"the {self.offline.name} offline engine cannot run SQL for entity rows; pass a DataFrame, an Arrow "
+                "table or a parquet path.", engine=self.offline.name,
+            )
         return self.offline.historical_features(catalog, entity_df, resolved, available_before, pushed_before)
 
     # --- materialization ----------------------------------------------------------------------
@@ -178,7 +190,8 @@ class FeatureStore:
             catalog.view(name)
         end = end or datetime.now(UTC)
         results: list[MaterializeResult] = []
-        results.extend(self.offline.materialize(catalog, names, end, full, progress))
+        if self.offline.capabilities.materialized_tiles:  # an engine without offline tiles computes from events
+            results.extend(self.offline.materialize(catalog, names, end, full, progress))
         if online:
             results.extend(self.online.materialize(self.offline, catalog, names, end, full, progress))
             self._serving = None  # a generation may have gone live: reads see it at once

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
+from feature_store.errors import OfflineStoreError
 from feature_store.offline.engine import from_us, still_valid
 from feature_store.plan import view_signature
 
@@ -53,6 +54,9 @@ class VerifyReport:
 
 def verify(store: FeatureStore, sample: int = 1000, views: Sequence[str] | None = None,
            now: datetime | None = None, seed: int = 0) -> VerifyReport:
+    if not store.offline.capabilities.sample_keys:
+        raise OfflineStoreError(f"the {store.offline.name} offline engine cannot sample entity keys, which verify "
+                                "compares; run verify with an engine that can (duckdb).", engine=store.offline.name)
     catalog = store.offline_catalog()
     now = now or datetime.now(UTC)
     live = store.online.refresh().live

@@ -9,6 +9,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -105,3 +106,94 @@ def postgres_url() -> str:
     if not _reachable("127.0.0.1", 5432):
         pytest.skip("no PostgreSQL reachable on 127.0.0.1:5432 (trust auth, database 'test')")
     return POSTGRES_URL
+
+
+# --- the online store matrix: one backend fixture for every suite -------------------------------
+
+ONLINE_STORES = ("sqlite", "redis")
+REDIS_DB = 13  # the tests' own logical database, when the server has one
+STORE_CLASSES = {"sqlite": "feature_store.online.stores.sqlite:SqliteOnlineStore",
+                 "redis": "feature_store.online.stores.redis.store:RedisOnlineStore"}
+
+
+def own_database(url: str) -> str:
+    """The redis_url server, in logical database 13 when it has one: a rebuild's sweep SCANs the database, and
+    a machine's database 0 may hold millions of unrelated keys. Keys stay under the test's own key_prefix and
+    only those are deleted, whatever the database."""
+    import redis
+
+    base, _, db = url.rpartition("/")
+    if not db.isdigit():
+        return url
+    candidate = f"{base}/{REDIS_DB}"
+    client = redis.Redis.from_url(candidate)
+    try:
+        client.ping()
+        return candidate
+    except redis.RedisError:
+        return url
+    finally:
+        client.close()
+
+
+def store_class(kind: str) -> type:
+    module, _, name = STORE_CLASSES[kind].partition(":")
+    cls: type = getattr(__import__(module, fromlist=[name]), name)
+    return cls
+
+
+def delete_under(url: str, prefix: str) -> None:
+    """Every key under ``prefix`` (a test's own key_prefix), and nothing else."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+        for start in range(0, len(keys), 1000):
+            client.delete(*keys[start:start + 1000])
+    finally:
+        client.close()
+
+
+def _online_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> Iterator[dict[str, str]]:
+    """The online_store section of feature_store.yaml of one backend; a capability the test requires
+    (``@pytest.mark.requires("optimistic_updates")``) and the backend lacks skips it, listed in the report."""
+    for marker in request.node.iter_markers("requires"):
+        for capability in marker.args:
+            if not getattr(store_class(kind), capability, False):
+                GAPS.append((request.node.nodeid, kind, capability, marker.kwargs.get("why", "")))
+                pytest.skip(f"{kind} lacks {capability}: {marker.kwargs.get('why', '')}")
+    if kind == "sqlite":
+        yield {"type": "sqlite", "path": "data/online.db"}
+        return
+    url = own_database(request.getfixturevalue("redis_url"))
+    yield {"type": "redis", "url": url, "key_prefix": prefix}
+    delete_under(url, prefix)
+
+
+@pytest.fixture(params=ONLINE_STORES)
+def online_store(request: pytest.FixtureRequest, key_prefix: str) -> Iterator[dict[str, str]]:
+    """Every online store, for one test: parametrize it to narrow (``indirect=True``)."""
+    yield from _online_store(request, request.param, key_prefix)
+
+
+@pytest.fixture(scope="module", params=ONLINE_STORES)
+def module_online_store(request: pytest.FixtureRequest) -> Iterator[dict[str, str]]:
+    """Every online store, shared by a module's tests that only read."""
+    yield from _online_store(request, request.param, f"fstest-{uuid.uuid4().hex[:12]}")
+
+
+GAPS: list[tuple[str, str, str, str]] = []
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "requires(*capabilities, why=''): store capabilities the test needs; "
+                                       "backends without them skip it, and the run's report lists each gap")
+
+
+def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:
+    if not GAPS:
+        return
+    terminalreporter.section("capability gaps (tests a backend skips by design)")
+    for nodeid, kind, capability, why in GAPS:
+        terminalreporter.line(f"{kind}: lacks {capability}: {nodeid}" + (f" ({why})" if why else ""))

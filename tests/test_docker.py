@@ -14,10 +14,13 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import yaml
 from docker.utils.build import exclude_paths
 
 from tests.server_fixtures import ROOT, run_server
+
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
 
 COMPOSE = ROOT / "docker-compose.yml"
 VALIDATE = [sys.executable, "-m", "check_jsonschema", "--builtin-schema", "vendor.compose-spec"]

@@ -27,7 +27,6 @@ import shutil
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -59,33 +58,10 @@ T0 = datetime(_NOW.year, _NOW.month, _NOW.day, tzinfo=UTC) - 5 * D  # day-aligne
 SPAN = T0 + D  # most events fall in [SPAN, SPAN + 1d]
 LAST_END = T0 + 4 * D  # after every created timestamp the strategies draw (at most SPAN + 2d 14min), before now
 GRID = 15 * MIN
-STORES = ["sqlite", "redis"]
 # reader.SMALL_READ values: reads finish in numpy (finish_many), or entity by entity in Python (finish_one)
 READ_PATHS = {"numpy": -1, "python": 10**9}
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 
-
-REDIS_DB = 13
-
-
-def own_database(url: str) -> str:
-    """The redis_url server, in logical database 13 when it has one.
-
-    RedisOnlineStore.delete_prefix (every full materialization) SCANs the whole database, so on a machine
-    Redis whose database 0 holds millions of unrelated keys it takes many seconds. Keys stay under the test's
-    own key_prefix and only those are deleted, whatever the database."""
-    base, _, db = url.rpartition("/")
-    if not db.isdigit():
-        return url
-    candidate = f"{base}/{REDIS_DB}"
-    client = redis.Redis.from_url(candidate)
-    try:
-        client.ping()
-        return candidate
-    except redis.RedisError:
-        return url
-    finally:
-        client.close()
 
 # every function, bounded and unbounded windows, default hops (5 min, 1 h; 1 day for unbounded windows), explicit
 # hops (one of 7 min, which does not divide the grid), so one view holds several hop groups and the cumulative
@@ -137,23 +113,6 @@ def scratch_dir(prefix: str) -> str:
 # --------------------------------------------------------------------------
 # stores
 # --------------------------------------------------------------------------
-
-
-@pytest.fixture(params=STORES)
-def online_store(request: pytest.FixtureRequest, key_prefix: str) -> Iterator[dict[str, str]]:
-    """The online_store section of feature_store.yaml; Redis keys only under this test's key_prefix."""
-    if request.param == "sqlite":
-        yield {"type": "sqlite", "path": "data/online.db"}
-        return
-    url = own_database(request.getfixturevalue("redis_url"))
-    yield {"type": "redis", "url": url, "key_prefix": key_prefix}
-    client = redis.Redis.from_url(url)
-    try:
-        keys = list(client.scan_iter(match=f"{key_prefix}:*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
 
 
 def write_config(repo: Path, project: str, online: dict[str, str]) -> None:
@@ -572,16 +531,12 @@ def store(repo: Path) -> Iterator[FeatureStore]:
     opened.close()
 
 
-@pytest.fixture(scope="module", params=STORES)
-def served(request: pytest.FixtureRequest) -> Iterator[FeatureStore]:
+@pytest.fixture(scope="module")
+def served(module_online_store: dict[str, str]) -> Iterator[FeatureStore]:
     """One repo per store, materialized at E, for the cases that only read (they must not change it)."""
-    prefix = f"fstest-{uuid.uuid4().hex[:12]}"
-    online = {"type": "sqlite", "path": "data/online.db"}
-    if request.param == "redis":
-        online = {"type": "redis", "url": own_database(request.getfixturevalue("redis_url")), "key_prefix": prefix}
     path = Path(scratch_dir("online_served_"))
     (path / "data" / "tx").mkdir(parents=True)
-    write_config(path, "cases", online)
+    write_config(path, "cases", module_online_store)
     write_repo_data(path)
     opened = FeatureStore(path)
     opened.apply(definitions())
@@ -589,14 +544,6 @@ def served(request: pytest.FixtureRequest) -> Iterator[FeatureStore]:
     yield opened
     opened.close()
     shutil.rmtree(path, ignore_errors=True)
-    if request.param == "redis":
-        client = redis.Redis.from_url(online["url"])
-        try:
-            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-            if keys:
-                client.delete(*keys)
-        finally:
-            client.close()
 
 
 def offline_at(store: FeatureStore, keys: list[int], now: datetime | list[datetime],

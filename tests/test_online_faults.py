@@ -28,6 +28,8 @@ from feature_store.online.stores.redis.store import RedisOnlineStore
 from feature_store.store import FeatureStore
 from tests.conftest import _free_port, start_redis
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 TIMEOUT = 0.5  # online_store.timeout_seconds
 _NOW = datetime.now(UTC)
 DAY = datetime(_NOW.year, _NOW.month, _NOW.day, tzinfo=UTC) - timedelta(days=3)

@@ -30,52 +30,17 @@ from feature_store.online.stores import OnlineStore, open_online_store
 from feature_store.online.stores.sqlite import SQLITE_PAGE_BYTES, SqliteOnlineStore
 from feature_store.online.stores.writes import Batch
 
-STORES = ["sqlite", "redis"]
 
-
-REDIS_DB = 13
-
-
-def own_database(url: str) -> str:
-    """The redis_url server, in logical database 13 when it has one.
-
-    RedisOnlineStore.delete_prefix (every full materialization) SCANs the whole database, so on a machine
-    Redis whose database 0 holds millions of unrelated keys it takes many seconds. Keys stay under the test's
-    own key_prefix and only those are deleted, whatever the database."""
-    base, _, db = url.rpartition("/")
-    if not db.isdigit():
-        return url
-    candidate = f"{base}/{REDIS_DB}"
-    client = redis.Redis.from_url(candidate)
-    try:
-        client.ping()
-        return candidate
-    except redis.RedisError:
-        return url
-    finally:
-        client.close()
-
-
-@pytest.fixture(params=STORES)
-def kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
+@pytest.fixture
+def kind(online_store: dict[str, str]) -> str:
+    return online_store["type"]
 
 
 @pytest.fixture
-def config(kind: str, request: pytest.FixtureRequest,
-           key_prefix: str) -> Iterator[RedisOnlineConfig | SqliteOnlineConfig]:
-    if kind == "sqlite":
-        yield SqliteOnlineConfig(path="data/online.db")
-        return
-    url = own_database(request.getfixturevalue("redis_url"))
-    yield RedisOnlineConfig(url=url, key_prefix=key_prefix)
-    client = redis.Redis.from_url(url)
-    try:  # delete only this test's keys; never FLUSHDB a shared server
-        keys = list(client.scan_iter(match=f"{key_prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def config(online_store: dict[str, str]) -> RedisOnlineConfig | SqliteOnlineConfig:
+    if online_store["type"] == "sqlite":
+        return SqliteOnlineConfig(path=online_store["path"])
+    return RedisOnlineConfig(url=online_store["url"], key_prefix=online_store["key_prefix"])
 
 
 @pytest.fixture
@@ -102,7 +67,7 @@ def now_ms() -> int:
 def test_class_attributes(kind: str, store: OnlineStore) -> None:
     assert store.name == kind
     assert type(store).name == kind
-    assert type(store).one_round_trip_reads is True
+    assert type(store).optimistic_updates is (kind == "redis")
     store.ping()
 
 
@@ -132,7 +97,7 @@ def test_read_with_repeated_and_only_missing_keys(store: OnlineStore, prefix: by
     assert store.read([prefix + b"nope"]) == [None]
 
 
-@pytest.mark.parametrize("kind", ["redis"])  # round trips are a network property
+@pytest.mark.parametrize("online_store", ["redis"], indirect=True)  # round trips are a network property
 def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
     """One buffer of commands sent, and their replies read after it, whatever the number of keys: counted on
     redis-py's connection (the replies are read off its socket, not by read_response)."""
@@ -164,7 +129,7 @@ def test_redis_read_is_one_round_trip(store: OnlineStore, prefix: bytes, monkeyp
     assert len(sent) == 1 and sent[0].count(b"HMGET") == 100 and replies == []  # one HMGET per entity
 
 
-@pytest.mark.parametrize("kind", ["redis"])
+@pytest.mark.parametrize("online_store", ["redis"], indirect=True)
 @pytest.mark.parametrize("scripted", [False, True], ids=["pexpireat-options", "script"])
 def test_an_entity_hash_expires_at_the_latest_expiry_written_to_it(store: OnlineStore, key_prefix: str,
                                                                   scripted: bool) -> None:
@@ -330,7 +295,8 @@ def test_delete_prefix_is_literal_not_a_pattern(store: OnlineStore, key_prefix: 
     assert store.read([prefix + b"1", *(alike + b"1" for alike in alikes)]) == [None] + [b"keep"] * len(alikes)
 
 
-@pytest.mark.parametrize("kind", ["sqlite"])  # opaque keys there; Redis reads keys as keys.py lays them out
+# opaque keys there; Redis reads keys as keys.py lays them out
+@pytest.mark.parametrize("online_store", ["sqlite"], indirect=True)
 def test_delete_prefix_ending_in_ff(store: OnlineStore, key_prefix: str) -> None:
     """Binary prefixes: one ending in 0xff has no simple 'next' byte string."""
     prefix = f"{key_prefix}:".encode() + b"\x01\xff"
@@ -522,7 +488,7 @@ def test_async_reads_from_several_loops_and_threads(store: OnlineStore, prefix: 
     in_threads(work, 4)
 
 
-@pytest.mark.parametrize("kind", ["redis"])
+@pytest.mark.parametrize("online_store", ["redis"], indirect=True)
 def test_async_reads_over_tls_block_as_the_sdk_does(store: OnlineStore) -> None:
     """A TLS socket is not handed to the event loop (asyncio would redo the handshake): such a store reads
     with its blocking path. Opening one connects nowhere, so no TLS server is needed to see the choice."""

@@ -40,13 +40,10 @@ from test_online_consistency import (
     amounts,
     categories,
     greatest,
-    online_store,
     quantities,
     scratch_dir,
     write_config,
 )
-
-__all__ = ["online_store"]  # the fixture, parametrized over SQLite and Redis
 
 MIN, H, D = timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
 GRID = 15 * MIN
@@ -353,13 +350,12 @@ def test_concurrent_pushes_for_one_entity_lose_nothing(pushed_repo: Any) -> None
     assert [int(offline["n_all"][0]), float(offline["s_1d"][0])] == [online["n_all"][0], online["s_1d"][0]]
 
 
+@pytest.mark.requires("optimistic_updates", why="SQLite's update holds the write lock: no other writer lands meanwhile")
 def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Another client's push lands on one entity while a push of three is being merged (after Redis WATCHes
     them): the transaction is retried, re-merging that entity alone onto its new value, and no event is lost."""
     store, _spend, _profile = pushed_repo
-    if store.config.online_store.type != "redis":
-        pytest.skip("SQLite's update holds the write lock: no other writer can land meanwhile")
     from feature_store.online.push.merge import PushTarget
 
     merged: list[int] = []
@@ -382,6 +378,7 @@ def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: An
     assert online["n_all"] == [1, 2, 1] and online["s_1d"] == [1.0, 1002.0, 3.0]
 
 
+@pytest.mark.slow
 def test_materialize_while_pushing_counts_every_event_once(pushed_repo: Any) -> None:
     """Pushes race a materialization (with the real settle time): every event is online exactly once."""
     store, _spend, _profile = pushed_repo
@@ -483,6 +480,7 @@ def test_materialization_never_reads_or_watches_values(pushed_repo: Any, monkeyp
     assert online["n_all"] == [1, 1] and online["s_1d"] == [1.0, 1.0]
 
 
+@pytest.mark.slow
 def test_materialize_finishes_under_a_flood_of_pushes(pushed_repo: Any) -> None:
     """Several threads push to a few entities as fast as they can for the whole of repeated materializations,
     each also keeping a CPU busy: every materialization finishes, and every acknowledged event counts once,

@@ -27,6 +27,8 @@ import pytest
 from tests.conftest import _free_port, start_redis
 from tests.server_fixtures import FEATURES_10, Server, make_repo, run_server, unique_prefix
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 TIMEOUT = 2.0  # online_store.timeout_seconds here: what a hung Redis stalled a worker for, per request
 HEALTH_BOUND = 1.0  # /health must answer within this while Redis hangs (it took up to 4 s with a 1 s timeout)
 FAIL_BOUND = TIMEOUT + 2.5  # a read or push must have failed by then (one timeout, and room for a loaded machine)

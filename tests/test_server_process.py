@@ -35,6 +35,8 @@ from tests.server_fixtures import (
     with_db,
 )
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 READ, WRITE = "read-key-" + "r" * 24, "write-key-" + "w" * 24
 
 

@@ -25,6 +25,8 @@ from tests.server_fixtures import (
     with_db,
 )
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 LIVE = ["customer_live:spend_1d", "customer_live:txn_count_1h_live"]
 
 

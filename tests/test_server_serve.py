@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from tests.server_fixtures import free_port, run_server
+
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
 
 
 def serve_env() -> dict[str, str]:

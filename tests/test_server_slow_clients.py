@@ -20,6 +20,8 @@ import pytest
 
 from tests.server_fixtures import SERVER_REDIS_DB, Server, delete_keys, make_repo, run_server, unique_prefix, with_db
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 MAX_BODY = 50_000
 PATHS = ["/get-online-features", "/push"]
 

@@ -160,11 +160,12 @@ class OnlineService:
         return PushResult(rows.count, updates, from_us(pushed_at), to)
 
     def _push_online(self, targets: list[PushTarget], rows: PushRows, pushed_at: int, logged: bool) -> int:
+        # Each entity's update is atomic; on a store whose updates are optimistic a big push goes in chunks, so
+        # that concurrent pushes rarely touch the same keys within one transaction and a retry redoes little.
+        chunk = PUSH_CHUNK_ROWS if self.store.optimistic_updates else rows.count
         try:
-            # Each entity's update is atomic; a big push goes in chunks, so that concurrent pushes rarely touch
-            # the same keys within one transaction and a retry redoes little.
-            return sum(write_pushes(self.store, targets, rows.slice(start, start + PUSH_CHUNK_ROWS), pushed_at,
-                                    time.time_ns() // 1000) for start in range(0, rows.count, PUSH_CHUNK_ROWS))
+            return sum(write_pushes(self.store, targets, rows.slice(start, start + chunk), pushed_at,
+                                    time.time_ns() // 1000) for start in range(0, rows.count, chunk))
         except OnlineStoreUnavailable as exc:
             if not logged:
                 raise

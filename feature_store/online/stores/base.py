@@ -16,10 +16,13 @@ from feature_store.online.stores.writes import Compute, Writes
 
 class OnlineStore(Protocol):
     name: ClassVar[str]
-    one_round_trip_reads: ClassVar[bool]
     # True: a value is gone from its expiry on. False (Redis): it lives at least that long, and as long as
     # any value written before under its entity (expiries only lengthen); reads enforce windows and ttl anyway.
     exact_expiry: ClassVar[bool]
+    # True (Redis): an update reads, computes and writes while other writers go on, and starts over when one
+    # changed its keys meanwhile, so pushes update in small chunks (a retry redoes little). False (SQLite): an
+    # update holds the store's write lock, so a push updates in one transaction.
+    optimistic_updates: ClassVar[bool]
 
     def write(self, writes: Writes) -> None: ...
 

@@ -24,8 +24,8 @@ class SqliteOnlineStore:
     """Values in one SQLite table; a read is one SELECT ... WHERE key IN (...)."""
 
     name: ClassVar[str] = "sqlite"
-    one_round_trip_reads: ClassVar[bool] = True
     exact_expiry: ClassVar[bool] = True
+    optimistic_updates: ClassVar[bool] = False
 
     def __init__(self, config: SqliteOnlineConfig, repo: Path) -> None:
         self.path = resolve_path(repo, config.path)

@@ -43,8 +43,8 @@ class RedisOnlineStore:
     """Values in Redis hashes: a read is pipelined HMGETs (one round trip) whatever the number of keys."""
 
     name: ClassVar[str] = "redis"
-    one_round_trip_reads: ClassVar[bool] = True
-    exact_expiry: ClassVar[bool] = False  # a hash expires with the last of its values (writes.resp_hsets)
+    exact_expiry: ClassVar[bool] = False  # a hash expires with the last of its values (redis/resp.py)
+    optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC
 
     def __init__(self, config: RedisOnlineConfig) -> None:
         self.config = config
