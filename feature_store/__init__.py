@@ -11,7 +11,20 @@ from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from feature_store.aggregations import Aggregation, Count, CountDistinct, Last, Max, Mean, Min, StdDev, Sum
+    from feature_store.aggregations import (
+        Aggregation,
+        ApproxCountDistinct,
+        ApproxPercentile,
+        Count,
+        CountDistinct,
+        Last,
+        LastK,
+        Max,
+        Mean,
+        Min,
+        StdDev,
+        Sum,
+    )
     from feature_store.definitions import (
         DuckDBSource,
         Entity,
@@ -26,8 +39,8 @@ if TYPE_CHECKING:
     from feature_store.store import FeatureStore
 
 _MODULES = {
-    "feature_store.aggregations": ("Aggregation", "Count", "CountDistinct", "Last", "Max", "Mean", "Min", "StdDev",
-                                   "Sum"),
+    "feature_store.aggregations": ("Aggregation", "ApproxCountDistinct", "ApproxPercentile", "Count", "CountDistinct",
+                                   "Last", "LastK", "Max", "Mean", "Min", "StdDev", "Sum"),
     "feature_store.definitions": ("DuckDBSource", "Entity", "FeatureService", "FeatureView", "FeatureViewProjection",
                                   "Field", "FileSource", "PushSource"),
     "feature_store.errors": ("FeatureStoreError",),
@@ -37,6 +50,8 @@ _WHERE = {name: module for module, names in _MODULES.items() for name in names}
 
 __all__ = [
     "Aggregation",
+    "ApproxCountDistinct",
+    "ApproxPercentile",
     "Count",
     "CountDistinct",
     "DuckDBSource",
@@ -49,6 +64,7 @@ __all__ = [
     "Field",
     "FileSource",
     "Last",
+    "LastK",
     "Max",
     "Mean",
     "Min",

@@ -119,6 +119,8 @@ def describe(kinds: frozenset[str] | None) -> str:
         return "numeric"
     if kinds == ORDERABLE:
         return "orderable (numbers, strings, booleans, times)"
+    if kinds == VALUES:
+        return "number, string or boolean"
     return ", ".join(sorted(kinds))
 
 
@@ -142,3 +144,4 @@ class _AnyOf(frozenset[str]):
 
 NUMERIC: frozenset[str] = _AnyOf("numeric", is_numeric)
 ORDERABLE: frozenset[str] = _AnyOf("orderable", is_orderable)
+VALUES: frozenset[str] = _AnyOf("values", lambda kind: is_numeric(kind) or kind in ("string", "bool"))

@@ -91,6 +91,8 @@ def _compare(view: str, feature: str, online: list[Any], offline: list[Any]) -> 
     differences: list[float] = []
     example = ""
     for got, want in zip(online, offline, strict=True):
+        if hasattr(want, "tolist") and not isinstance(want, int | float):  # a list feature: numpy array offline
+            want = want.tolist()
         got_null, want_null = _is_null(got), _is_null(want)
         if got_null or want_null:
             if got_null != want_null:

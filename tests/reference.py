@@ -63,7 +63,19 @@ AGGREGATION_FUNCTIONS = (
     "last",
     "stddev",
     "count_distinct",
+    "last_k",
+    "approx_count_distinct",
+    "approx_percentile",
 )
+
+# Parameters of the functions that take some (besides column and window), as the suites draw them: each suite
+# covers every function of the library's registry, and a function the reference does not know fails them.
+PARAMETERS = {
+    "last_k": ({"k": 1}, {"k": 3}),
+    "approx_count_distinct": ({}, {"lg_k": 4}),
+    "approx_percentile": ({"q": 0.5}, {"q": 0.9, "relative_accuracy": 0.05}, {"q": 0.0}, {"q": 1.0}),
+}
+COLUMN_TYPES = {"amount": "float64", "qty": "int64", "category": "string"}  # of the harness's event columns
 
 
 # --------------------------------------------------------------------------
@@ -80,6 +92,7 @@ class Agg:
     column: str | None = None
     window: timedelta | None = None
     hop: timedelta | None = None
+    params: tuple = ()  # ((name, value), ...) of the function's own parameters (k, q, ...)
 
     def __post_init__(self):
         assert self.function in AGGREGATION_FUNCTIONS, self.function
@@ -250,8 +263,12 @@ def exact_sum(values):
     return float(total)
 
 
-def aggregate_candidates(function: str, column: str | None, selected: list, has_created: bool) -> list:
+def aggregate_candidates(function: str, column: str | None, selected: list, has_created: bool,
+                         params: tuple = ()) -> list:
     """All acceptable results of one aggregation over the selected events (one, except Last ties)."""
+    options = dict(params)
+    if function == "last_k":
+        return [_last_k(selected, column, has_created, int(options.get("k", 5)))]
     if function == "count" and column is None:
         return [len(selected)]
 
@@ -285,6 +302,11 @@ def aggregate_candidates(function: str, column: str | None, selected: list, has_
         return [math.sqrt(squares / (len(exact) - 1))]
     if function == "count_distinct":
         return [len(set(values))]
+    if function == "approx_count_distinct":
+        return [_approx_count_distinct(values, int(options.get("lg_k", 12))) if values else 0]
+    if function == "approx_percentile":
+        return [_approx_percentile([float(v) for v in values], float(options["q"]),
+                                   float(options.get("relative_accuracy", 0.01)))]
     if function == "last":
         best_order = None
         for ts, created, row in selected:
@@ -307,7 +329,55 @@ def aggregate_candidates(function: str, column: str | None, selected: list, has_
 
 def aggregation_candidates(view: AggregationView, agg: Agg, key: tuple, t: int) -> list:
     selected = events_in_window(view, agg, key, t)
-    return aggregate_candidates(agg.function, agg.column, selected, view.created_field is not None)
+    return aggregate_candidates(agg.function, agg.column, selected, view.created_field is not None, agg.params)
+
+
+@dataclass(frozen=True)
+class Approx:
+    """The expected value of an approximate function: the exact one, and which answers it may give instead."""
+
+    exact: object
+    tolerance: str  # what accept checks, for messages
+    accept: object  # (value) -> bool
+
+    def __repr__(self):
+        return f"~{self.exact!r} ({self.tolerance})"
+
+
+def _last_k(selected: list, column: str, has_created: bool, k: int) -> list:
+    """The k latest non-null values, newest first, by (ts, created, value) descending; [] when none."""
+    triples = [(ts, created if has_created else 0, row[column]) for ts, created, row in selected
+               if not is_null(row.get(column))]
+    triples.sort(reverse=True)
+    return [value for _ts, _created, value in triples[:k]]
+
+
+def _approx_count_distinct(values: list, lg_k: int) -> Approx:
+    """Exact for up to 7 distinct values (the sketch's list mode, whatever lg_k); else within 5 % (the contract for
+    lg_k 12 and more) or, for smaller sketches, three standard errors (1.04 / sqrt(2^lg_k)) of the exact count."""
+    exact = len(set(values))
+    bound = max(0.05, 3 * 1.04 / math.sqrt(2**lg_k))
+
+    def accept(got):
+        return isinstance(got, int) and (got == exact if exact < 8 else abs(got - exact) <= bound * exact)
+
+    return Approx(exact, f"exact below 8 values, else within {bound:.0%}", accept)
+
+
+def _approx_percentile(values: list, q: float, accuracy: float):
+    """Within ``accuracy`` (relative) of the value at 0-based rank q (n - 1) of the sorted values, either
+    neighbour when that rank is not whole; None when there is no value."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = Fraction(q) * (len(ordered) - 1)
+    candidates = {ordered[math.floor(rank)], ordered[math.ceil(rank)]}
+
+    def accept(got):
+        return isinstance(got, float) and any(
+            abs(got - v) <= accuracy * abs(v) * (1 + 1e-9) + 1e-300 for v in candidates)
+
+    return Approx(ordered[math.floor(rank)], f"within {accuracy} of ranks {sorted(candidates)}", accept)
 
 
 RELATIVE_TOLERANCE = 1e-9
@@ -406,7 +476,7 @@ def expected_constraints(entity_rows, views, feature_refs, full_feature_names=Fa
                     agg = aggs[name]
                     selected = [] if key is None else events_in_window(view, agg, key, t)
                     acceptable = aggregate_candidates(agg.function, agg.column, selected,
-                                                      view.created_field is not None)
+                                                      view.created_field is not None, agg.params)
                     constraints.append(((output_name(view.name, name, full_feature_names),),
                                         [(v,) for v in acceptable],
                                         float_tolerance(agg.function, agg.column, selected)))
@@ -442,9 +512,11 @@ def get_historical_features(entity_rows, views, feature_refs, full_feature_names
 
 
 def normalize_value(value):
-    """Engine cell -> plain Python value; every flavour of null -> None."""
+    """Engine cell -> plain Python value; every flavour of null -> None; lists (numpy arrays too) item by item."""
     if value is None:
         return None
+    if isinstance(value, list | tuple) or (type(value).__module__ == "numpy" and getattr(value, "ndim", 0) == 1):
+        return [normalize_value(v) for v in value]
     try:
         if value != value:  # NaN, NaT
             return None
@@ -460,6 +532,11 @@ def normalize_value(value):
 
 def values_match(got, expected, rel_tol=RELATIVE_TOLERANCE, abs_tol=0.0) -> bool:
     got = normalize_value(got)
+    if isinstance(expected, Approx):
+        return got is not None and bool(expected.accept(got))
+    if isinstance(expected, list):
+        return isinstance(got, list) and len(got) == len(expected) and all(
+            values_match(g, e, rel_tol, abs_tol) for g, e in zip(got, expected, strict=True))
     if expected is None:
         return got is None
     if got is None:
@@ -562,11 +639,7 @@ def build_definitions(views, file_suffix=""):
     Each view's source reads ``<view name><file_suffix>.parquet`` (relative to the repo).
     """
     import feature_store as fs
-
-    classes = {
-        "count": fs.Count, "sum": fs.Sum, "mean": fs.Mean, "min": fs.Min, "max": fs.Max,
-        "last": fs.Last, "stddev": fs.StdDev, "count_distinct": fs.CountDistinct,
-    }
+    from feature_store.aggregations import DEFINITIONS as classes
     entities = {}
     objects = []
     for view in views:
@@ -585,7 +658,7 @@ def build_definitions(views, file_suffix=""):
         if isinstance(view, AggregationView):
             features = []
             for agg in view.features:
-                kwargs = {"window": agg.window, "name": agg.name}
+                kwargs = {"window": agg.window, "name": agg.name, **dict(agg.params)}
                 if agg.hop is not None:
                     kwargs["hop"] = agg.hop
                 args = () if agg.column is None else (agg.column,)

@@ -84,6 +84,28 @@ FEATURES = (
     Agg("cd_3h", "count_distinct", "category", 3 * H, H),
     Agg("cd_all", "count_distinct", "qty", None),
 )
+
+
+def registered_features() -> tuple[Agg, ...]:
+    """A feature per parameter set of every function of the library's registry that FEATURES lacks (over the
+    first harness column it accepts; windows of 1 day, unbounded and 6 hours in turn): a new function module is
+    covered here without editing this file."""
+    from feature_store.aggregations import DEFINITIONS, FUNCTIONS
+
+    present = {agg.function for agg in FEATURES}
+    windows = [D, None, 6 * H]
+    out = []
+    for kind, function in sorted(FUNCTIONS.items()):
+        if kind in present:
+            continue
+        columns = [c for c, t in ref.COLUMN_TYPES.items() if function.input_types is None or t in function.input_types]
+        column = None if not DEFINITIONS[kind].needs_column else columns[0]
+        for i, params in enumerate(ref.PARAMETERS.get(kind, ({},))):
+            out.append(Agg(f"{kind}_{i}", kind, column, windows[len(out) % 3], None, tuple(sorted(params.items()))))
+    return tuple(out)
+
+
+FEATURES = FEATURES + registered_features()
 EMPTY = {"count": 0, "sum": 0.0, "count_distinct": 0}  # the value of an unknown key (float sums: 0.0); None otherwise
 # declared out of alphabetical order: rows tied on (ts, created) are ordered by value in declaration order
 SNAPSHOT_FIELDS = (("segment", "string"), ("age", "int64"))
@@ -369,6 +391,8 @@ def check_phase(store: FeatureStore, spend: AggregationView, profile: SnapshotVi
             if key == UNKNOWN_KEY:
                 agg = next((a for a in FEATURES if a.name == name), None)
                 empty = EMPTY.get(agg.function) if agg else None
+                if agg is not None and agg.function not in EMPTY:  # what the reference gives an empty window
+                    empty = ref.aggregate_candidates(agg.function, agg.column, [], False, agg.params)[0]
                 if agg is not None and agg.function == "sum" and isinstance(engine, int):
                     empty = 0  # a sum of integers is an integer; of floats, 0.0 (as offline)
                 if status != NOT_FOUND or value != empty or type(value) is not type(empty):

@@ -5,6 +5,8 @@ registers its function when imported; this package imports every module, so the 
 ``feature_store.aggregations`` is.
 """
 
+from feature_store.aggregations.approx_count_distinct import ApproxCountDistinct
+from feature_store.aggregations.approx_percentile import ApproxPercentile
 from feature_store.aggregations.base import (
     DEFINITIONS,
     FUNCTIONS,
@@ -18,6 +20,7 @@ from feature_store.aggregations.count import Count
 from feature_store.aggregations.count_distinct import CountDistinct
 from feature_store.aggregations.extremes import Max, Min
 from feature_store.aggregations.last import Last
+from feature_store.aggregations.last_k import LastK
 from feature_store.aggregations.mean import Mean
 from feature_store.aggregations.partials import FLOAT, INT, KINDS, OBJECT, Partial, PartialKind
 from feature_store.aggregations.stddev import StdDev
@@ -35,10 +38,13 @@ __all__ = [
     "OBJECT",
     "Aggregation",
     "AggregationFunction",
+    "ApproxCountDistinct",
+    "ApproxPercentile",
     "Count",
     "CountDistinct",
     "Duration",
     "Last",
+    "LastK",
     "Max",
     "Mean",
     "Min",

@@ -19,7 +19,7 @@ side (online/materialize) encodes and writes them; it sees only Arrow tables (of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import duckdb
@@ -28,7 +28,15 @@ import pyarrow as pa
 from feature_store.aggregations import FLOAT, INT, Partial
 from feature_store.identifiers import quote
 from feature_store.offline.duckdb.entity_input import fetch_arrow
-from feature_store.offline.duckdb.sql import Compiled, TileTable, events_sql, field_sql, floor_sql, keys_sql
+from feature_store.offline.duckdb.sql import (
+    Compiled,
+    TileTable,
+    events_sql,
+    field_sql,
+    floor_sql,
+    keys_sql,
+    sql_computable,
+)
 from feature_store.query import Group, ViewQuery
 
 STAGED = "__fs_events"
@@ -106,6 +114,12 @@ class ViewCompute:
             terms.append(f"(SELECT count(*) FROM {quote(reuse.table)} WHERE {' AND '.join(where)})")
         return "SELECT " + " + ".join(terms)
 
+    def kernel_query(self, g: int, bucket: int, buckets: int) -> str:
+        """The events of group ``g``'s tiles in one bucket, for the fields numpy computes (kernel partials)."""
+        first, stop = parts(bucket, buckets)
+        staged = f"__b BETWEEN {first} AND {stop - 1}" if buckets > 1 else None
+        return _kernel_sql(self.view, self.groups[g], staged)
+
     def queries(self, bucket: int, buckets: int, changed: bool) -> list[str]:
         """One query per hop group (aggregation views) or the latest rows (snapshot views), for one bucket."""
         first, stop = parts(bucket, buckets)
@@ -169,11 +183,57 @@ def _stored(query: GroupQuery, reuse: Reuse) -> str:
 
 
 def _aggregates(group: Group) -> str:
+    """The group's fields SQL computes (kernel partials are computed from the events afterwards: _kernel_sql)."""
     out = []
     for partial in group.partials:
+        if not sql_computable(partial):
+            continue
         for k, name in enumerate(partial.fields):
             out.append(f"{field_sql(partial, k, group.storages[group.at(name)])} AS {quote(name)}")
     return ", ".join(out)
+
+
+def kernel_partials(group: Group) -> list[Partial]:
+    return [partial for partial in group.partials if not sql_computable(partial)]
+
+
+def _kernel_sql(view: Compiled, query: GroupQuery, bucket: str | None) -> str:
+    """The events of the group's tiles in (keys, position, ts, created) order, with the columns of its kernel
+    partials: grouped by (keys, position) as the group's SQL groups them, row for row."""
+    group = query.group
+    keys = keys_sql(view)
+    columns = sorted({p.column for p in kernel_partials(group) if p.column})
+    where = " AND ".join(f for f in (query.staged_filter(), bucket) if f) or "TRUE"
+    pos = f"{floor_sql('__ts', group.hop)} AS __pos, " if group.hop else ""
+    order = f"{keys}, __pos, __ts, __cr" if group.hop else f"{keys}, __ts, __cr"
+    cols = "".join(f", {quote(c)}" for c in columns)
+    return f"SELECT {keys}, {pos}__ts, __cr{cols} FROM {STAGED} WHERE {where} ORDER BY {order}"
+
+
+def with_kernel_fields(table: pa.Table, events: pa.Table, group: Group, keys: Sequence[str]) -> pa.Table:
+    """The group's table with the fields of its kernel partials, each computed by its kind's numpy code per
+    (keys, position) run of the events."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    rows = events.num_rows
+    change = np.zeros(rows, dtype=bool)
+    if rows:
+        change[0] = True
+        for name in [*keys, *(["__pos"] if group.hop else [])]:
+            column = events.column(name).combine_chunks()
+            change[1:] |= np.asarray(pc.not_equal(column.slice(1), column.slice(0, rows - 1)).fill_null(True)
+                                     .to_numpy(zero_copy_only=False), dtype=bool)
+    starts = np.append(np.flatnonzero(change), rows).astype(np.int64)
+    ts = events.column("__ts").to_numpy()
+    created = events.column("__cr").to_numpy()
+    if len(starts) - 1 != table.num_rows:  # the two queries group the same events: a bug if they disagree
+        raise RuntimeError(f"kernel groups ({len(starts) - 1}) and tiles ({table.num_rows}) disagree")
+    for partial in kernel_partials(group):
+        values = events.column(partial.column).combine_chunks() if partial.column else pa.nulls(rows)
+        computed = partial.of.kernel(partial, values, ts, created, starts)
+        table = table.append_column(partial.fields[0], pa.array(computed))
+    return table
 
 
 def _group_sql(view: Compiled, query: GroupQuery, bucket: str | None, table_filter: list[str]) -> str:
@@ -276,7 +336,12 @@ class DuckDBOnlineTiles:
                 tiles = con.execute(self.compute.tiles_sql(changed)).fetchall()[0][0] or 0
                 buckets = min(PARTS, max(buckets, math.ceil(tiles / TILES_PER_CHUNK)))
             for bucket in range(buckets):
-                yield [fetch_arrow(con.sql(query)) for query in self.compute.queries(bucket, buckets, changed)]
+                tables = [fetch_arrow(con.sql(query)) for query in self.compute.queries(bucket, buckets, changed)]
+                for g, query in enumerate(self.compute.groups):
+                    if kernel_partials(query.group):
+                        events = fetch_arrow(con.sql(self.compute.kernel_query(g, bucket, buckets)))
+                        tables[g] = with_kernel_fields(tables[g], events, query.group, self.plan.keys)
+                yield tables
         finally:  # frees its memory before the next view's (after an error, closing the cursor drops it)
             con.execute(f"DROP TABLE IF EXISTS {STAGED}")
 

@@ -180,9 +180,9 @@ def compute_sql(compute: Compute) -> str:
         # Deduplicating the tile's list once costs a third less than list(DISTINCT) (a hash set per group);
         # still NULL when the tile has no non-null value
         return f"array_distinct(list({c}) FILTER (WHERE {c} IS NOT NULL))"
-    if op == "top_latest":
-        return (f"[[x.t, x.c, x.v] for x in max({{'t': __ts, 'c': __cr, 'v': {c}}}, {int(compute.param or 1)}) "
-                f"FILTER (WHERE {c} IS NOT NULL)]")
+    if op == "top_latest":  # the k latest (ts, created, value), one of the three per field, latest first
+        return (f"[__fs_x.{compute.part} for __fs_x in max({{'t': __ts, 'c': __cr, 'v': {c}}}, "
+                f"{int(compute.param or 1)}) FILTER (WHERE {c} IS NOT NULL)]")
     raise ValueError(f"DuckDB cannot compute {op!r} in SQL")  # kernel partials are computed in numpy
 
 
