@@ -161,6 +161,12 @@ def _print_plan(plan: Plan) -> None:
         table.add_row(Text(change.action, style=colours[change.action]), change.kind.replace("_", " "), change.name,
                       changed, ", ".join(change.invalidates))
     table.show(console)
+    if plan.readers:
+        readers = Grid("Until materialize builds them, online readers see", "view", "features", "read")
+        for seen in plan.readers:
+            for names, what in seen.rows():
+                readers.add_row(seen.view, names, what)
+        readers.show(console)
 
 
 @main.command("list")
@@ -341,6 +347,41 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
         result = _store(ctx).push(push_source, rows, to=to)  # type: ignore[arg-type]
     console.print(f"Pushed {result.rows:,} row(s) to {push_source!r} ({to}) at {result.pushed_at:%Y-%m-%d %H:%M:%S.%f}"
                   f" UTC; {result.online_updates:,} online value(s) updated.")
+
+
+@main.command()
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, CI).")
+@click.pass_context
+def teardown(ctx: click.Context, yes: bool) -> None:
+    """Remove everything the project stored: online values, materialized tables, push log, registry rows.
+
+    Source data is never touched. Stop feature servers first. Asks to type the project name unless --yes; without
+    a terminal, --yes is required. Safe to rerun after an interruption.
+    """
+    from feature_store.teardown import target
+
+    with _errors():
+        store = _store(ctx)
+        what = target(store)
+        table = Grid(f"Teardown of project {what.project!r} removes", "what", "where")
+        table.add_row("online values", what.online)
+        table.add_row("materialized tables", what.offline)
+        table.add_row("push log", ", ".join(what.push_sources) or "(no push sources)")
+        table.add_row("registry rows", what.registry)
+        table.show(console)
+        if not yes:
+            if not sys.stdin.isatty():
+                raise click.UsageError("teardown asks for confirmation: run it in a terminal, or pass --yes")
+            typed = click.prompt(f"Type the project name ({what.project}) to remove it", default="",
+                                 show_default=False)
+            if typed != what.project:
+                err_console.print("Nothing removed: the name did not match.")
+                sys.exit(1)
+        with console.status("Removing..."):
+            report = store.teardown()
+    console.print(f"Removed project {report.project!r}: {report.online_keys:,} online key(s), "
+                  f"{len(report.offline_tables)} materialized table(s), {report.push_log_files} push log file(s), "
+                  f"{report.registry_rows} registry row(s).", highlight=False)
 
 
 def _read_rows(path: Path) -> pd.DataFrame:

@@ -84,6 +84,37 @@ class Change:
 
 
 @dataclass(frozen=True)
+class ReadersSee:
+    """What online readers of one view see from ``apply`` until ``materialize`` has built the view's new
+    generation (then they switch to it atomically; online/generations.py).
+
+    ``kept``: features whose definition is unchanged, served from the previous generation (the same values as
+    before; pushes keep counting). ``previous``: features whose definition changed, still served with their
+    *previous* definition's values. ``not_materialized``: features the previous generation lacks (a new view, a
+    new feature): status ``NOT_MATERIALIZED``. ``dropped``: features no longer defined (requests name unknown
+    features). All of it assumes the view was materialized before; a store that never held it reads
+    ``NOT_MATERIALIZED`` for every feature of it until ``materialize``.
+    """
+
+    view: str
+    kept: tuple[str, ...] = ()
+    previous: tuple[str, ...] = ()
+    not_materialized: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+
+    def rows(self) -> list[tuple[str, str]]:
+        """(features, what readers see of them), for each group of features that has any."""
+        parts = [(self.kept, "previous values (definition unchanged)"),
+                 (self.previous, "values of their previous definition"),
+                 (self.not_materialized, "NOT_MATERIALIZED"),
+                 (self.dropped, "unknown (no longer defined)")]
+        return [(", ".join(names), what) for names, what in parts if names]
+
+    def describe(self) -> list[str]:
+        return [f"{names}: {what}" for names, what in self.rows()]
+
+
+@dataclass(frozen=True)
 class Plan:
     project: str
     base_version: int
@@ -93,6 +124,7 @@ class Plan:
     # never reads the data
     schemas: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
     records_columns: bool = False  # the registry lacks some of them (an earlier version did not record them)
+    readers: tuple[ReadersSee, ...] = ()  # per view whose online values change: what readers see meanwhile
 
     @property
     def is_empty(self) -> bool:
@@ -112,6 +144,10 @@ class Plan:
         for change in self.changes:
             lines.append(f"  {change.describe()}")
             lines += [f"    {diff.describe()}" for diff in change.diffs]
+        if self.readers:
+            lines.append("  until materialize builds them, online readers see:")
+            for seen in self.readers:
+                lines += [f"    {seen.view}: {line}" for line in seen.describe()]
         return "\n".join(lines)
 
 
@@ -166,7 +202,32 @@ def make_plan(project: str, base_version: int, current: Catalog, desired: Catalo
             changes.append(Change(kind, name, "change", fields, _invalidated(kind, name, current, desired),
                                   tuple(diff_specs(old[key], new[key]))))
     unrecorded = any(current.schemas.get(name) != columns for name, columns in desired.schemas.items())
-    return Plan(project, base_version, tuple(changes), desired.specs(), dict(desired.schemas), unrecorded)
+    return Plan(project, base_version, tuple(changes), desired.specs(), dict(desired.schemas), unrecorded,
+                readers_see(changes, current, desired))
+
+
+def readers_see(changes: list[Change], current: Catalog, desired: Catalog) -> tuple[ReadersSee, ...]:
+    """For each view added or rebuilt by these changes, what online readers see until it is materialized."""
+    out = []
+    rebuilt = {v for c in changes for v in c.invalidates}
+    added = {c.name for c in changes if c.kind == "feature_view" and c.action == "add"}
+    for name in sorted(rebuilt | added):
+        if name not in desired.views:
+            continue  # a removed view: nothing of it is served
+        new = _feature_specs(desired.views[name])
+        old = _feature_specs(current.views[name]) if name in current.views and name not in added else {}
+        out.append(ReadersSee(
+            name,
+            kept=tuple(f for f in new if f in old and old[f] == new[f]),
+            previous=tuple(f for f in new if f in old and old[f] != new[f]),
+            not_materialized=tuple(f for f in new if f not in old),
+            dropped=tuple(f for f in old if f not in new),
+        ))
+    return tuple(out)
+
+
+def _feature_specs(view: FeatureView) -> dict[str, Any]:
+    return {f["name"]: _without_cosmetics(f) for f in view.to_spec()["features"]}
 
 
 def _unrecorded(current: Catalog, old: Mapping[SpecKey, Any], new: Mapping[SpecKey, Any],

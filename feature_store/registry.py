@@ -85,12 +85,12 @@ class Registry:
                 metadata.create_all(self._engine)
             except SQLAlchemyError as exc:
                 raise RegistryError(
-                    f"cannot open the registry at {self._safe_url()}: {exc.__class__.__name__}: {exc}. "
+                    f"cannot open the registry at {self.safe_url()}: {exc.__class__.__name__}: {exc}. "
                     "Check 'registry' in feature_store.yaml.",
                 ) from exc
         return self._engine
 
-    def _safe_url(self) -> str:
+    def safe_url(self) -> str:
         try:
             from sqlalchemy.engine import make_url
 
@@ -193,7 +193,7 @@ class Registry:
         )
 
     def _errors(self, doing: str) -> Any:
-        return _RegistryErrors(doing, self._safe_url())
+        return _RegistryErrors(doing, self.safe_url())
 
     def applied_at(self) -> datetime | None:
         """When the last apply changed the project's definitions (None: never)."""
@@ -203,6 +203,16 @@ class Registry:
             return None
         stamp: datetime = row[0]
         return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=UTC)  # SQLite gives naive UTC back
+
+    def teardown(self) -> int:
+        """Delete every row of the project, from every registry table, in one transaction; return how many."""
+        deleted = 0
+        with self._errors("removing the project from the registry"), self.engine.begin() as conn:
+            for table in reversed(metadata.sorted_tables):
+                if "project" in table.c:
+                    deleted += conn.execute(table.delete().where(table.c.project == self.project)).rowcount
+        self._cache = None
+        return deleted
 
     def close(self) -> None:
         if self._engine is not None:

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online s
     from feature_store.offline.push_log import PushLog
     from feature_store.online.read.reader import OnlineResponse
     from feature_store.online.service import OnlineService, PushResult, PushTo
+    from feature_store.teardown import TeardownReport
     from feature_store.verify import VerifyReport
 
 REGISTRY_REFRESH_SECONDS = 2.0
@@ -263,6 +264,14 @@ class FeatureStore:
         from feature_store.verify import verify
 
         return verify(self, sample, views, now)
+
+    def teardown(self) -> TeardownReport:
+        """Remove everything the project stored: its online values (every layout's keys in the configured online
+        store), the offline engine's materialized tables, its push sources' log and its registry rows. Source
+        data is never touched. Safe to rerun after a crash (teardown.py); stop feature servers first."""
+        from feature_store.teardown import teardown
+
+        return teardown(self)
 
     def close(self) -> None:
         if self._online is not None:

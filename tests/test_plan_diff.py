@@ -9,7 +9,7 @@ import pytest
 
 from feature_store import Count, Entity, FeatureService, FeatureView, Field, FileSource, Mean, Sum
 from feature_store.catalog import Catalog
-from feature_store.plan import Change, FieldChange, diff_specs, make_plan
+from feature_store.plan import Change, FieldChange, ReadersSee, diff_specs, make_plan
 
 
 def definitions(
@@ -96,4 +96,28 @@ def test_plan_text_shows_the_diffs() -> None:
     plan = make_plan("p", 1, Catalog.build(definitions()), Catalog.build(definitions(window="14d")))
     assert str(plan) == ("project 'p', registry version 1:\n"
                          "  change feature view 'spend' (features); rebuilds materialized data of spend\n"
-                         "    features[spend_7d].window: 7d \u2192 14d")
+                         "    features[spend_7d].window: 7d \u2192 14d\n"
+                         "  until materialize builds them, online readers see:\n"
+                         "    spend: amount_mean_30d, txn_count_30d: previous values (definition unchanged)\n"
+                         "    spend: spend_7d: values of their previous definition")
+
+
+def readers(**kwargs: Any) -> dict[str, ReadersSee]:
+    plan = make_plan("p", 1, Catalog.build(definitions()), Catalog.build(definitions(**kwargs)))
+    return {seen.view: seen for seen in plan.readers}
+
+
+def test_what_readers_see_until_materialize() -> None:
+    assert readers(extra=True, drop_count=True, window="14d") == {"spend": ReadersSee(
+        "spend", kept=("amount_mean_30d",), previous=("spend_7d",), not_materialized=("spend_14d",),
+        dropped=("txn_count_30d",))}
+    # a changed source rebuilds every view over it: all its features keep their previous values meanwhile
+    assert readers(path="data/other.parquet") == {"spend": ReadersSee(
+        "spend", kept=("spend_7d", "amount_mean_30d", "txn_count_30d"))}
+    assert readers(description="cosmetic") == {}  # nothing rebuilt: nothing changes for readers
+    assert readers(served=("spend_7d", "amount_mean_30d")) == {}  # a service's change rebuilds nothing
+    added = make_plan("p", 1, Catalog.build(definitions()[:2]), Catalog.build(definitions()))
+    assert {seen.view: seen.not_materialized for seen in added.readers} == {
+        "profile": ("age",), "spend": ("spend_7d", "amount_mean_30d", "txn_count_30d")}
+    removed = make_plan("p", 1, Catalog.build(definitions()), Catalog.build(definitions()[:2]))
+    assert removed.readers == ()

@@ -88,3 +88,52 @@ def test_feature_server_serves_without_offline_data(tmp_path: Path, redis_url: s
         assert "duckdb" not in server.output().lower()
     finally:
         delete_keys(repo)
+
+
+SIGNUPS_PY = '''
+from feature_store import DuckDBSource, Entity, FeatureView, Field
+
+signups = FeatureView(
+    name="signups",
+    entities=[Entity(name="customer", join_keys=["customer_id"], description="A card holder.")],
+    source=DuckDBSource(name="signups_table", table="signups", timestamp_field="ts"),
+    features=[Field("plan", "string")],
+)
+'''
+
+
+def test_a_running_server_never_holds_the_offline_database(tmp_path: Path, redis_url: str) -> None:
+    """With a view over a table of the offline DuckDB database, a running feature server must not keep that file
+    open (DuckDB locks it per process): materialize, training sets and writers in other processes still work."""
+    import duckdb
+
+    repo = make_repo(tmp_path / "repo", redis_url, unique_prefix(), customers=40)
+    database = repo / "data" / "offline.duckdb"
+    with duckdb.connect(str(database)) as con:
+        con.execute("CREATE TABLE signups AS SELECT 1::BIGINT AS customer_id, now()::TIMESTAMPTZ - INTERVAL 1 "
+                    "HOUR AS ts, 'gold' AS plan")
+    (repo / "signups.py").write_text(SIGNUPS_PY)
+    cli = [sys.executable, "-m", "feature_store", "--repo", str(repo)]
+    try:
+        subprocess.run([*cli, "apply"], check=True, capture_output=True)
+        subprocess.run([*cli, "materialize"], check=True, capture_output=True)
+        with run_server(repo, tmp_path / "server.log") as server, server.client() as client:
+            def plan_of(customer: int) -> object:
+                body = client.post("/get-online-features",
+                                   json={"features": ["signups:plan"], "entities": {"customer_id": [customer]}})
+                assert body.status_code == 200, body.text
+                names = body.json()["metadata"]["feature_names"]
+                return body.json()["results"][names.index("plan")]["values"][0]
+
+            assert plan_of(1) == "gold"
+            with duckdb.connect(str(database)) as con:  # a writer in another process than the server
+                # appended after the watermark, as incremental materialization expects
+                con.execute("INSERT INTO signups VALUES (2, now()::TIMESTAMPTZ, 'silver')")
+            for command in (["materialize"], ["training-set", "--entities", "SELECT 2 AS customer_id, now() AS "
+                                              "event_timestamp", "--features", "signups:plan"]):
+                done = subprocess.run([*cli, *command], capture_output=True, text=True)
+                assert done.returncode == 0, done.stderr
+            assert "silver" in done.stdout
+            assert plan_of(2) == "silver"
+    finally:
+        delete_keys(repo)

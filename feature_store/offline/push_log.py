@@ -11,12 +11,13 @@ and cast back to the batch source's column types when read, so a pushed value re
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -86,6 +87,25 @@ class PushLog:
 
     def files(self, source: str) -> list[str]:
         return sorted(glob.glob(str(self.directory / glob.escape(source) / "*.jsonl")))
+
+    def remove(self, sources: Iterable[str]) -> int:
+        """Delete the log files of these push sources (teardown); return how many. Each file goes whole: a run
+        killed midway leaves whole files, which a rerun deletes."""
+        self.close()
+        removed = 0
+        for source in sources:
+            for name in self.files(source):
+                os.unlink(name)
+                removed += 1
+            with contextlib.suppress(OSError):  # not empty: another process just wrote to it
+                (self.directory / source).rmdir()
+        return removed
+
+    def sources(self) -> list[str]:
+        """The push sources that have a folder of log files."""
+        if not self.directory.is_dir():
+            return []
+        return sorted(entry.name for entry in self.directory.iterdir() if entry.is_dir())
 
     def close(self) -> None:
         with self._lock:

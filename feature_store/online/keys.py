@@ -53,8 +53,14 @@ def stored_as(signature: str) -> str:
     return f"{signature}/v{LAYOUT_VERSION}"
 
 
-def _namespace(store_prefix: str, project: str) -> bytes:
-    return f"{store_prefix}:v{LAYOUT_VERSION}:{project}:".encode()
+def _namespace(store_prefix: str, project: str, layout: int = LAYOUT_VERSION) -> bytes:
+    return f"{store_prefix}:v{layout}:{project}:".encode()
+
+
+def namespaces(store_prefix: str, project: str) -> list[bytes]:
+    """What every key of the project starts with, in this layout and every earlier one (teardown). Each ends
+    with the project name and a colon, so no other project's keys (names hold no colon) fall under it."""
+    return [_namespace(store_prefix, project, layout) for layout in range(1, LAYOUT_VERSION + 1)]
 
 
 def split_key(key: bytes) -> tuple[bytes, bytes]:

@@ -23,7 +23,7 @@ from feature_store.errors import OnlineStoreUnavailable, PushDataError
 from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, from_us
 from feature_store.offline.push_log import PushLog
 from feature_store.online.generations import Generation, Generations
-from feature_store.online.keys import key_prefix, store_id_key, view_prefix
+from feature_store.online.keys import key_prefix, namespaces, store_id_key, view_prefix
 from feature_store.online.materialize.runner import Runner
 from feature_store.online.push.merge import PushTarget
 from feature_store.online.push.writer import write_pushes
@@ -91,6 +91,12 @@ class OnlineService:
     def every_prefix(self, view: str) -> bytes:
         """The keys of every definition of the view, pushed deltas included."""
         return view_prefix(self._store_prefix, self.config.project, view)
+
+    def teardown(self) -> int:
+        """Delete everything of the project in this store, every layout's keys and the store's identity."""
+        deleted = sum(self.store.delete_namespace(ns) for ns in namespaces(self._store_prefix, self.config.project))
+        self._state = None
+        return deleted
 
     # --- state ----------------------------------------------------------------------------------
 

@@ -196,6 +196,11 @@ class DuckDBOfflineEngine:
 
     # --- online values -----------------------------------------------------------------------
 
+    def drop_materialized(self) -> list[str]:
+        from feature_store.offline.duckdb.materialize import drop_materialized
+
+        return drop_materialized(self.con)
+
     def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> DuckDBOnlineTiles:
         definition = catalog.view(view)
         query = self.compiled(catalog, definition, [ResolvedFeature(definition, f, f)

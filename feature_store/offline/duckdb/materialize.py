@@ -32,6 +32,24 @@ from feature_store.offline.engine import MaterializeResult, ProgressCallback, fr
 RowsSql = Callable[[int, int], str]  # (since, until) -> SELECT of the rows for that time range
 META = "fs_materialized_v1"  # bump when its columns change: older metadata is then ignored
 ROWS_PER_CHUNK = 4_000_000
+def drop_materialized(con: duckdb.DuckDBPyConnection) -> list[str]:
+    """Drop every table materialization made (tiles, snapshots, their metadata in any version), in one
+    transaction; never a table of the user's (none has these names). Returns their names."""
+    names = [str(name) for (name,) in con.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND (starts_with(table_name, "
+        "'fs_tiles__') OR starts_with(table_name, 'fs_snapshot__') OR starts_with(table_name, 'fs_materialized_v'))"
+        " ORDER BY table_name").fetchall()]
+    try:
+        con.execute("BEGIN TRANSACTION")
+        for name in names:
+            con.execute(f"DROP TABLE IF EXISTS {quote(name)}")
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+    return names
+
+
 class Materializer:
     def __init__(self, con: duckdb.DuckDBPyConnection) -> None:
         self.con = con

@@ -122,12 +122,14 @@ class Runner:
     def _after_switch_wait(self, view: str, end_us: int, view_end: int, progress: ProgressCallback | None) -> int:
         """The end of a new generation of a view over a push source: no earlier than when every pusher writes to
         both generations (it switches at that end, and pushes before it are in the offline log). Waits for it,
-        unless the end asked for is earlier anyway (a backfill)."""
+        whatever end was asked: a generation that switched earlier would miss the pushes of servers still on the
+        previous definition (they write the old generation only)."""
         if self.applied_at is None:
             return view_end
         ready = to_us(self.applied_at) + int(self.switch_after * 1_000_000)
-        if view_end >= ready or end_us < ready:
+        if view_end >= ready:
             return view_end
+        end_us = max(end_us, ready)
         started = time.monotonic()
         total = max(1, (ready - view_end) // 1_000_000 + int(self.push_log.bucket_seconds) + 1)
         what = f"{view} waits for feature servers to load its new definition (s)"

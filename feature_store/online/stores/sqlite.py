@@ -187,6 +187,9 @@ class SqliteOnlineStore:
                 deleted += int(cur.rowcount)
         return deleted
 
+    def delete_namespace(self, namespace: bytes) -> int:
+        return self._delete_prefix(namespace, [])
+
     def ping(self) -> None:
         self._connection().execute("SELECT 1")
 

@@ -48,7 +48,7 @@ class RedisOnlineStore:
 
     def __init__(self, config: RedisOnlineConfig) -> None:
         self.config = config
-        self.url = _safe_url(config.url)
+        self.url = safe_url(config.url)
         self.client = redis.Redis.from_url(
             config.url, socket_timeout=config.timeout_seconds, socket_connect_timeout=config.timeout_seconds,
             retry=Retry(NoBackoff(), 0),  # fail within the timeout; the next call reconnects by itself
@@ -277,6 +277,20 @@ class RedisOnlineStore:
         return [(head + name[len(namespace):], value) for name, value in zip(names, values, strict=True)
                 if value is not None]
 
+    def delete_namespace(self, namespace: bytes) -> int:
+        """UNLINK every key under the namespace, of any type (older layouts kept strings), SCAN batch by batch."""
+        deleted = 0
+        try:
+            batch: list[bytes] = []
+            for name in self.client.scan_iter(match=_glob_escape(namespace) + b"*", count=SCAN_COUNT):
+                batch.append(name)
+                if len(batch) >= SCAN_COUNT:
+                    deleted += int(self.client.unlink(*batch))
+                    batch = []
+            return deleted + (int(self.client.unlink(*batch)) if batch else 0)
+        except RedisError as exc:
+            raise self._unavailable(exc) from exc
+
     def delete(self, keys: Sequence[bytes]) -> int:
         """Delete these keys (their fields: a hash whose last field goes is gone); return how many were there."""
         if not keys:
@@ -442,7 +456,7 @@ def _glob_escape(prefix: bytes) -> bytes:
     return bytes(out)
 
 
-def _safe_url(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL without its password, for messages."""
     if "@" not in url:
         return url
