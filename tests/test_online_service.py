@@ -3,6 +3,7 @@ its asyncio reads."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -121,3 +122,38 @@ def test_async_reads_equal_sync_reads(kind: str, tmp_path: Path, request: pytest
     finally:
         if kind == "redis":
             delete_keys(repo)
+
+
+def test_switching_online_stores_rebuilds_the_new_one_and_keeps_the_old_one_right(
+        example_repo: Path, redis_url: str, key_prefix: str) -> None:
+    """The registry keeps each store's generations by the store's identity: switching from SQLite to Redis
+    writes every entity into Redis (before, 0 rows: the watermark did not know its store), and switching back
+    continues SQLite from its own watermark."""
+    from tests.conftest import delete_under, own_database
+
+    config = example_repo / "feature_store.yaml"
+    sqlite_config = config.read_text()
+    refs = ["customer_spend:txn_count_30d", "customer_profile:age", "customer_habits:txn_count_1h"]
+    ids = {"customer_id": list(range(1, 151))}
+    url = own_database(redis_url)
+    try:
+        with FeatureStore(example_repo) as store:
+            store.apply()
+            store.materialize()
+            expected = store.get_online_features(refs, ids).to_dict()
+        config.write_text(re.sub(r"(?m)^online_store:.*$",
+                                 f"online_store: {{type: redis, url: {url!r}, key_prefix: {key_prefix}}}", sqlite_config))
+        with FeatureStore(example_repo) as store:
+            assert set(store.get_online_features(refs, ids).statuses["age"]) == {"NOT_MATERIALIZED"}
+            results = [r for r in store.materialize() if r.part == "online"]
+            assert all(r.rebuilt for r in results) and len(results) == 3
+            assert store.get_online_features(refs, ids).to_dict() == expected
+            assert store.verify().ok
+        config.write_text(sqlite_config)
+        with FeatureStore(example_repo) as store:
+            results = [r for r in store.materialize() if r.part == "online"]
+            assert not any(r.rebuilt for r in results)  # its own generations are still there
+            assert store.get_online_features(refs, ids).to_dict() == expected
+            assert store.verify().ok
+    finally:
+        delete_under(url, key_prefix)
