@@ -141,8 +141,8 @@ def test_switching_online_stores_rebuilds_the_new_one_and_keeps_the_old_one_righ
             store.apply()
             store.materialize()
             expected = store.get_online_features(refs, ids).to_dict()
-        config.write_text(re.sub(r"(?m)^online_store:.*$",
-                                 f"online_store: {{type: redis, url: {url!r}, key_prefix: {key_prefix}}}", sqlite_config))
+        redis_line = f"online_store: {{type: redis, url: {url!r}, key_prefix: {key_prefix}}}"
+        config.write_text(re.sub(r"(?m)^online_store:.*$", redis_line, sqlite_config))
         with FeatureStore(example_repo) as store:
             assert set(store.get_online_features(refs, ids).statuses["age"]) == {"NOT_MATERIALIZED"}
             results = [r for r in store.materialize() if r.part == "online"]
