@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import sqlite3
 import threading
@@ -71,7 +72,9 @@ class SqliteOnlineStore:
     def write(self, writes: Writes) -> None:
         con = self._connection()
         try:
-            with con:
+            # Waits for the write lock the same way as update(): with SQLite's own busy handler, a stream of
+            # pushes (each retrying every millisecond) starved a materialization write for 10 s under load.
+            with self._writing(con):
                 con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
                                 items_of(writes))
         except sqlite3.Error as exc:
@@ -81,17 +84,24 @@ class SqliteOnlineStore:
         """Read and write in one IMMEDIATE transaction: other writers (threads or processes) wait."""
         con = self._connection()
         try:
-            self._begin_immediate(con)
-            try:
+            with self._writing(con):
                 current = self._select(con, keys, int(time.time() * 1000))
                 con.executemany("INSERT OR REPLACE INTO fs_online (key, value, expire_at) VALUES (?, ?, ?)",
                                 items_of(compute([current.get(key) for key in keys])))
-            except BaseException:
-                con.rollback()
-                raise
-            con.commit()
         except sqlite3.Error as exc:
             raise OnlineStoreUnavailable(f"updating the SQLite online store {self.path} failed: {exc}") from exc
+
+    @classmethod
+    @contextlib.contextmanager
+    def _writing(cls, con: sqlite3.Connection) -> Iterator[None]:
+        """One IMMEDIATE transaction, committed on success and rolled back on any exception."""
+        cls._begin_immediate(con)
+        try:
+            yield
+        except BaseException:
+            con.rollback()
+            raise
+        con.commit()
 
     @staticmethod
     def _begin_immediate(con: sqlite3.Connection) -> None:
@@ -157,7 +167,7 @@ class SqliteOnlineStore:
             where, params = where + " AND key < ?", [*params, upper]
         if keep:
             where, params = where + f" AND key NOT IN ({','.join('?' * len(keep))})", [*params, *keep]
-        with con:
+        with self._writing(con):
             cur = con.execute(f"DELETE FROM fs_online WHERE {where}", params)
         return int(cur.rowcount)
 
@@ -180,7 +190,7 @@ class SqliteOnlineStore:
     def delete(self, keys: Sequence[bytes]) -> int:
         con = self._connection()
         deleted = 0
-        with con:
+        with self._writing(con):
             for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
                 chunk = keys[start:start + 900]
                 cur = con.execute(f"DELETE FROM fs_online WHERE key IN ({','.join('?' * len(chunk))})", chunk)
