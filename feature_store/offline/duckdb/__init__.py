@@ -1,0 +1,1 @@
+"""The DuckDB offline engine: the only package that imports duckdb."""
