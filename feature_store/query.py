@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import timedelta
 from functools import cached_property
 from typing import TYPE_CHECKING
 
@@ -19,7 +20,7 @@ from feature_store import types
 from feature_store.aggregations import Aggregation, AggregationFunction, Partial, function_of
 from feature_store.aggregations.partials import group_partials
 from feature_store.definitions import DuckDBSource, FeatureView, Field, FileSource, PushSource
-from feature_store.durations import to_micros
+from feature_store.durations import format_duration, to_micros
 from feature_store.errors import SchemaError, closest
 
 if TYPE_CHECKING:
@@ -161,11 +162,45 @@ class ViewQuery:
         names = [r.column for r in self.features]
         return sorted({n for n in [*names, *self.field_order] if n})
 
+    def __str__(self) -> str:
+        """The plan as text: what a reviewer (or a test) reads to see what an engine will be asked to compute."""
+        push = f" + pushed events of {self.source.push_source}" if self.source.push_source else ""
+        keys = ", ".join(f"{k} {t}" for k, t in zip(self.keys, self.key_types, strict=True))
+        lines = [f"view {self.name} ({'aggregation' if self.is_aggregation else 'snapshot'})",
+                 f"  source: {self.source.name}{push}; keys: {keys}",
+                 f"  time: {self.timestamp_field}, available: {self.created_field or 'at event time'}"]
+        if self.ttl is not None:
+            lines.append(f"  ttl: {format_duration(timedelta(microseconds=self.ttl))}")
+        for request in self.features:
+            lines.append(f"  feature {request.output}: {_describe_request(request)}")
+        for group in self.groups:
+            hop = "cumulative" if group.hop == 0 else f"hop {format_duration(timedelta(microseconds=group.hop))}"
+            partials = ", ".join(_describe_partial(p) for p in group.partials)
+            lines.append(f"  online group {hop}: {partials}")
+        for tiles in self.tile_hops:
+            partials = ", ".join(_describe_partial(p) for p in tiles.partials)
+            lines.append(f"  offline tiles hop {format_duration(timedelta(microseconds=tiles.hop))}: {partials}")
+        return "\n".join(lines)
+
     def group_of(self, request: FeatureRequest) -> int:
         for i, group in enumerate(self.groups):
             if (group.hop == 0) == (request.window is None) and (group.hop == 0 or group.hop == request.hop):
                 return i
         raise KeyError(request.output)
+
+
+def _describe_request(request: FeatureRequest) -> str:
+    if request.definition is None:
+        return f"column {request.column} ({request.output_type})"
+    window = "unbounded" if request.window is None else format_duration(timedelta(microseconds=request.window))
+    column = request.column or "*"
+    hop = format_duration(timedelta(microseconds=request.hop))
+    return f"{request.function.kind}({column}) over {window}, hop {hop} -> {request.output_type}"
+
+
+def _describe_partial(partial: Partial) -> str:
+    param = "" if partial.param is None else f", {partial.param:g}"
+    return f"{partial.kind}({partial.column or '*'}{param})"
 
 
 def compile_view(catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature]) -> ViewQuery:
