@@ -14,6 +14,7 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -58,7 +59,7 @@ class State:
     store_id: str | None  # None: nothing was ever materialized into it
     live: dict[str, Generation]
 
-    @property
+    @cached_property  # read by every online read (the plan cache's key): computed once per state
     def token(self) -> tuple[Any, ...]:
         return (self.store_id, tuple(sorted((v, g.signature) for v, g in self.live.items())))
 

@@ -68,7 +68,7 @@ class PushTarget:
         return cls(plan.name, prefix, plan.keys, columns, plan.groups if plan.is_aggregation else None, plan.ttl,
                    ties, bucket)
 
-    @property
+    @functools.cached_property  # every read of the view asks for it
     def delta(self) -> bytes:
         return delta_prefix(self.prefix)
 

@@ -19,6 +19,7 @@ SQLITE_TIMEOUT_SECONDS = 10.0  # how long a SQLite writer waits for another
 SQLITE_PAGE_BYTES = 16_384  # of a new SQLite online store file
 SQLITE_MMAP_BYTES = 1 << 40  # SQLite caps it at its build's maximum (2 GB in most builds)
 SCAN_ROWS = 10_000
+POINT_READS = 4  # reads of at most this many keys are point lookups
 
 
 class SqliteOnlineStore:
@@ -144,6 +145,14 @@ class SqliteOnlineStore:
     @staticmethod
     def _select(con: sqlite3.Connection, keys: Sequence[bytes], now_ms: int) -> dict[bytes, bytes]:
         found: dict[bytes, bytes] = {}
+        if len(keys) <= POINT_READS:
+            # A few point lookups beat IN (...), whose list SQLite sorts into a temporary index first: 2 keys
+            # (a value and its pushed delta) in 10.7 instead of 12.3 us (measured).
+            point = "SELECT key, value FROM fs_online WHERE key = ? AND (expire_at IS NULL OR expire_at > ?)"
+            rows = con.execute(" UNION ALL ".join([point] * len(keys)),
+                               [x for key in keys for x in (key, now_ms)]).fetchall()
+            found.update((bytes(k), bytes(v)) for k, v in rows)
+            return found
         for start in range(0, len(keys), 900):  # SQLite's bound-parameter limit
             chunk = keys[start:start + 900]
             rows = con.execute(
