@@ -68,3 +68,12 @@ class OnlineFeatures:
             # From the serving catalog, not store.get_feature_service: a request never reads the registry.
             return self.store.serving_catalog()[1].service(request.feature_service)
         return request.features
+
+
+def push_id_of(header: str | None, field: str | None) -> str | None:
+    """A push's idempotency key: the Idempotency-Key header or the body's push_id (the same when both are sent)."""
+    if header is not None and field is not None and header != field:
+        raise InvalidRequestError(
+            f"the Idempotency-Key header ({header[:60]!r}) and the body's push_id ({field[:60]!r}) differ; send one "
+            "key per push, in either place.", header=header[:200], push_id=field[:200])
+    return header if header is not None else field
