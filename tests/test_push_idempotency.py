@@ -123,7 +123,6 @@ def claim(store: FeatureStore, push_id: str, pushed: list[dict[str, Any]],
           to: str = "online_and_offline") -> tuple[Any, Any, Record]:
     """The first step of a push with an id (what an attempt killed right after it leaves behind)."""
     service = store.online
-    version, catalog = store.serving_catalog()
     checked = _checked(store, pushed)
     keys = service.push_keys
     record = keys.claim("spend_push", push_id, digest("spend_push", to, checked.log_lines(0)), checked.count,
@@ -134,7 +133,7 @@ def claim(store: FeatureStore, push_id: str, pushed: list[dict[str, Any]],
 def _checked(store: FeatureStore, pushed: list[dict[str, Any]]) -> Any:
     from feature_store.push_rows import check_rows
 
-    version, catalog = store.serving_catalog()
+    _version, catalog = store.serving_catalog()
     source = catalog.push_source("spend_push")
     batch = catalog.batch_source(source)
     return check_rows("spend_push", pushed, catalog.schema(batch.name), batch.timestamp_field,
@@ -209,7 +208,7 @@ def test_a_materialization_between_attempts_counts_the_logged_copy_once(repo: Fe
 
 def test_records_say_what_was_reached(repo: FeatureStore) -> None:
     pushed = rows(11, 1.0)
-    service, checked, record = claim(repo, "r", pushed)
+    service, _checked_rows, record = claim(repo, "r", pushed)
     assert record.state == PENDING
     repo.push("spend_push", pushed, push_id="r")
     key = service.push_keys.record_key("spend_push", "r")
