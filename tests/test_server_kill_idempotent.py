@@ -4,6 +4,7 @@ of a push (claimed, logged, partly merged, acknowledged but the answer lost) eac
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -68,10 +69,8 @@ def pusher(url: Callable[[], str | None], numbers: list[int], stop: threading.Ev
 
 def kill_all(pid: int) -> None:
     for each in [pid, *children(pid)]:  # the whole server, workers included
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(each, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def test_pushes_retried_through_kills_count_exactly_once(tmp_path: Path, online_store: dict[str, str]) -> None:
