@@ -28,11 +28,14 @@ def pushed_sql(log: PushLog, source: str, columns: Mapping[str, str]) -> str | N
               f"{quote_literal(PUSHED_AT)}: 'BIGINT', {quote_literal(PUSH_ID)}: 'VARCHAR', "
               f"{quote_literal(PUSH_ROW)}: 'BIGINT', {quote_literal(PUSH_ROWS)}: 'BIGINT'}}, ignore_errors = true)")
     # A line torn by a crash was never acknowledged: skipping it loses nothing that was promised. A copy of a push
-    # with an id counts only when all its rows are there (an attempt killed midway leaves part of one).
-    complete = (f"SELECT {push_id}, min({at}) AS __fs_at FROM (SELECT {push_id}, {at} FROM logged WHERE {push_id} IS "
-                f"NOT NULL GROUP BY {push_id}, {at}, {rows} HAVING count(DISTINCT {row}) = {rows}) GROUP BY {push_id}")
-    kept = (f"SELECT logged.* FROM logged LEFT JOIN complete ON logged.{push_id} = complete.{push_id} "
-            f"WHERE logged.{push_id} IS NULL OR logged.{at} = complete.__fs_at")
-    once = f"SELECT * FROM ({kept}) QUALIFY {push_id} IS NULL OR row_number() OVER (PARTITION BY {push_id}, {row}) = 1"
+    # with an id counts only when all its rows are there (an attempt killed midway leaves part of one). Lines
+    # without an id skip the dedupe: a million of them read in 125 ms instead of 92 ms without any dedupe (200 ms
+    # through it); a million with ids in 420 ms (benchmarks/push_log.py).
+    complete = (f"SELECT {push_id}, min({at}) AS __fs_at FROM (SELECT {push_id}, {at} FROM ided GROUP BY {push_id}, "
+                f"{at}, {rows} HAVING count(DISTINCT {row}) = {rows}) GROUP BY {push_id}")
+    kept = (f"SELECT ided.* FROM ided SEMI JOIN complete ON ided.{push_id} = complete.{push_id} "
+            f"AND ided.{at} = complete.__fs_at")
+    once = f"SELECT * FROM ({kept}) QUALIFY row_number() OVER (PARTITION BY {push_id}, {row}) = 1"
     return (f"SELECT {typed}, {at} AS {quote(CREATED)}, TRUE AS {PUSHED_ROW} FROM (WITH logged AS (SELECT * FROM "
-            f"{logged}), complete AS ({complete}) {once})")
+            f"{logged}), ided AS (SELECT * FROM logged WHERE {push_id} IS NOT NULL), complete AS ({complete}) "
+            f"SELECT * FROM logged WHERE {push_id} IS NULL UNION ALL BY NAME ({once}))")
