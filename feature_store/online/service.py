@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import threading
 import time
@@ -25,7 +26,7 @@ from feature_store.errors import OnlineStoreUnavailable, PushDataError, PushStal
 from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, from_us
 from feature_store.offline.push_log import PushLog
 from feature_store.online.generations import Generation, Generations
-from feature_store.online.keys import key_prefix, namespaces, store_id_key, view_prefix
+from feature_store.online.keys import PUSHES, key_prefix, namespaces, store_id_key, view_prefix
 from feature_store.online.materialize.runner import Runner
 from feature_store.online.push.idempotency import LOGGED, PushKeys, Record, check_push_id, digest
 from feature_store.online.push.merge import PushTarget
@@ -42,6 +43,7 @@ from feature_store.registry import Registry
 
 PLAN_CACHE_SIZE = 1024
 PUSH_CHUNK_ROWS = 64
+PURGE_SECONDS = 3600.0  # how often a process deletes expired push id records from a store that keeps them (SQLite)
 SDK_REFRESH_SECONDS = 2.0  # how stale an SDK's catalog may get (FeatureStore.registry_refresh_seconds' default)
 PushTo = Literal["online", "offline", "online_and_offline"]
 
@@ -78,6 +80,7 @@ class OnlineService:
         self._live_plans: dict[tuple[str, str], ViewQuery] = {}
         self._targets: dict[tuple[Any, ...], list[PushTarget]] = {}
         self._lock = threading.Lock()
+        self._purged_at = -math.inf
 
     @property
     def store(self) -> OnlineStore:
@@ -184,6 +187,9 @@ class OnlineService:
         """A push with a push id: its record claimed (or found), its rows logged unless a copy is, then each chunk
         merged online unless its marker says it landed."""
         keys = self.push_keys
+        if time.monotonic() - self._purged_at > PURGE_SECONDS:
+            self._purged_at = time.monotonic()
+            self.store.purge_expired(view_prefix(self._store_prefix, self.config.project, PUSHES))
         claim = keys.claim(name, push_id, digest(name, to, rows.log_lines(0)), rows.count, to)
         if to == "online":  # nothing logged: no time to agree with, and an old one would be dropped as counted
             pushed_at = time.time_ns() // 1000
