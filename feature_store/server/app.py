@@ -153,7 +153,7 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
 
     @app.post("/push", tags=["push"], response_model=None,
               responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 409, 413, 422, 503)},
-              openapi_extra=_body(models.PushRequest, secured))
+              openapi_extra={**_body(models.PushRequest, secured), "parameters": [IDEMPOTENCY_KEY]})
     async def push(request: Request) -> Response:
         """Write rows of a push source to the online store, the offline store, or both (Feast's request).
 
@@ -292,6 +292,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return json_response(INTERNAL_ERROR, 500)
+
+
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                   "description": "The push's idempotency key (push id), e.g. a UUID: a retry with the same key counts "
+                                  "once and answers `duplicate: true`; the same key with other rows is a 409."}
 
 
 def _security(enabled: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from feature_store.errors import InvalidRequestError, RequestTooLargeError
+from feature_store.errors import InvalidRequestError, PushDataError, RequestTooLargeError
 from feature_store.server.encode import online_body
 from feature_store.server.metrics import Metrics
 from feature_store.server.models import GetOnlineFeaturesRequest
@@ -73,7 +73,7 @@ class OnlineFeatures:
 def push_id_of(header: str | None, field: str | None) -> str | None:
     """A push's idempotency key: the Idempotency-Key header or the body's push_id (the same when both are sent)."""
     if header is not None and field is not None and header != field:
-        raise InvalidRequestError(
+        raise PushDataError(  # not InvalidRequestError: the OpenAPI document allows both, it cannot say "equal"
             f"the Idempotency-Key header ({header[:60]!r}) and the body's push_id ({field[:60]!r}) differ; send one "
             "key per push, in either place.", header=header[:200], push_id=field[:200])
     return header if header is not None else field
