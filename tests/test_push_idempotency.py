@@ -206,6 +206,27 @@ def test_a_materialization_between_attempts_counts_the_logged_copy_once(repo: Fe
     assert both(repo, 10) == ([1, 5.0], [1, 5.0])
 
 
+@pytest.mark.requires("optimistic_updates", why="SQLite merges a push in one transaction: no chunk lands alone")
+def test_an_attempt_killed_between_chunks(repo: FeatureStore) -> None:
+    """Redis merges a big push in chunks of 64 rows, each with its marker: a retry merges only the chunks that
+    had not landed."""
+    from feature_store.online.service import PUSH_CHUNK_ROWS
+
+    pushed = [event(1000 + i, 1.0) for i in range(2 * PUSH_CHUNK_ROWS + 10)]
+    service, checked, record = claim(repo, "chunks", pushed)
+    repo.push_log.append("spend_push", lambda at: checked.log_lines(at, "chunks"), record.pushed_at)
+    service.push_keys.replace("spend_push", "chunks", record, replace(record, state=LOGGED))
+    version, catalog = repo.serving_catalog()
+    targets = service.push_targets(catalog, version, "spend_push")
+    first = checked.slice(0, PUSH_CHUNK_ROWS)  # the first chunk lands, with its marker; then the kill
+    service._push_online(targets, first, record.pushed_at, True, (service.push_keys, "spend_push", "chunks"))
+    keys = [1000, 1000 + PUSH_CHUNK_ROWS, 1000 + len(pushed) - 1]
+    assert [online(repo, k)[0] for k in keys] == [1, 0, 0]
+    result = repo.push("spend_push", pushed, push_id="chunks")
+    assert result.duplicate and result.online_updates == len(pushed) - PUSH_CHUNK_ROWS
+    assert [both(repo, k) for k in keys] == [([1, 1.0], [1, 1.0])] * 3
+
+
 def test_records_say_what_was_reached(repo: FeatureStore) -> None:
     pushed = rows(11, 1.0)
     service, _checked_rows, record = claim(repo, "r", pushed)
