@@ -339,12 +339,19 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
               help="Rows to push: a .parquet, .csv or .json (records or JSON lines) file.")
 @click.option("--to", type=click.Choice(["online_and_offline", "offline", "online"]), default="online_and_offline",
               show_default=True, help="Where the rows go; 'online' alone is never trained on.")
+@click.option("--push-id", default=None, metavar="KEY",
+              help="Idempotency key (e.g. a UUID): rerunning with the same key and file counts the rows once.")
 @click.pass_context
-def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
+def push(ctx: click.Context, push_source: str, path: Path, to: str, push_id: str | None) -> None:
     """Push the rows of a file to PUSH_SOURCE: logged offline, then merged into the online values."""
     with _errors():
         rows = _read_rows(path)
-        result = _store(ctx).push(push_source, rows, to=to)  # type: ignore[arg-type]
+        result = _store(ctx).push(push_source, rows, to=to, push_id=push_id)  # type: ignore[arg-type]
+    if result.duplicate:
+        console.print(f"Push {push_id!r} was made before: its {result.rows:,} row(s) count once (pushed at "
+                      f"{result.pushed_at:%Y-%m-%d %H:%M:%S.%f} UTC); {result.online_updates:,} online value(s) "
+                      "completed now.")
+        return
     console.print(f"Pushed {result.rows:,} row(s) to {push_source!r} ({to}) at {result.pushed_at:%Y-%m-%d %H:%M:%S.%f}"
                   f" UTC; {result.online_updates:,} online value(s) updated.")
 

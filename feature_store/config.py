@@ -106,12 +106,19 @@ class ServerConfig(_Config):
     threadpool: bool = False
 
 
+class PushConfig(_Config):
+    # How long the online store keeps a push id (idempotency key) after its first attempt: a retry within it
+    # counts once; after it, the same id is a new push online (training sets still count its rows once).
+    idempotency_retention_seconds: float = Field(24 * 3600.0, ge=60)
+
+
 class RepoConfig(_Config):
     project: str
     registry: str = "data/registry.db"
     offline_store: DuckDBOfflineConfig = DuckDBOfflineConfig()
     online_store: OnlineConfig = SqliteOnlineConfig()
     server: ServerConfig = ServerConfig()
+    push: PushConfig = PushConfig()
 
     def registry_url(self, repo: Path) -> str:
         """A SQLAlchemy URL; a plain path is a SQLite file relative to the repo."""

@@ -168,6 +168,18 @@ class PushDataError(FeatureStoreError):
     http_status = 422
 
 
+class PushIdConflictError(FeatureStoreError):
+    """A push reuses the idempotency key (push id) of an earlier push with other rows, or another ``to``."""
+
+    http_status = 409
+
+
+class PushStalledError(FeatureStoreError):
+    """A push with a push id stalled past its key's lease before reaching the push log; nothing was logged."""
+
+    http_status = 503
+
+
 def validation_problems(exc: Any) -> str:
     """'field: message; ...' from a pydantic ValidationError."""
     return "; ".join(f"{'.'.join(map(str, e['loc'])) or 'value'}: {e['msg']}" for e in exc.errors())

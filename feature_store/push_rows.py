@@ -22,7 +22,7 @@ import pandas as pd
 from feature_store import types
 from feature_store.errors import PushDataError
 from feature_store.frames import is_polars, polars_columns
-from feature_store.query import PUSHED_AT
+from feature_store.query import PUSH_ID, PUSH_ROW, PUSH_ROWS, PUSHED_AT
 
 _INT_RANGES = {
     "int8": (-(2**7), 2**7 - 1), "int16": (-(2**15), 2**15 - 1), "int32": (-(2**31), 2**31 - 1),
@@ -49,14 +49,17 @@ class PushRows:
         return PushRows({n: v[start:stop] for n, v in self.columns.items()}, stop - start,
                         self.timestamps_us[start:stop])
 
-    def log_lines(self, pushed_at: int) -> bytes:
-        """One JSON object per row: each value as text the offline store casts back exactly."""
+    def log_lines(self, pushed_at: int, push_id: str | None = None) -> bytes:
+        """One JSON object per row: each value as text the offline store casts back exactly; with a push id, the
+        id, the row's index and the row count (readers count each row of a push id once)."""
         names = list(self.columns)
         texts = [[_text(v) for v in self.columns[n]] for n in names]
         out = []
         for i in range(self.count):
-            row = {n: col[i] for n, col in zip(names, texts, strict=True)}
-            row[PUSHED_AT] = pushed_at  # type: ignore[assignment]
+            row: dict[str, Any] = {n: col[i] for n, col in zip(names, texts, strict=True)}
+            row[PUSHED_AT] = pushed_at
+            if push_id is not None:
+                row.update({PUSH_ID: push_id, PUSH_ROW: i, PUSH_ROWS: self.count})
             out.append(json.dumps(row, separators=(",", ":")))
         return ("\n".join(out) + "\n").encode()
 

@@ -30,6 +30,11 @@ if TYPE_CHECKING:
 PUSHED_AT = "__fs_pushed_at"  # a pushed row's arrival time, epoch microseconds (the push log's column)
 CREATED = "__fs_created"  # availability of a push source's rows (epoch us): created, or pushed at
 PUSHED_ROW = "__fs_pushed"  # TRUE for rows of a push source that came from its push log
+# A push with an idempotency key logs it, each row's index in the push and the push's row count on each line:
+# readers count each (key, row) once, from a complete copy (offline/push_log.py).
+PUSH_ID = "__fs_push_id"
+PUSH_ROW = "__fs_push_row"
+PUSH_ROWS = "__fs_push_rows"
 
 
 @dataclass(frozen=True)

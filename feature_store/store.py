@@ -245,7 +245,8 @@ class FeatureStore:
         """The (version, catalog) that online reads use, reloaded as ``registry_refresh_seconds`` says."""
         return self._serving_catalog()
 
-    def push(self, push_source_name: str, df: Any, to: PushTo = "online_and_offline") -> PushResult:
+    def push(self, push_source_name: str, df: Any, to: PushTo = "online_and_offline", *,
+             push_id: str | None = None) -> PushResult:
         """Feed events to a PushSource: ``df`` is a pandas or polars DataFrame, ``{column: [values]}`` or a list
         of row dicts.
 
@@ -254,9 +255,13 @@ class FeatureStore:
         over the source, atomically per entity: readable as soon as this returns. ``"offline"`` only
         logs them (online at the next materialize); ``"online"`` skips the log, so training sets never
         see them and the next materialize of their entities drops them, as Feast's online-only pushes.
+
+        ``push_id`` (an idempotency key, e.g. a UUID per push) makes a retry safe: a push with the id of one made
+        before counts once, online and in training sets, whatever point the earlier attempt reached, and its result
+        says ``duplicate=True``; the same id with other rows raises PushIdConflictError (docs/push.md).
         """
         version, catalog = self._serving_catalog()
-        return self.online.push(catalog, version, push_source_name, df, to)
+        return self.online.push(catalog, version, push_source_name, df, to, push_id)
 
     def verify(self, sample: int = 1000, views: Sequence[str] | None = None,
                now: datetime | None = None) -> VerifyReport:

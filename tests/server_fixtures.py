@@ -71,15 +71,17 @@ def with_db(redis_url: str, db: int) -> str:
 
 
 def make_repo(path: Path, redis_url: str, key_prefix: str, server_yaml: str = "", customers: int = 150,
-              push: bool = True) -> Path:
-    """A copy of feature_repo/ (plus PUSH_PY) with generated data, on Redis, applied and materialized."""
+              push: bool = True, online_store: dict[str, str] | None = None) -> Path:
+    """A copy of feature_repo/ (plus PUSH_PY) with generated data, on Redis (or ``online_store``), applied and
+    materialized."""
     path.mkdir(parents=True)
     for name in ("feature_store.yaml", "features.py"):
         shutil.copy(ROOT / "feature_repo" / name, path / name)
     if push:
         (path / "push.py").write_text(PUSH_PY)
     config = path / "feature_store.yaml"
-    online = json.dumps({"type": "redis", "url": redis_url, "key_prefix": key_prefix, "timeout_seconds": 0.5})
+    online = json.dumps(online_store or {"type": "redis", "url": redis_url, "key_prefix": key_prefix,
+                                         "timeout_seconds": 0.5})
     text = re.sub(r"(?m)^online_store:.*$", f"online_store: {online}", config.read_text())
     config.write_text(text + server_yaml)
     example.generate(path / "data", customers=customers, days=60, seed=3)

@@ -187,6 +187,26 @@ def test_push_a_file_then_read_and_verify(example_repo: Path, tmp_path: Path, su
     assert run(example_repo, "verify", "--sample", "50").exit_code == 0
 
 
+def test_push_rerun_with_the_same_push_id_counts_once(example_repo: Path, tmp_path: Path) -> None:
+    run(example_repo, "apply")
+    assert run(example_repo, "materialize").exit_code == 0
+    path = tmp_path / "events.csv"
+    pd.DataFrame({"transaction_id": [9_000_011], "customer_id": [434343], "amount": [7.25], "category": ["food"],
+                  "event_timestamp": [pd.Timestamp.now(tz="UTC").isoformat()]}).to_csv(path, index=False)
+    for attempt in range(2):
+        pushed = run(example_repo, "push", "transactions_push", "--file", str(path), "--push-id", "batch-17")
+        assert pushed.exit_code == 0, pushed.output
+        assert ("Pushed 1 row(s)" if attempt == 0 else "was made before") in pushed.output, pushed.output
+    online = run(example_repo, "get-online", "--entities", "customer_id=434343", "--features",
+                 "customer_spend:spend_7d")
+    assert "7.25" in online.output and "14.5" not in online.output
+    assert run(example_repo, "verify", "--sample", "50").exit_code == 0
+    path.write_text(path.read_text().replace("7.25", "8.0"))
+    conflict = CliRunner().invoke(main, ["--repo", str(example_repo), "push", "transactions_push", "--file", str(path),
+                                         "--push-id", "batch-17"])
+    assert conflict.exit_code == 1 and "PushIdConflictError" in conflict.output, conflict.output
+
+
 def test_push_errors_name_the_column(example_repo: Path, tmp_path: Path) -> None:
     run(example_repo, "apply")
     path = tmp_path / "bad.csv"

@@ -128,3 +128,55 @@ def test_concurrent_pushes_for_one_entity_lose_nothing(served: tuple[Path, Serve
     served_now = online(server, [customer], datetime.now(UTC) + timedelta(seconds=1))
     assert served_now["txn_count_1h_live"][0] == [threads * each]
     assert served_now["spend_1d"][0] == [float(threads * each)]
+
+
+def training_counts(repo: Path, customers: list[int]) -> list[int]:
+    with FeatureStore(repo) as store:
+        entity_df = pd.DataFrame({"customer_id": customers,
+                                  "event_timestamp": [pd.Timestamp(datetime.now(UTC))] * len(customers)})
+        return [int(v) for v in store.get_historical_features(entity_df, LIVE).to_df()["txn_count_1h_live"]]
+
+
+@pytest.mark.parametrize("where", ["header", "body"])
+def test_a_retried_push_with_an_idempotency_key_counts_once(served: tuple[Path, Server], where: str) -> None:
+    """The Idempotency-Key header or the body's push_id: the retry answers 200 with duplicate true and the same
+    pushed_at; online and training sets count the events once."""
+    repo, server = served
+    customers = [5_000_200, 5_000_201] if where == "header" else [5_000_210, 5_000_211]
+    body: dict[str, Any] = {"push_source_name": "transactions_push",
+                            "df": events(customers, [1.0, 2.0], datetime.now(UTC) - timedelta(minutes=1))}
+    key = f"retry-{where}-{customers[0]}"
+    headers = {"Idempotency-Key": key} if where == "header" else {}
+    if where == "body":
+        body["push_id"] = key
+    answers = []
+    with server.client() as client:
+        for _ in range(3):
+            response = client.post("/push", json=body, headers=headers)
+            assert response.status_code == 200, response.text
+            answers.append(response.json())
+    assert [a["duplicate"] for a in answers] == [False, True, True]
+    assert {a["pushed_at"] for a in answers} == {answers[0]["pushed_at"]} and answers[1]["online_updates"] == 0
+    served_now = online(server, customers, datetime.now(UTC) + timedelta(seconds=1))
+    assert served_now["txn_count_1h_live"][0] == [1, 1]
+    assert training_counts(repo, customers) == [1, 1]
+
+
+def test_an_idempotency_key_reused_with_other_rows_is_a_409(served: tuple[Path, Server]) -> None:
+    _repo, server = served
+    customer = 5_000_220
+    at = datetime.now(UTC) - timedelta(minutes=1)
+    with server.client() as client:
+        first = client.post("/push", json={"push_source_name": "transactions_push", "push_id": "reused",
+                                           "df": events([customer], [1.0], at)})
+        assert first.status_code == 200, first.text
+        other = client.post("/push", headers={"Idempotency-Key": "reused"},
+                            json={"push_source_name": "transactions_push", "df": events([customer], [9.0], at)})
+        assert other.status_code == 409, other.text
+        error = other.json()["error"]
+        assert error["type"] == "PushIdConflictError" and "'reused'" in error["message"], error
+        both = client.post("/push", headers={"Idempotency-Key": "a"},
+                           json={"push_source_name": "transactions_push", "push_id": "b",
+                                 "df": events([customer], [1.0], at)})
+        assert both.status_code == 422 and "Idempotency-Key" in both.json()["error"]["message"], both.text
+    assert online(server, [customer], datetime.now(UTC) + timedelta(seconds=1))["spend_1d"][0] == [1.0]

@@ -7,6 +7,9 @@ the facade hands it, through the engine protocol.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
+import math
 import os
 import threading
 import time
@@ -20,12 +23,13 @@ from typing import Any, Literal
 
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig
-from feature_store.errors import OnlineStoreUnavailable, PushDataError
+from feature_store.errors import OnlineStoreUnavailable, PushDataError, PushStalledError
 from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, from_us
 from feature_store.offline.push_log import PushLog
 from feature_store.online.generations import Generation, Generations
-from feature_store.online.keys import key_prefix, namespaces, store_id_key, view_prefix
+from feature_store.online.keys import PUSHES, key_prefix, namespaces, store_id_key, view_prefix
 from feature_store.online.materialize.runner import Runner
+from feature_store.online.push.idempotency import LOGGED, PushKeys, Record, check_push_id, digest
 from feature_store.online.push.merge import PushTarget
 from feature_store.online.push.writer import write_pushes
 from feature_store.online.read.entities import entity_columns
@@ -40,6 +44,7 @@ from feature_store.registry import Registry
 
 PLAN_CACHE_SIZE = 1024
 PUSH_CHUNK_ROWS = 64
+PURGE_SECONDS = 3600.0  # how often a process deletes expired push id records from a store that keeps them (SQLite)
 SDK_REFRESH_SECONDS = 2.0  # how stale an SDK's catalog may get (FeatureStore.registry_refresh_seconds' default)
 PushTo = Literal["online", "offline", "online_and_offline"]
 
@@ -50,6 +55,8 @@ class PushResult:
     online_updates: int  # online values written: one per entity and view over the source (and per chunk)
     pushed_at: datetime  # when the events became available, for training sets as for serving
     to: PushTo
+    push_id: str | None = None
+    duplicate: bool = False  # the push id was pushed before: this attempt added nothing that had landed
 
 
 @dataclass(frozen=True)
@@ -74,6 +81,7 @@ class OnlineService:
         self._live_plans: dict[tuple[str, str], ViewQuery] = {}
         self._targets: dict[tuple[Any, ...], list[PushTarget]] = {}
         self._lock = threading.Lock()
+        self._purged_at = -math.inf
 
     @property
     def store(self) -> OnlineStore:
@@ -149,10 +157,18 @@ class OnlineService:
 
     # --- push -----------------------------------------------------------------------------------
 
-    def push(self, catalog: Catalog, version: int, name: str, data: Any, to: PushTo) -> PushResult:
-        """Check the rows, append them durably to the offline log, then merge them into online values."""
+    @property
+    def push_keys(self) -> PushKeys:
+        return PushKeys(self.store, self._store_prefix, self.config.project,
+                        self.config.push.idempotency_retention_seconds, self.push_log.settle_seconds)
+
+    def push(self, catalog: Catalog, version: int, name: str, data: Any, to: PushTo,
+             push_id: str | None = None) -> PushResult:
+        """Check the rows, append them durably to the offline log, then merge them into online values. With a
+        push id, a retry of the same push counts once (online/push/idempotency.py)."""
         if to not in ("online", "offline", "online_and_offline"):
             raise PushDataError(f"push 'to' must be 'online', 'offline' or 'online_and_offline', not {to!r}.")
+        push_id = check_push_id(push_id)
         source = catalog.push_source(name)
         batch = catalog.batch_source(source)
         targets = self.push_targets(catalog, version, name)
@@ -161,24 +177,70 @@ class OnlineService:
         optional = {*source.nullable, *filter(None, [batch.created_timestamp_field])}
         rows = check_rows(name, data, catalog.schema(batch.name), batch.timestamp_field, required,
                           time.time_ns() // 1000, optional)
+        if push_id is not None:
+            return self._push_once(name, targets, rows, to, push_id)
         logged = to != "online"
         pushed_at = self.push_log.append(name, rows.log_lines) if logged else time.time_ns() // 1000
         updates = self._push_online(targets, rows, pushed_at, logged) if to != "offline" else 0
         return PushResult(rows.count, updates, from_us(pushed_at), to)
 
-    def _push_online(self, targets: list[PushTarget], rows: PushRows, pushed_at: int, logged: bool) -> int:
+    def _push_once(self, name: str, targets: list[PushTarget], rows: PushRows, to: PushTo, push_id: str) -> PushResult:
+        """A push with a push id: its record claimed (or found), its rows logged unless a copy is, then each chunk
+        merged online unless its marker says it landed."""
+        keys = self.push_keys
+        if time.monotonic() - self._purged_at > PURGE_SECONDS:
+            self._purged_at = time.monotonic()
+            self.store.purge_expired(view_prefix(self._store_prefix, self.config.project, PUSHES))
+        claim = keys.claim(name, push_id, digest(name, to, rows.log_lines(0)), rows.count, to)
+        if to == "online":  # nothing logged: no time to agree with, and an old one would be dropped as counted
+            pushed_at = time.time_ns() // 1000
+        else:
+            pushed_at = self._log_once(keys, name, rows, push_id, claim.record).pushed_at
+        updates = 0
+        if to != "offline":
+            updates = self._push_online(targets, rows, pushed_at, to != "online", (keys, name, push_id))
+        return PushResult(rows.count, updates, from_us(pushed_at), to, push_id, claim.duplicate)
+
+    def _log_once(self, keys: PushKeys, name: str, rows: PushRows, push_id: str, record: Record) -> Record:
+        """The push's rows in the log once (copies all at the record's time), and its record LOGGED."""
+        lines = functools.partial(rows.log_lines, push_id=push_id)
+        for _ in range(4):
+            if record.state == LOGGED:
+                return record
+            age = time.time_ns() // 1000 - record.pushed_at
+            if age <= keys.lease_us:
+                self.push_log.append(name, lines, record.pushed_at, record.pushed_at + keys.lease_us)
+                logged = dataclasses.replace(record, state=LOGGED)
+                now = keys.replace(name, push_id, record, logged)
+                return logged if now.pushed_at == logged.pushed_at else now
+            if age < keys.stale_us:  # an earlier attempt may still write its copy: wait until none can
+                time.sleep((keys.stale_us - age) / 1e6)
+            if self.push_log.has_copy(name, push_id, record.pushed_at, rows.count):
+                record = keys.replace(name, push_id, record, dataclasses.replace(record, state=LOGGED))
+            else:  # no attempt logged it: this one does, at a time of its own
+                record = keys.replace(name, push_id, record,
+                                      dataclasses.replace(record, pushed_at=time.time_ns() // 1000))
+        raise PushStalledError(f"push {push_id!r} to {name!r} could not be logged: other attempts with the same push "
+                               "id kept taking it over; retry it.", push_source=name, push_id=push_id)
+
+    def _push_online(self, targets: list[PushTarget], rows: PushRows, pushed_at: int, logged: bool,
+                     once: tuple[PushKeys, str, str] | None = None) -> int:
         # Each entity's update is atomic; on a store whose updates are optimistic a big push goes in chunks, so
         # that concurrent pushes rarely touch the same keys within one transaction and a retry redoes little.
         chunk = PUSH_CHUNK_ROWS if self.store.optimistic_updates else rows.count
         try:
             return sum(write_pushes(self.store, targets, rows.slice(start, start + chunk), pushed_at,
-                                    time.time_ns() // 1000) for start in range(0, rows.count, chunk))
+                                    time.time_ns() // 1000,
+                                    None if once is None else once[0].chunk_marker(once[1], once[2], start))
+                       for start in range(0, rows.count, chunk))
         except OnlineStoreUnavailable as exc:
             if not logged:
                 raise
+            again = ("retrying with the same push id counts them once" if once is not None else
+                     "pushing them again would count them twice")
             raise type(exc)(
                 f"{exc} The {rows.count} pushed row(s) are in the offline log and reach the online store at the "
-                "next materialize; pushing them again would count them twice.", **exc.details, logged_offline=True,
+                f"next materialize; {again}.", **exc.details, logged_offline=True,
             ) from exc
 
     def push_targets(self, catalog: Catalog, version: int, source_name: str) -> list[PushTarget]:

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator, Callable, MutableMapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +39,7 @@ from feature_store.errors import (
 from feature_store.server import models
 from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
 from feature_store.server.encode import JSON, datetime_z, error_response, json_response
-from feature_store.server.handlers import OnlineFeatures, invalid, parse
+from feature_store.server.handlers import OnlineFeatures, invalid, parse, push_id_of
 from feature_store.server.metrics import Metrics
 from feature_store.server.middleware import INTERNAL_ERROR, ServerMiddleware, route_of
 from feature_store.server.runtime import RegistryDescriber, RegistryRefresher
@@ -127,7 +128,7 @@ def create_app(store: FeatureStore, settings: ServerSettings | None = None, clos
                                   cors_origins=settings.cors_origins)
     if settings.cors_origins:  # outermost, so that preflight requests are answered before the key check
         front = CORSMiddleware(front, allow_origins=list(settings.cors_origins), allow_methods=["GET", "POST"],
-                               allow_headers=["Authorization", "Content-Type"])
+                               allow_headers=["Authorization", "Content-Type", "Idempotency-Key"])
     app.front = front
     app.state.store, app.state.refresher, app.state.metrics = store, refresher, metrics
     return app
@@ -151,24 +152,29 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
         return Response(await online(await request.body()), media_type=JSON)
 
     @app.post("/push", tags=["push"], response_model=None,
-              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 413, 422, 503)},
-              openapi_extra=_body(models.PushRequest, secured))
+              responses={200: {"model": models.PushResponse}, **_errors(401, 403, 404, 409, 413, 422, 503)},
+              openapi_extra={**_body(models.PushRequest, secured), "parameters": [IDEMPOTENCY_KEY]})
     async def push(request: Request) -> Response:
         """Write rows of a push source to the online store, the offline store, or both (Feast's request).
 
         The body is read as JSON whatever its Content-Type, as for /get-online-features; browsers' requests
         from other origins are refused (403).
+
+        An `Idempotency-Key` header (or the body's `push_id`) makes a retry safe: the same key again counts once
+        and answers 200 with `"duplicate": true`; the same key with other rows is a 409 (docs/push.md).
         """
         arrived = time.time()
         body = parse(models.PushRequest, await request.body())
+        push_id = push_id_of(request.headers.get("idempotency-key"), body.push_id)
         # In a thread, even for one row, though the hop costs 150-300 us: a push's Redis transaction (WATCH, reads,
         # MULTI/EXEC) blocks, and on the event loop a Redis that hangs would stall every request for a timeout
         # per push.
-        result = await run_in_threadpool(store.push, body.push_source_name, body.df, body.to)
+        result = await run_in_threadpool(partial(store.push, body.push_source_name, body.df, body.to,
+                                                 push_id=push_id))
         metrics.push_lag.observe(max(0.0, result.pushed_at.timestamp() - arrived))
-        metrics.pushed_rows.inc(result.rows)
+        metrics.pushed_rows.inc(0 if result.duplicate else result.rows)
         return json_response({"rows": result.rows, "online_updates": result.online_updates,
-                              "pushed_at": datetime_z(result.pushed_at)})
+                              "pushed_at": datetime_z(result.pushed_at), "duplicate": result.duplicate})
 
     @app.get("/features", tags=["features"], response_model=models.RegistryResponse,
              responses=_errors(401, 403, 503), openapi_extra=_security(secured))
@@ -286,6 +292,12 @@ def _install_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     async def unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unexpected error on %s %s", request.method, request.url.path, exc_info=exc)
         return json_response(INTERNAL_ERROR, 500)
+
+
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "minLength": 1, "maxLength": 200},
+                   "description": "The push's idempotency key (push id), e.g. a UUID: a retry with the same key counts "
+                                  "once and answers `duplicate: true`; the same key with other rows is a 409."}
 
 
 def _security(enabled: bool) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from feature_store.errors import InvalidRequestError, RequestTooLargeError
+from feature_store.errors import InvalidRequestError, PushDataError, RequestTooLargeError
 from feature_store.server.encode import online_body
 from feature_store.server.metrics import Metrics
 from feature_store.server.models import GetOnlineFeaturesRequest
@@ -68,3 +68,12 @@ class OnlineFeatures:
             # From the serving catalog, not store.get_feature_service: a request never reads the registry.
             return self.store.serving_catalog()[1].service(request.feature_service)
         return request.features
+
+
+def push_id_of(header: str | None, field: str | None) -> str | None:
+    """A push's idempotency key: the Idempotency-Key header or the body's push_id (the same when both are sent)."""
+    if header is not None and field is not None and header != field:
+        raise PushDataError(  # not InvalidRequestError: the OpenAPI document allows both, it cannot say "equal"
+            f"the Idempotency-Key header ({header[:60]!r}) and the body's push_id ({field[:60]!r}) differ; send one "
+            "key per push, in either place.", header=header[:200], push_id=field[:200])
+    return header if header is not None else field

@@ -120,12 +120,16 @@ class PushRequest(_Request):
         examples=[{"customer_id": [1], "event_timestamp": ["2026-11-27T10:00:00Z"], "amount": [12.5]}],
     )
     to: Literal["online", "offline", "online_and_offline"] = "online_and_offline"
+    push_id: StrictStr | None = Field(
+        None, description="An idempotency key (e.g. a UUID per push): a retry with the same id counts once. The "
+        "Idempotency-Key header does the same.", examples=["5b0c7f1e-1f7a-4a57-9a3c-3f9b8c2d8e11"])
 
 
 class PushResponse(BaseModel):
     rows: int = Field(description="Rows pushed.")
     online_updates: int = Field(description="Online values written: one per entity and view over the source.")
     pushed_at: str = Field(description="When the rows were written (ISO-8601 UTC).")
+    duplicate: bool = Field(False, description="True when the push id was pushed before: a retry, counted once.")
 
 
 class ErrorBody(BaseModel):

@@ -12,7 +12,8 @@ from feature_store.push_rows import PushRows
 
 def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRows, pushed_at: int,
                  now_us: int, marker: Item | None = None) -> int:
-    """Merge pushed rows into every target view's values in one atomic update; returns entities updated.
+    """Merge pushed rows into every target view's values in one atomic update; returns entities updated (0 when
+    the marker says they were).
 
     ``marker``, when given, is written in the same update, and its key read first: when it is there already the
     update writes nothing (a retried push whose rows landed before: online/push/idempotency.py)."""
@@ -25,9 +26,11 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
     if marker is not None:
         keys.append(marker[0])
     done: dict[bytes, tuple[tuple[bytes | None, bytes | None], list[Item]]] = {}  # per key: inputs and the result
+    landed = [False]  # as the last run of compute (the one whose writes the store made) found it
 
     def compute(current: Sequence[bytes | None]) -> list[Item]:
-        if marker is not None and current[-1] is not None:
+        landed[0] = marker is not None and current[-1] is not None
+        if landed[0]:
             return []  # this chunk of the push landed already
         items: list[Item] = []
         for i, (prefix, entity) in enumerate(pairs):
@@ -44,4 +47,4 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
         return items if marker is None else [*items, marker]
 
     store.update(keys, compute)
-    return len(pairs)
+    return 0 if landed[0] else len(pairs)

@@ -53,6 +53,10 @@ class OnlineStore(Protocol):
         """Every (key, value) under the prefix of one view's values (keys.key_prefix), in batches."""
         ...
 
+    def purge_expired(self, prefix: bytes) -> int:
+        """Delete the keys under a prefix whose expiry has passed; return how many (Redis: 0, it expires them)."""
+        ...
+
     def delete(self, keys: Sequence[bytes]) -> int:
         """Delete these keys; return how many there were."""
         ...

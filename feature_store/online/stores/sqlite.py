@@ -180,6 +180,16 @@ class SqliteOnlineStore:
             cur = con.execute(f"DELETE FROM fs_online WHERE {where}", params)
         return int(cur.rowcount)
 
+    def purge_expired(self, prefix: bytes) -> int:
+        """Delete the expired keys under a prefix (reads skip them, but SQLite keeps rows until deleted)."""
+        con, upper = self._connection(), _prefix_end(prefix)
+        where, params = "key >= ? AND expire_at IS NOT NULL AND expire_at <= ?", [prefix, time.time_ns() // 1_000_000]
+        if upper is not None:
+            where, params = where + " AND key < ?", [*params, upper]
+        with self._writing(con):
+            cur = con.execute(f"DELETE FROM fs_online WHERE {where}", params)
+        return int(cur.rowcount)
+
     def scan(self, prefix: bytes) -> Iterator[list[tuple[bytes, bytes]]]:
         """The (key, value) of every key under a prefix, in batches of SCAN_ROWS in key order."""
         con, after, upper = self._connection(), prefix, _prefix_end(prefix)

@@ -209,6 +209,9 @@ class RedisOnlineStore:
     def delete_prefix(self, prefix: bytes) -> int:
         return self.delete_prefixes([prefix])
 
+    def purge_expired(self, prefix: bytes) -> int:
+        return 0  # Redis expires keys itself
+
     def delete_prefixes(self, prefixes: Sequence[bytes], keep: Collection[bytes] = ()) -> int:
         """The fields of the prefixes' views in every hash of their namespaces, found in one SCAN of the
         database per namespace; return how many. A hash whose last field goes is gone (Redis drops it)."""
