@@ -66,6 +66,16 @@ schemas = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
+# Saved feature profiles (monitoring/profiles.py), by name: references for drift, shared by every host of the registry
+profiles = Table(
+    "fs_profiles",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("profile", Text, nullable=False),  # JSON
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
 
 class Registry:
     def __init__(self, url: str, project: str) -> None:
@@ -208,11 +218,33 @@ class Registry:
         """Delete every row of the project, from every registry table, in one transaction; return how many."""
         deleted = 0
         with self._errors("removing the project from the registry"), self.engine.begin() as conn:
+            # Tables of modules imported after the engine was made (online generations) may not exist yet
+            metadata.create_all(conn)
             for table in reversed(metadata.sorted_tables):
                 if "project" in table.c:
                     deleted += conn.execute(table.delete().where(table.c.project == self.project)).rowcount
         self._cache = None
         return deleted
+
+    def save_profile(self, name: str, profile_json: str) -> None:
+        """Save (or replace) the named profile, in one transaction."""
+        where = (profiles.c.project == self.project) & (profiles.c.name == name)
+        with self._errors(f"saving profile {name!r}"), self.engine.begin() as conn:
+            conn.execute(delete(profiles).where(where))
+            conn.execute(insert(profiles).values(project=self.project, name=name, profile=profile_json,
+                                                 updated_at=datetime.now(UTC)))
+
+    def profile(self, name: str) -> str | None:
+        """The named profile's JSON, or None."""
+        where = (profiles.c.project == self.project) & (profiles.c.name == name)
+        with self._errors(f"reading profile {name!r}"), self.engine.connect() as conn:
+            row = conn.execute(select(profiles.c.profile).where(where)).first()
+        return None if row is None else str(row[0])
+
+    def profile_names(self) -> list[str]:
+        with self._errors("listing profiles"), self.engine.connect() as conn:
+            rows = conn.execute(select(profiles.c.name).where(profiles.c.project == self.project)).all()
+        return sorted(str(r[0]) for r in rows)
 
     def close(self) -> None:
         if self._engine is not None:

@@ -19,6 +19,7 @@ from feature_store.registry import Registry
 from feature_store.repo import load_repo
 
 if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online stores: loaded when first used
+    from feature_store.monitoring.freshness import ViewFreshness
     from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
     from feature_store.offline.push_log import PushLog
     from feature_store.online.read.reader import OnlineResponse
@@ -264,6 +265,31 @@ class FeatureStore:
         from feature_store.verify import verify
 
         return verify(self, sample, views, now)
+
+    # --- monitoring (feature_store/monitoring/) ----------------------------------------------------
+
+    def profile(self, table: Any) -> dict[str, Any]:
+        """Statistics per feature of a table (DataFrame, Arrow table, parquet path); entity keys left out."""
+        from feature_store.monitoring.profiles import profile_for
+
+        return profile_for(self, table)
+
+    def save_profile(self, name: str, table: Any) -> dict[str, Any]:
+        """Profile ``table`` and save it in the registry under ``name`` (a reference for ``monitor``)."""
+        from feature_store.monitoring.profiles import save_profile
+
+        return save_profile(self, name, table)
+
+    def load_profile(self, name: str) -> dict[str, Any]:
+        from feature_store.monitoring.profiles import load_profile
+
+        return load_profile(self, name)
+
+    def freshness(self, now: datetime | None = None) -> list[ViewFreshness]:
+        """Per view: its source's newest event, its online watermark and its last push, with their ages."""
+        from feature_store.monitoring.freshness import freshness
+
+        return freshness(self, now)
 
     def teardown(self) -> TeardownReport:
         """Remove everything the project stored: its online values (every layout's keys in the configured online

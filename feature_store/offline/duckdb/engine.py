@@ -105,6 +105,18 @@ class DuckDBOfflineEngine:
             self._schemas[key] = {str(r[0]): neutral(str(r[1])) for r in rows}
         return self._schemas[key]
 
+    def newest_event(self, source: BatchSource) -> datetime | None:
+        column = quote(source.timestamp_field)
+        try:
+            row = self._describe_con(source).execute(
+                f"SELECT max({column}) FROM {relation_sql(source, self.repo)}").fetchone()
+        except duckdb.Error as exc:
+            raise SchemaError(f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name) from exc
+        value = row[0] if row else None
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
     def fingerprint(self, source: BatchSource) -> dict[str, list[int]]:
         return source_fingerprint(source, self.repo)
 
