@@ -381,6 +381,7 @@ def teardown(ctx: click.Context, yes: bool) -> None:
             report = store.teardown()
     console.print(f"Removed project {report.project!r}: {report.online_keys:,} online key(s), "
                   f"{len(report.offline_tables)} materialized table(s), {report.push_log_files} push log file(s), "
+                  f"{report.served_log_files} served-log file(s), "
                   f"{report.registry_rows} registry row(s).", highlight=False)
 
 

@@ -19,7 +19,10 @@ from feature_store.registry import Registry
 from feature_store.repo import load_repo
 
 if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online stores: loaded when first used
+    import pandas as pd
+
     from feature_store.monitoring.freshness import ViewFreshness
+    from feature_store.monitoring.served_log import ServedLog
     from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
     from feature_store.offline.push_log import PushLog
     from feature_store.online.read.reader import OnlineResponse
@@ -55,6 +58,13 @@ class FeatureStore:
         # How stale the serving catalog may get before a read reloads it; a server that refreshes in the
         # background (refresh_serving) sets this to math.inf so that no request ever touches the registry.
         self.registry_refresh_seconds = REGISTRY_REFRESH_SECONDS
+        self.served_log: ServedLog | None = None  # monitoring.log_served: what online reads answer is logged
+        if self.config.monitoring.log_served:
+            from feature_store.config import served_log_dir
+            from feature_store.monitoring.served_log import ServedLog
+
+            self.served_log = ServedLog.from_config(self.config.monitoring, served_log_dir(self.config,
+                                                                                           self.repo_path))
 
     @property
     def project(self) -> str:
@@ -212,7 +222,10 @@ class FeatureStore:
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None:  # a reference to the response on a deque; the writer thread converts
+            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+        return response
 
     async def get_online_features_async(
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
@@ -221,7 +234,10 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None:
+            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+        return response
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -285,6 +301,17 @@ class FeatureStore:
 
         return load_profile(self, name)
 
+    def served_features(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """The logged online reads served in [start, end) (``monitoring.log_served``): one row per entity row,
+        with request_time, the entity keys, ``view__feature`` values and ``view__feature__status``."""
+        from feature_store.config import served_log_dir
+        from feature_store.monitoring.served_log import ServedLog
+
+        log = self.served_log or ServedLog(served_log_dir(self.config, self.repo_path))
+        if self.served_log is not None:
+            log.flush()  # what this process served so far counts too
+        return log.read(start, end)
+
     def freshness(self, now: datetime | None = None) -> list[ViewFreshness]:
         """Per view: its source's newest event, its online watermark and its last push, with their ages."""
         from feature_store.monitoring.freshness import freshness
@@ -300,6 +327,8 @@ class FeatureStore:
         return teardown(self)
 
     def close(self) -> None:
+        if self.served_log is not None:
+            self.served_log.close()
         if self._online is not None:
             self._online.close()
         if self._offline is not None:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 from feature_store.definitions import PushSource
 
 if TYPE_CHECKING:
+    from feature_store.monitoring.served_log import ServedLog
     from feature_store.store import FeatureStore
 
 
@@ -35,6 +36,7 @@ class TeardownReport:
     offline_tables: tuple[str, ...]
     push_log_files: int
     registry_rows: int
+    served_log_files: int = 0
 
 
 def target(store: FeatureStore) -> TeardownTarget:
@@ -57,9 +59,17 @@ def teardown(store: FeatureStore) -> TeardownReport:
     online_keys = store.online.teardown()
     tables = tuple(store.offline.drop_materialized())
     files = store.push_log.remove(sources)
+    served = _served_log(store).remove()
     rows = store.registry.teardown()
     store._serving = None
-    return TeardownReport(store.project, online_keys, tables, files, rows)
+    return TeardownReport(store.project, online_keys, tables, files, rows, served)
+
+
+def _served_log(store: FeatureStore) -> ServedLog:
+    from feature_store.config import served_log_dir
+    from feature_store.monitoring.served_log import ServedLog
+
+    return store.served_log or ServedLog(served_log_dir(store.config, store.repo_path))
 
 
 def _push_sources(store: FeatureStore) -> tuple[str, ...]:
