@@ -334,6 +334,35 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
 
 
 @main.command()
+@click.option("--reference", help="What the current table is compared with: a parquet file, a saved profile name "
+              "(store.save_profile) or served:START..END (logged reads).")
+@click.option("--current", help="The table to check, in the same forms (with --skew: served:START..END, default "
+              "every logged read).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results as JSON to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML page with a plot per feature (opens offline).")
+@click.option("--fail-on-drift", is_flag=True, help="Exit with status 3 when any feature drifted.")
+@click.option("--skew", is_flag=True, help="Instead: recompute logged served values offline at their request "
+              "times and report mismatches per feature (exit status 1 when any).")
+@click.option("--sample", type=click.IntRange(1), help="With --skew: at most this many logged rows per view "
+              "(the latest).")
+@click.pass_context
+def monitor(ctx: click.Context, reference: str | None, current: str | None, json_path: Path | None,
+            html_path: Path | None, fail_on_drift: bool, skew: bool, sample: int | None) -> None:
+    """Drift of features (PSI, unseen categories, null shares), freshness of views, and serve-time skew.
+
+    Dates in served:START..END are UTC; a date as END includes that day (served:2026-12-01..2026-12-05).
+    """
+    with _errors():
+        from feature_store.monitoring.terminal import run
+
+        code = run(_store(ctx), console, reference, current, json_path, html_path, fail_on_drift, skew, sample)
+    if code:
+        sys.exit(code)
+
+
+@main.command()
 @click.argument("push_source")
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Rows to push: a .parquet, .csv or .json (records or JSON lines) file.")

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -73,6 +74,17 @@ profiles = Table(
     Column("project", String(128), primary_key=True),
     Column("name", String(128), primary_key=True),
     Column("profile", Text, nullable=False),  # JSON
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The last drift score of each feature (`feature-store monitor`), which feature servers export as gauges
+drift_scores = Table(
+    "fs_drift_scores",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("feature", String(300), primary_key=True),
+    Column("psi", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -245,6 +257,22 @@ class Registry:
         with self._errors("listing profiles"), self.engine.connect() as conn:
             rows = conn.execute(select(profiles.c.name).where(profiles.c.project == self.project)).all()
         return sorted(str(r[0]) for r in rows)
+
+    def record_drift(self, scores: dict[str, tuple[float, float]]) -> None:
+        """Replace the last drift scores ({feature: (psi, threshold)}) of the features given."""
+        now = datetime.now(UTC)
+        with self._errors("recording drift scores"), self.engine.begin() as conn:
+            for feature, (psi, threshold) in scores.items():
+                conn.execute(delete(drift_scores).where((drift_scores.c.project == self.project)
+                                                        & (drift_scores.c.feature == feature)))
+                conn.execute(insert(drift_scores).values(project=self.project, feature=feature, psi=psi,
+                                                         threshold=threshold, updated_at=now))
+
+    def drift_scores(self) -> dict[str, tuple[float, float]]:
+        with self._errors("reading drift scores"), self.engine.connect() as conn:
+            rows = conn.execute(select(drift_scores.c.feature, drift_scores.c.psi, drift_scores.c.threshold)
+                                .where(drift_scores.c.project == self.project)).all()
+        return {str(f): (float(p), float(t)) for f, p, t in rows}
 
     def close(self) -> None:
         if self._engine is not None:

@@ -222,6 +222,8 @@ class FeatureStore:
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
+        if self.served_log is not None and now is None:  # the log's request time is the read's own
+            now = datetime.now(UTC)
         response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
         if self.served_log is not None:  # a reference to the response on a deque; the writer thread converts
             self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
@@ -234,6 +236,8 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
+        if self.served_log is not None and now is None:
+            now = datetime.now(UTC)
         response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
         if self.served_log is not None:
             self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
