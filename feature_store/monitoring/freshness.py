@@ -42,11 +42,13 @@ class ViewFreshness:
 
 
 def freshness(store: FeatureStore, now: datetime | None = None, offline: bool = True) -> list[ViewFreshness]:
-    """Every registered view's freshness; ``offline=False`` skips reading the sources (the server's gauges:
-    a request thread must not scan source files)."""
+    """Every registered view's freshness; ``offline=False`` skips reading the sources and the registry (the
+    server's gauges: a scrape must not scan source files), so it has no newest event."""
     now = now or datetime.now(UTC)
-    catalog = store.catalog()
-    live = store.online.refresh().live
+    if offline:
+        catalog, live = store.catalog(), store.online.refresh().live
+    else:  # what the server serves, as its registry refresher loaded it: no registry read here
+        catalog, live = store.serving_catalog()[1], store.online.state().live
     out = []
     for name, view in catalog.views.items():
         source = catalog.source_of(view)
