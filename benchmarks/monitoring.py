@@ -10,11 +10,15 @@ writes a file every 5 s), competing with the reads for the GIL; after each B rou
 the timed reads. Quoted: the median over rounds of each round's p50 and p99, the overhead B/A - 1, and the
 writer thread's CPU time per logged read.
 
+``server``: the same A/B over HTTP against two ``feature-store serve`` processes (one worker each), 1x10
+requests sent one at a time, alternating servers by round.
+
 ``profile``: a table of ``--rows`` rows x 10 features (7 float, 1 integer, 2 string columns of 20 values; a
 tenth of one float column null), built in a worker process, then ``profile_table`` timed on it; peak RSS
 (VmHWM) of the worker before and after profiling.
 
-    python benchmarks/monitoring.py                         # both, 10M rows
+    python benchmarks/monitoring.py                         # all three, 10M rows
+    python benchmarks/monitoring.py --only server           # the A/B over HTTP, two server processes
     python benchmarks/monitoring.py --only logging --rounds 15 --reads 2000
     python benchmarks/monitoring.py --only profile --rows 1000000
 """
@@ -22,6 +26,7 @@ tenth of one float column null), built in a worker process, then ``profile_table
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -118,6 +123,82 @@ def bench_logging(args: argparse.Namespace) -> dict[str, Any]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def bench_server(args: argparse.Namespace) -> dict[str, Any]:
+    """The same A/B over HTTP: two `feature-store serve` processes (one worker each) on the same data, one
+    logging; a client sends 1x10 requests one at a time (keep-alive), alternating servers by round."""
+    import os
+    import socket
+
+    import httpx
+
+    from feature_store import FeatureStore, example
+
+    base = Path(tempfile.mkdtemp(prefix="fs_bench_monitoring_server_"))
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        example.generate(base / "data", customers=args.customers, days=60, seed=7)
+        repos = {"A (no logging)": make_repo(base, args.redis, False), "B (logging 100 %)": make_repo(base, args.redis,
+                                                                                                        True)}
+        with FeatureStore(repos["A (no logging)"]) as store:
+            store.apply()
+            store.materialize()
+        urls = {}
+        for name, repo in repos.items():
+            with socket.socket() as sock:
+                sock.bind(("127.0.0.1", 0))
+                port = sock.getsockname()[1]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}
+            procs.append(subprocess.Popen([sys.executable, "-m", "feature_store", "--repo", str(repo), "serve",
+                                           "--port", str(port), "--log-level", "warning"], env=env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            urls[name] = f"http://127.0.0.1:{port}"
+        clients = {name: httpx.Client(base_url=url, timeout=10) for name, url in urls.items()}
+        for client in clients.values():
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    if client.get("/ready").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a server did not become ready")
+                time.sleep(0.2)
+        bodies = [json.dumps({"features": FEATURES_1X10, "entities": {"customer_id": [1 + i % args.customers]}})
+                  for i in range(args.reads)]
+        rounds: dict[str, list[tuple[float, float]]] = {name: [] for name in clients}
+        for client in clients.values():
+            for body in bodies[:300]:
+                client.post("/get-online-features", content=body)
+        for number in range(args.rounds):
+            for name in (list(clients) if number % 2 == 0 else list(reversed(clients))):
+                times = []
+                for body in bodies:
+                    started = time.perf_counter()
+                    answer = client_post(clients[name], body)
+                    times.append(time.perf_counter() - started)
+                    assert answer == 200
+                rounds[name].append((percentile(times, 50), percentile(times, 99)))
+        summary = {name: {"p50_us": statistics.median(r[0] for r in rs) * 1e6,
+                          "p99_us": statistics.median(r[1] for r in rs) * 1e6} for name, rs in rounds.items()}
+        a, b = summary["A (no logging)"], summary["B (logging 100 %)"]
+        for client in clients.values():
+            client.close()
+        return {"1x10 HTTP": {**summary, "overhead_p50": b["p50_us"] / a["p50_us"] - 1,
+                              "overhead_p99": b["p99_us"] / a["p99_us"] - 1, "writer_us_per_read": float("nan")}}
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.wait(timeout=30)
+        with contextlib.suppress(Exception), FeatureStore(base / "a") as store:
+            store.teardown()
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def client_post(client: Any, body: str) -> int:
+    return int(client.post("/get-online-features", content=body).status_code)
+
+
 def profile_worker(rows: int) -> dict[str, Any]:
     import numpy as np
     import pyarrow as pa
@@ -145,7 +226,7 @@ def profile_worker(rows: int) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["logging", "profile"])
+    parser.add_argument("--only", choices=["logging", "server", "profile"])
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--reads", type=int, default=2000, help="1x10 reads per round (100x10: a tenth)")
     parser.add_argument("--customers", type=int, default=2000)
@@ -170,6 +251,13 @@ def main() -> None:
             print(f"  {case:7} p50 {a['p50_us']:8.1f} us -> {b['p50_us']:8.1f} us ({r['overhead_p50']:+.1%})   "
                   f"p99 {a['p99_us']:8.1f} us -> {b['p99_us']:8.1f} us ({r['overhead_p99']:+.1%})   "
                   f"writer {r['writer_us_per_read']:.1f} us/read")
+    if args.only in (None, "server"):
+        print(f"\nServed-value log overhead over HTTP (one server process each; {args.rounds} rounds of "
+              f"{args.reads} requests)")
+        for case, r in bench_server(args).items():
+            a, b = r["A (no logging)"], r["B (logging 100 %)"]
+            print(f"  {case:9} p50 {a['p50_us']:8.1f} us -> {b['p50_us']:8.1f} us ({r['overhead_p50']:+.1%})   "
+                  f"p99 {a['p99_us']:8.1f} us -> {b['p99_us']:8.1f} us ({r['overhead_p99']:+.1%})")
     if args.only in (None, "profile"):
         done = subprocess.run([sys.executable, __file__, "--_profile_worker", str(args.rows)], capture_output=True,
                               text=True, check=True)

@@ -22,7 +22,9 @@ if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online s
     import pandas as pd
 
     from feature_store.monitoring.freshness import ViewFreshness
+    from feature_store.monitoring.monitor import MonitorResult
     from feature_store.monitoring.served_log import ServedLog
+    from feature_store.monitoring.skew import SkewReport
     from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
     from feature_store.offline.push_log import PushLog
     from feature_store.online.read.reader import OnlineResponse
@@ -315,6 +317,19 @@ class FeatureStore:
         if self.served_log is not None:
             log.flush()  # what this process served so far counts too
         return log.read(start, end)
+
+    def monitor(self, reference: str, current: str, record: bool = True) -> MonitorResult:
+        """Drift of ``current`` against ``reference`` (each a parquet path, a saved profile name or
+        ``served:START..END``) per feature, with each view's freshness; ``record`` keeps the PSIs for /metrics."""
+        from feature_store.monitoring.monitor import monitor
+
+        return monitor(self, reference, current, record)
+
+    def skew(self, start: datetime, end: datetime, sample: int | None = None) -> SkewReport:
+        """Logged reads of [start, end) recomputed offline at their request times: mismatches per feature."""
+        from feature_store.monitoring.skew import skew
+
+        return skew(self, start, end, sample)
 
     def freshness(self, now: datetime | None = None) -> list[ViewFreshness]:
         """Per view: its source's newest event, its online watermark and its last push, with their ages."""

@@ -10,7 +10,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from feature_store.errors import MonitoringError, NotAppliedError
+from feature_store.errors import FeatureStoreError, MonitoringError, NotAppliedError
 from feature_store.monitoring.drift import DriftReport, compare, thresholds_of
 from feature_store.monitoring.freshness import ViewFreshness, freshness
 from feature_store.monitoring.profiles import Profile, load_profile, profile_for
@@ -56,7 +56,10 @@ def monitor(store: FeatureStore, reference: str, current: str, record: bool = Tr
             f"the reference ({reference}) and the current table ({current}) have no feature in common: the "
             f"reference has {sorted(ref_profile['features'])[:10]}, the current one "
             f"{sorted(cur_profile['features'])[:10]}.")
-    fresh = freshness(store) if catalog is not None else []
+    try:
+        fresh = freshness(store) if catalog is not None else []
+    except FeatureStoreError:  # the online store does not answer: drift still says what it can
+        fresh = []
     if record:
         store.registry.record_drift({name: (f.psi, f.threshold) for name, f in report.features.items()})
     return MonitorResult(reference, current, ref_profile, cur_profile, report, fresh)

@@ -45,7 +45,7 @@ WATERMARK_PREFIX = "_fs_watermark__"  # + view: the view's online watermark (epo
 STATUS_SUFFIX = "__status"
 INTERNAL_PREFIX = "_fs_"
 CONVERT_SECONDS = 0.2
-CONVERT_CHUNK = 256  # reads converted into one Arrow table
+CONVERT_CHUNK = 64  # reads converted into one Arrow table: each C call (pa.array) holds the GIL briefly
 SWITCH_SECONDS = 0.00002
 
 Item = tuple[float, Any, bool, "OnlineResponse", "datetime | None", "State | None"]

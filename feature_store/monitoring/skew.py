@@ -101,6 +101,10 @@ def _view_skew(store: FeatureStore, catalog: Any, view: str, features: list[str]
     watermark_column = f"{WATERMARK_PREFIX}{view}"
     for watermark, group in rows.groupby(watermark_column, sort=True):
         entity_df = group[list(keys)].copy()
+        for key in keys:  # a key column read back as float (other reads' rows were null there) is an integer again
+            column = entity_df[key]
+            if column.dtype.kind == "f" and column.notna().all() and (column % 1 == 0).all():
+                entity_df[key] = column.astype("int64")
         entity_df["event_timestamp"] = group[REQUEST_TIME]
         latest = group[REQUEST_TIME].max().to_pydatetime() + timedelta(microseconds=1)
         computed = store.get_historical_features(entity_df.reset_index(drop=True),
