@@ -335,7 +335,8 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
 
 @main.command()
 @click.option("--reference", help="What the current table is compared with: a parquet file, a saved profile name "
-              "(store.save_profile) or served:START..END (logged reads).")
+              "(store.save_profile), served:START..END (logged reads) or source:VIEW:START..END (a view's source "
+              "rows).")
 @click.option("--current", help="The table to check, in the same forms (with --skew: served:START..END, default "
               "every logged read).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),

@@ -90,3 +90,21 @@ def test_served_ranges() -> None:
     for bad in ("2026-12-01", "yesterday..today", "2026-12-05..2026-12-01"):
         with pytest.raises(MonitoringError):
             served_range(bad)
+
+
+def test_a_views_source_over_a_time_range(applied: Path, tmp_path: Path) -> None:
+    events = pd.read_parquet(applied / "data" / "transactions.parquet")
+    end = events["event_timestamp"].max().floor("D")
+    first, middle = (end - pd.Timedelta(days=20)).date(), (end - pd.Timedelta(days=10)).date()
+    out = run(applied, "--reference", f"source:customer_spend:{first}..{middle}", "--current",
+              f"source:customer_spend:{middle}..", "--json", str(tmp_path / "m.json"))
+    check(out, {"amount", "category"})
+    result = json.loads((tmp_path / "m.json").read_text())
+    stamps = events["event_timestamp"]
+    start_ts, middle_ts = pd.Timestamp(first, tz="UTC"), pd.Timestamp(middle, tz="UTC") + pd.Timedelta(days=1)
+    assert result["reference_rows"] == int(((stamps >= start_ts) & (stamps < middle_ts)).sum())
+    assert "customer_id" not in result["features"] and "created" not in result["features"]
+    assert not result["features"]["category"]["drifted"]
+    result = CliRunner().invoke(main, ["--repo", str(applied), "monitor", "--reference", "source:customer_spend",
+                                       "--current", "x.parquet"])
+    assert result.exit_code == 1 and "source:VIEW:START..END" in result.output

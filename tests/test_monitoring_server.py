@@ -145,3 +145,19 @@ def test_a_full_queue_drops_reads_and_metrics_count_them(repo: Path, tmp_path: P
     with FeatureStore(repo) as store:  # the server wrote what it kept when it stopped
         logged = len(store.served_features(datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC)))
     assert logged + 2 * dropped == 2 * reads  # every read logged (2 rows) or counted as dropped
+
+
+def test_a_killed_server_leaves_whole_log_files(repo: Path, tmp_path: Path) -> None:
+    import signal
+
+    start = datetime.now(UTC)
+    with run_server(repo, tmp_path / "server.log") as server, FeatureStore(repo) as store:
+        read(server, [1, 2, 3])
+        assert wait_for(lambda: logged_rows(store, start) == 3)  # written (every 0.2 s here)
+        for _ in range(50):
+            read(server, [4])
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=10)
+        logged = store.served_features(start, datetime.now(UTC))  # every file reads: no half-written one counts
+    assert logged["customer_id"].tolist()[:3] == [1, 2, 3]
+    assert 3 <= len(logged) <= 53 and set(logged["customer_id"].tolist()[3:]) <= {4}

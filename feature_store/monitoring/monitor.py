@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from feature_store.store import FeatureStore
 
 SERVED = "served:"
+SOURCE = "source:"
 
 
 @dataclass(frozen=True)
@@ -66,7 +67,9 @@ def monitor(store: FeatureStore, reference: str, current: str, record: bool = Tr
 
 
 def resolve(store: FeatureStore, text: str, what: str) -> Profile:
-    """A parquet path, a saved profile's name, or ``served:START..END`` as a profile."""
+    """A parquet path, a saved profile's name, ``served:START..END`` or ``source:VIEW:START..END`` as a profile."""
+    if text.startswith(SOURCE):
+        return _source_profile(store, text, what)
     if text.startswith(SERVED):
         start, end = served_range(text[len(SERVED):])
         table = store.served_features(start, end)
@@ -83,6 +86,23 @@ def resolve(store: FeatureStore, text: str, what: str) -> Profile:
         raise MonitoringError(f"the {what} {text!r} is neither a file nor a saved profile name nor "
                               "served:START..END.")
     return load_profile(store, text)
+
+
+def _source_profile(store: FeatureStore, text: str, what: str) -> Profile:
+    """The raw columns of a view's batch source over a time range: what its features are computed from."""
+    view_name, colon, span = text[len(SOURCE):].partition(":")
+    if not colon:
+        raise MonitoringError(f"the {what} {text!r} must be source:VIEW:START..END, e.g. "
+                              "source:customer_spend:2026-12-01..2026-12-05.")
+    start, end = served_range(span)
+    catalog = store.offline_catalog()
+    source = catalog.batch_source(catalog.source_of(catalog.view(view_name)))
+    table = store.offline.source_rows(source, start, end)
+    if table.num_rows == 0:
+        raise MonitoringError(f"the {what} {text!r} holds no rows: source {source.name!r} has no event between "
+                              f"{start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC.")
+    created = source.created_timestamp_field
+    return profile_for(store, table.drop_columns([created]) if created and created in table.column_names else table)
 
 
 def served_range(text: str) -> tuple[datetime, datetime]:
