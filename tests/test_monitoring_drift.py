@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import feature_store as fs
 from feature_store.errors import DefinitionError, MonitoringError, ProfileNotFoundError
@@ -189,3 +191,32 @@ def test_freshness_per_view(example_repo: Path) -> None:
     assert after["customer_spend"].last_push is not None and after["customer_profile"].last_push is None
     age = after["customer_spend"].to_dict()["last_push_age_seconds"]
     assert age is not None and 0 <= age < 60
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+
+CATEGORIES = st.lists(st.sampled_from(["a", "b", "c", "d", "e"]), min_size=1, max_size=200)
+NUMBERS = st.lists(st.floats(-1e6, 1e6, allow_nan=False) | st.integers(-50, 50).map(float), min_size=1,
+                   max_size=300)
+
+
+@settings(max_examples=60, deadline=None)
+@given(CATEGORIES, CATEGORIES)
+def test_categorical_psi_is_the_formula_over_the_reference_values_and_the_rest(ref: list[str],
+                                                                                cur: list[str]) -> None:
+    got = compare(profile_table(pd.DataFrame({"c": ref})), profile_table(pd.DataFrame({"c": cur}))).features["c"]
+    values = sorted(set(ref))
+    expected = np.array([ref.count(v) / len(ref) for v in values] + [0.0])
+    actual = np.array([cur.count(v) / len(cur) for v in values] + [sum(v not in values for v in cur) / len(cur)])
+    assert got.psi == pytest.approx(psi(expected, actual), abs=1e-12)
+    assert set(got.unseen) == set(cur) - set(ref)
+    assert got.unseen_share == pytest.approx(sum(v not in values for v in cur) / len(cur))
+
+
+@settings(max_examples=60, deadline=None)
+@given(NUMBERS, NUMBERS)
+def test_numeric_psi_is_zero_against_itself_and_never_negative(ref: list[float], cur: list[float]) -> None:
+    reference = profile_table(pd.DataFrame({"x": ref}))
+    assert compare(reference, reference).features["x"].psi == pytest.approx(0.0, abs=1e-12)
+    assert compare(reference, profile_table(pd.DataFrame({"x": cur}))).features["x"].psi >= 0.0
