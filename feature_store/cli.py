@@ -383,7 +383,8 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, CI).")
 @click.pass_context
 def teardown(ctx: click.Context, yes: bool) -> None:
-    """Remove everything the project stored: online values, materialized tables, push log, registry rows.
+    """Remove everything the project stored: online values, materialized tables, push and served-value logs,
+    registry rows (saved profiles included).
 
     Source data is never touched. Stop feature servers first. Asks to type the project name unless --yes; without
     a terminal, --yes is required. Safe to rerun after an interruption.
@@ -397,7 +398,8 @@ def teardown(ctx: click.Context, yes: bool) -> None:
         table.add_row("online values", what.online)
         table.add_row("materialized tables", what.offline)
         table.add_row("push log", ", ".join(what.push_sources) or "(no push sources)")
-        table.add_row("registry rows", what.registry)
+        table.add_row("served-value log", what.served_log)
+        table.add_row("registry rows (and saved profiles)", what.registry)
         table.show(console)
         if not yes:
             if not sys.stdin.isatty():

@@ -1,8 +1,9 @@
 """Teardown: remove everything a project stored, in an order a killed run can repeat.
 
 Online values go first (every layout's keys of the project in the configured online store), then the offline
-engine's materialized tables, then the push log of the project's push sources, and the registry rows last: a
-run killed at any point leaves the registry in place, so a rerun still knows the project and finishes the job.
+engine's materialized tables, then the push log of the project's push sources and its served-value log, and the
+registry rows (saved profiles and drift scores included) last: a run killed at any point leaves the registry in
+place, so a rerun still knows the project and finishes the job.
 Nothing of the user's own data (source files, DuckDB tables of theirs) is touched.
 """
 
@@ -27,6 +28,7 @@ class TeardownTarget:
     offline: str  # the offline engine's database
     push_sources: tuple[str, ...]
     registry: str  # its URL without password
+    served_log: str = ""  # the folder of the project's served-value log
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,7 @@ def target(store: FeatureStore) -> TeardownTarget:
         where = str(online.path)
     return TeardownTarget(store.project, f"{online.type} {where}",
                           f"{config.offline_store.type} {config.offline_store.path}", _push_sources(store),
-                          store.registry.safe_url())
+                          store.registry.safe_url(), str(_served_log(store).directory))
 
 
 def teardown(store: FeatureStore) -> TeardownReport:
