@@ -31,6 +31,8 @@ from tests.server_fixtures import (
     with_db,
 )
 
+pytestmark = pytest.mark.slow  # real server processes: the full suite (make test), not make test-fast
+
 LOGGING = "monitoring: {log_served: true, flush_seconds: 0.2}\n"
 
 
