@@ -127,3 +127,24 @@ def test_skew_is_zero_across_pushes_and_a_materialization(example_repo: Path) ->
         report = skew(store, start, datetime.now(UTC))
     assert {f.compared for f in report.features.values()} == {45}
     assert report.ok, {n: f.examples for n, f in report.features.items() if f.mismatches}
+
+
+def test_converters_restore_the_switch_interval(example_repo: Path) -> None:
+    import sys
+    import threading
+
+    repo = logging_repo(example_repo, flush_seconds=3600)
+    before = sys.getswitchinterval()
+    with FeatureStore(repo) as store, FeatureStore(repo) as other:
+        for _ in range(300):
+            store.get_online_features(REFS, {"customer_id": [1, 2]})
+            other.get_online_features(REFS, {"customer_id": [3]})
+        assert store.served_log is not None and other.served_log is not None
+        threads = [threading.Thread(target=log.convert) for log in (store.served_log, other.served_log,
+                                                                     store.served_log)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sys.getswitchinterval() == before
+        assert store.served_log.flush() == 600 and other.served_log.flush() == 300

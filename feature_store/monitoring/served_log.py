@@ -23,6 +23,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from itertools import chain, count, repeat
 from operator import itemgetter
@@ -128,9 +129,7 @@ class ServedLog:
         the interval is lowered so that a waiting read gets the GIL within SWITCH_SECONDS."""
 
         rows = 0
-        previous = sys.getswitchinterval()
-        sys.setswitchinterval(min(previous, SWITCH_SECONDS))
-        try:
+        with _short_switches():
             while self._queue:
                 with self._write_lock:
                     items: list[Item] = []
@@ -139,8 +138,6 @@ class ServedLog:
                     for day, tables in _tables(items, self._ids).items():
                         self._pending.setdefault(day, []).extend(tables)
                         rows += sum(t.num_rows for t in tables)
-        finally:
-            sys.setswitchinterval(previous)
         return rows
 
     def flush(self) -> int:
@@ -219,6 +216,28 @@ class ServedLog:
         with contextlib.suppress(OSError):
             self.directory.rmdir()
         return removed
+
+
+_switch_lock = threading.Lock()
+_switch_state = {"depth": 0, "saved": 0.0}  # converters running (of every log in the process), the interval before
+
+
+@contextmanager
+def _short_switches() -> Iterator[None]:
+    """The interpreter's switch interval at most SWITCH_SECONDS while any converter runs, then as it was (the
+    interval is the process's: nested and concurrent converters restore it once, when the last ends)."""
+    with _switch_lock:
+        if _switch_state["depth"] == 0:
+            _switch_state["saved"] = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_state["saved"], SWITCH_SECONDS))
+        _switch_state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_state["depth"] -= 1
+            if _switch_state["depth"] == 0:
+                sys.setswitchinterval(_switch_state["saved"])
 
 
 def feature_pairs(features: Any) -> list[tuple[str, str]]:
