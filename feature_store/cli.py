@@ -344,13 +344,15 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
 @click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write a self-contained HTML page with a plot per feature (opens offline).")
 @click.option("--fail-on-drift", is_flag=True, help="Exit with status 3 when any feature drifted.")
+@click.option("--record/--no-record", default=True, show_default=True, help="Keep each feature's PSI in the "
+              "registry, where feature servers export the last one as a gauge.")
 @click.option("--skew", is_flag=True, help="Instead: recompute logged served values offline at their request "
               "times and report mismatches per feature (exit status 1 when any).")
 @click.option("--sample", type=click.IntRange(1), help="With --skew: at most this many logged rows per view "
               "(the latest).")
 @click.pass_context
 def monitor(ctx: click.Context, reference: str | None, current: str | None, json_path: Path | None,
-            html_path: Path | None, fail_on_drift: bool, skew: bool, sample: int | None) -> None:
+            html_path: Path | None, fail_on_drift: bool, record: bool, skew: bool, sample: int | None) -> None:
     """Drift of features (PSI, unseen categories, null shares), freshness of views, and serve-time skew.
 
     Dates in served:START..END are UTC; a date as END includes that day (served:2026-12-01..2026-12-05).
@@ -358,7 +360,8 @@ def monitor(ctx: click.Context, reference: str | None, current: str | None, json
     with _errors():
         from feature_store.monitoring.terminal import run
 
-        code = run(_store(ctx), console, reference, current, json_path, html_path, fail_on_drift, skew, sample)
+        code = run(_store(ctx), console, reference, current, json_path, html_path, fail_on_drift, skew, sample,
+                   record)
     if code:
         sys.exit(code)
 

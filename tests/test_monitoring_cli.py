@@ -68,6 +68,9 @@ def test_saved_profile_as_reference_and_per_feature_drift_recorded(applied: Path
     reference, current = tables(tmp_path)
     with FeatureStore(applied) as store:
         store.save_profile("baseline", str(reference))
+    run(applied, "--reference", "baseline", "--current", str(reference), "--no-record")
+    with FeatureStore(applied) as store:
+        assert store.registry.drift_scores() == {}
     run(applied, "--reference", "baseline", "--current", str(current), "--fail-on-drift", code=3)
     with FeatureStore(applied) as store:
         scores = store.registry.drift_scores()

@@ -24,7 +24,7 @@ DEFAULT_SKEW_RANGE = "served:.."  # every logged read
 
 
 def run(store: FeatureStore, console: Console, reference: str | None, current: str | None, json_path: Path | None,
-        html_path: Path | None, fail_on_drift: bool, skew: bool, sample: int | None) -> int:
+        html_path: Path | None, fail_on_drift: bool, skew: bool, sample: int | None, record: bool = True) -> int:
     """Run the comparison (or the skew check), print and write what was asked; return the exit code."""
     if skew:
         return _skew(store, console, current or DEFAULT_SKEW_RANGE, json_path, sample)
@@ -34,7 +34,7 @@ def run(store: FeatureStore, console: Console, reference: str | None, current: s
     from feature_store.monitoring.monitor import monitor
 
     with console.status("Profiling and comparing..."):
-        result = monitor(store, reference, current)
+        result = monitor(store, reference, current, record)
     show(console, result)
     if json_path is not None:
         _write_json(json_path, result.to_json())
