@@ -334,6 +334,39 @@ def verify_cmd(ctx: click.Context, sample: int, views: str | None) -> None:
 
 
 @main.command()
+@click.option("--reference", help="What the current table is compared with: a parquet file, a saved profile name "
+              "(store.save_profile), served:START..END (logged reads) or source:VIEW:START..END (a view's source "
+              "rows).")
+@click.option("--current", help="The table to check, in the same forms (with --skew: served:START..END, default "
+              "every logged read).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the results as JSON to this file.")
+@click.option("--html", "html_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write a self-contained HTML page with a plot per feature (opens offline).")
+@click.option("--fail-on-drift", is_flag=True, help="Exit with status 3 when any feature drifted.")
+@click.option("--record/--no-record", default=True, show_default=True, help="Keep each feature's PSI in the "
+              "registry, where feature servers export the last one as a gauge.")
+@click.option("--skew", is_flag=True, help="Instead: recompute logged served values offline at their request "
+              "times and report mismatches per feature (exit status 1 when any).")
+@click.option("--sample", type=click.IntRange(1), help="With --skew: at most this many logged rows per view "
+              "(the latest).")
+@click.pass_context
+def monitor(ctx: click.Context, reference: str | None, current: str | None, json_path: Path | None,
+            html_path: Path | None, fail_on_drift: bool, record: bool, skew: bool, sample: int | None) -> None:
+    """Drift of features (PSI, unseen categories, null shares), freshness of views, and serve-time skew.
+
+    Dates in served:START..END are UTC; a date as END includes that day (served:2026-12-01..2026-12-05).
+    """
+    with _errors():
+        from feature_store.monitoring.terminal import run
+
+        code = run(_store(ctx), console, reference, current, json_path, html_path, fail_on_drift, skew, sample,
+                   record)
+    if code:
+        sys.exit(code)
+
+
+@main.command()
 @click.argument("push_source")
 @click.option("--file", "path", required=True, type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="Rows to push: a .parquet, .csv or .json (records or JSON lines) file.")
@@ -360,7 +393,8 @@ def push(ctx: click.Context, push_source: str, path: Path, to: str, push_id: str
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation (scripts, CI).")
 @click.pass_context
 def teardown(ctx: click.Context, yes: bool) -> None:
-    """Remove everything the project stored: online values, materialized tables, push log, registry rows.
+    """Remove everything the project stored: online values, materialized tables, push and served-value logs,
+    registry rows (saved profiles included).
 
     Source data is never touched. Stop feature servers first. Asks to type the project name unless --yes; without
     a terminal, --yes is required. Safe to rerun after an interruption.
@@ -374,7 +408,8 @@ def teardown(ctx: click.Context, yes: bool) -> None:
         table.add_row("online values", what.online)
         table.add_row("materialized tables", what.offline)
         table.add_row("push log", ", ".join(what.push_sources) or "(no push sources)")
-        table.add_row("registry rows", what.registry)
+        table.add_row("served-value log", what.served_log)
+        table.add_row("registry rows (and saved profiles)", what.registry)
         table.show(console)
         if not yes:
             if not sys.stdin.isatty():
@@ -388,6 +423,7 @@ def teardown(ctx: click.Context, yes: bool) -> None:
             report = store.teardown()
     console.print(f"Removed project {report.project!r}: {report.online_keys:,} online key(s), "
                   f"{len(report.offline_tables)} materialized table(s), {report.push_log_files} push log file(s), "
+                  f"{report.served_log_files} served-log file(s), "
                   f"{report.registry_rows} registry row(s).", highlight=False)
 
 

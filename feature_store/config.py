@@ -39,6 +39,13 @@ def push_log_dir(config: OfflineConfig, repo: Path) -> Path:
     return resolve_path(repo, config.path).parent / "push_log"
 
 
+def served_log_dir(config: RepoConfig, repo: Path) -> Path:
+    """Where served feature values are logged: a folder per project, beside the offline database."""
+    if config.monitoring.path is not None:
+        return resolve_path(repo, config.monitoring.path) / config.project
+    return resolve_path(repo, config.offline_store.path).parent / "served_log" / config.project
+
+
 class SqliteOnlineConfig(_Config):
     type: Literal["sqlite"] = "sqlite"
     path: str = "data/online.db"
@@ -112,6 +119,16 @@ class PushConfig(_Config):
     idempotency_retention_seconds: float = Field(24 * 3600.0, ge=60)
 
 
+class MonitoringConfig(_Config):
+    """The ``monitoring:`` section: logging of served feature values (docs/monitoring.md)."""
+
+    log_served: bool = False  # the SDK's and the feature server's online reads are logged
+    sample_rate: float = Field(1.0, ge=0.0, le=1.0)  # the share of reads logged (each read whole, or not at all)
+    queue_size: int = Field(10_000, gt=0)  # reads waiting for the writer; beyond it a read is dropped, not delayed
+    flush_seconds: float = Field(5.0, gt=0)  # how often the writer thread writes a parquet file
+    path: str | None = None  # default: served_log/ beside the offline database
+
+
 class RepoConfig(_Config):
     project: str
     registry: str = "data/registry.db"
@@ -119,6 +136,7 @@ class RepoConfig(_Config):
     online_store: OnlineConfig = SqliteOnlineConfig()
     server: ServerConfig = ServerConfig()
     push: PushConfig = PushConfig()
+    monitoring: MonitoringConfig = MonitoringConfig()
 
     def registry_url(self, repo: Path) -> str:
         """A SQLAlchemy URL; a plain path is a SQLite file relative to the repo."""

@@ -181,6 +181,8 @@ class FeatureView(_Frozen):
     ttl: timedelta | None = None
     description: str = ""
     tags: dict[str, str] = {}
+    # PSI above which `feature-store monitor` calls a feature drifted (default 0.2), by feature name
+    drift_thresholds: dict[str, float] = {}
 
     @field_validator("features", mode="before")
     @classmethod
@@ -223,6 +225,13 @@ class FeatureView(_Frozen):
             )
         if not self.is_aggregation and self.hop is not None:
             raise DefinitionError(f"feature view {self.name!r}: hop applies to aggregation views only.")
+        for feature, threshold in self.drift_thresholds.items():
+            if feature not in names:
+                raise DefinitionError(f"feature view {self.name!r}: drift_thresholds names {feature!r}, which is "
+                                      f"not one of its features.{closest(feature, names)}")
+            if not threshold > 0:
+                raise DefinitionError(f"feature view {self.name!r}: the drift threshold of {feature!r} must be a "
+                                      f"PSI above 0 (0.1 small, 0.2 the default, 0.25 large), not {threshold}.")
         return self
 
     @property
@@ -258,7 +267,9 @@ class FeatureView(_Frozen):
         return FeatureViewProjection(view=self.name, features=tuple(names))
 
     def to_spec(self) -> dict[str, Any]:
-        spec = self.model_dump(mode="json", exclude={"entities", "source"})
+        # without drift_thresholds when empty: specs (hence plans) of views made before it stay as they were
+        spec = self.model_dump(mode="json", exclude={"entities", "source",
+                                                     *(() if self.drift_thresholds else ("drift_thresholds",))})
         spec["entities"] = list(self.entity_names)
         spec["source"] = self.source_name
         return spec

@@ -270,3 +270,18 @@ class UntrustedHostError(FeatureStoreError):
     """The request's Host header is not one the server accepts (protection against DNS rebinding)."""
 
     http_status = 400
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+
+class MonitoringError(FeatureStoreError):
+    """A monitoring input cannot be used: an unreadable table, a malformed time range, nothing to compare."""
+
+    http_status = 422
+
+
+class ProfileNotFoundError(MonitoringError):
+    """No profile of that name is saved in the project's registry."""
+
+    http_status = 404

@@ -17,7 +17,8 @@ from feature_store.catalog import Catalog, SpecKey
 from feature_store.definitions import FeatureView, to_spec
 
 Action = Literal["add", "change", "remove"]
-_COSMETIC = {"description", "tags", "nullable"}  # spec fields that do not determine materialized data
+# spec fields that do not determine materialized data
+_COSMETIC = {"description", "tags", "nullable", "drift_thresholds"}
 # Spec lists whose items are objects with a name of their own (a view's features by "name", a service's
 # projections by "view"): compared item by item, by that name.
 _LISTS_BY_NAME = {"features"}

@@ -16,6 +16,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Engine,
+    Float,
     Integer,
     MetaData,
     String,
@@ -63,6 +64,27 @@ schemas = Table(
     Column("project", String(128), primary_key=True),
     Column("source", String(128), primary_key=True),
     Column("columns", Text, nullable=False),  # JSON {column: type}, in the source's column order
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# Saved feature profiles (monitoring/profiles.py), by name: references for drift, shared by every host of the registry
+profiles = Table(
+    "fs_profiles",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("name", String(128), primary_key=True),
+    Column("profile", Text, nullable=False),  # JSON
+    Column("updated_at", DateTime(timezone=True), nullable=False),
+)
+
+# The last drift score of each feature (`feature-store monitor`), which feature servers export as gauges
+drift_scores = Table(
+    "fs_drift_scores",
+    metadata,
+    Column("project", String(128), primary_key=True),
+    Column("feature", String(300), primary_key=True),
+    Column("psi", Float, nullable=False),
+    Column("threshold", Float, nullable=False),
     Column("updated_at", DateTime(timezone=True), nullable=False),
 )
 
@@ -208,11 +230,49 @@ class Registry:
         """Delete every row of the project, from every registry table, in one transaction; return how many."""
         deleted = 0
         with self._errors("removing the project from the registry"), self.engine.begin() as conn:
+            # Tables of modules imported after the engine was made (online generations) may not exist yet
+            metadata.create_all(conn)
             for table in reversed(metadata.sorted_tables):
                 if "project" in table.c:
                     deleted += conn.execute(table.delete().where(table.c.project == self.project)).rowcount
         self._cache = None
         return deleted
+
+    def save_profile(self, name: str, profile_json: str) -> None:
+        """Save (or replace) the named profile, in one transaction."""
+        where = (profiles.c.project == self.project) & (profiles.c.name == name)
+        with self._errors(f"saving profile {name!r}"), self.engine.begin() as conn:
+            conn.execute(delete(profiles).where(where))
+            conn.execute(insert(profiles).values(project=self.project, name=name, profile=profile_json,
+                                                 updated_at=datetime.now(UTC)))
+
+    def profile(self, name: str) -> str | None:
+        """The named profile's JSON, or None."""
+        where = (profiles.c.project == self.project) & (profiles.c.name == name)
+        with self._errors(f"reading profile {name!r}"), self.engine.connect() as conn:
+            row = conn.execute(select(profiles.c.profile).where(where)).first()
+        return None if row is None else str(row[0])
+
+    def profile_names(self) -> list[str]:
+        with self._errors("listing profiles"), self.engine.connect() as conn:
+            rows = conn.execute(select(profiles.c.name).where(profiles.c.project == self.project)).all()
+        return sorted(str(r[0]) for r in rows)
+
+    def record_drift(self, scores: dict[str, tuple[float, float]]) -> None:
+        """Replace the last drift scores ({feature: (psi, threshold)}) of the features given."""
+        now = datetime.now(UTC)
+        with self._errors("recording drift scores"), self.engine.begin() as conn:
+            for feature, (psi, threshold) in scores.items():
+                conn.execute(delete(drift_scores).where((drift_scores.c.project == self.project)
+                                                        & (drift_scores.c.feature == feature)))
+                conn.execute(insert(drift_scores).values(project=self.project, feature=feature, psi=psi,
+                                                         threshold=threshold, updated_at=now))
+
+    def drift_scores(self) -> dict[str, tuple[float, float]]:
+        with self._errors("reading drift scores"), self.engine.connect() as conn:
+            rows = conn.execute(select(drift_scores.c.feature, drift_scores.c.psi, drift_scores.c.threshold)
+                                .where(drift_scores.c.project == self.project)).all()
+        return {str(f): (float(p), float(t)) for f, p, t in rows}
 
     def close(self) -> None:
         if self._engine is not None:

@@ -19,6 +19,12 @@ from feature_store.registry import Registry
 from feature_store.repo import load_repo
 
 if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online stores: loaded when first used
+    import pandas as pd
+
+    from feature_store.monitoring.freshness import ViewFreshness
+    from feature_store.monitoring.monitor import MonitorResult
+    from feature_store.monitoring.served_log import ServedLog
+    from feature_store.monitoring.skew import SkewReport
     from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
     from feature_store.offline.push_log import PushLog
     from feature_store.online.read.reader import OnlineResponse
@@ -54,6 +60,13 @@ class FeatureStore:
         # How stale the serving catalog may get before a read reloads it; a server that refreshes in the
         # background (refresh_serving) sets this to math.inf so that no request ever touches the registry.
         self.registry_refresh_seconds = REGISTRY_REFRESH_SECONDS
+        self.served_log: ServedLog | None = None  # monitoring.log_served: what online reads answer is logged
+        if self.config.monitoring.log_served:
+            from feature_store.config import served_log_dir
+            from feature_store.monitoring.served_log import ServedLog
+
+            self.served_log = ServedLog.from_config(self.config.monitoring, served_log_dir(self.config,
+                                                                                           self.repo_path))
 
     @property
     def project(self) -> str:
@@ -211,7 +224,12 @@ class FeatureStore:
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        return self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None and now is None:  # the log's request time is the read's own
+            now = datetime.now(UTC)
+        response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None:  # a reference to the response on a deque; the writer thread converts
+            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+        return response
 
     async def get_online_features_async(
         self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool = False,
@@ -220,7 +238,12 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        return await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None and now is None:
+            now = datetime.now(UTC)
+        response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        if self.served_log is not None:
+            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+        return response
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -270,6 +293,55 @@ class FeatureStore:
 
         return verify(self, sample, views, now)
 
+    # --- monitoring (feature_store/monitoring/) ----------------------------------------------------
+
+    def profile(self, table: Any) -> dict[str, Any]:
+        """Statistics per feature of a table (DataFrame, Arrow table, parquet path); entity keys left out."""
+        from feature_store.monitoring.profiles import profile_for
+
+        return profile_for(self, table)
+
+    def save_profile(self, name: str, table: Any) -> dict[str, Any]:
+        """Profile ``table`` and save it in the registry under ``name`` (a reference for ``monitor``)."""
+        from feature_store.monitoring.profiles import save_profile
+
+        return save_profile(self, name, table)
+
+    def load_profile(self, name: str) -> dict[str, Any]:
+        from feature_store.monitoring.profiles import load_profile
+
+        return load_profile(self, name)
+
+    def served_features(self, start: datetime, end: datetime) -> pd.DataFrame:
+        """The logged online reads served in [start, end) (``monitoring.log_served``): one row per entity row,
+        with request_time, the entity keys, ``view__feature`` values and ``view__feature__status``."""
+        from feature_store.config import served_log_dir
+        from feature_store.monitoring.served_log import ServedLog
+
+        log = self.served_log or ServedLog(served_log_dir(self.config, self.repo_path))
+        if self.served_log is not None:
+            log.flush()  # what this process served so far counts too
+        return log.read(start, end)
+
+    def monitor(self, reference: str, current: str, record: bool = True) -> MonitorResult:
+        """Drift of ``current`` against ``reference`` (each a parquet path, a saved profile name or
+        ``served:START..END``) per feature, with each view's freshness; ``record`` keeps the PSIs for /metrics."""
+        from feature_store.monitoring.monitor import monitor
+
+        return monitor(self, reference, current, record)
+
+    def skew(self, start: datetime, end: datetime, sample: int | None = None) -> SkewReport:
+        """Logged reads of [start, end) recomputed offline at their request times: mismatches per feature."""
+        from feature_store.monitoring.skew import skew
+
+        return skew(self, start, end, sample)
+
+    def freshness(self, now: datetime | None = None) -> list[ViewFreshness]:
+        """Per view: its source's newest event, its online watermark and its last push, with their ages."""
+        from feature_store.monitoring.freshness import freshness
+
+        return freshness(self, now)
+
     def teardown(self) -> TeardownReport:
         """Remove everything the project stored: its online values (every layout's keys in the configured online
         store), the offline engine's materialized tables, its push sources' log and its registry rows. Source
@@ -279,6 +351,8 @@ class FeatureStore:
         return teardown(self)
 
     def close(self) -> None:
+        if self.served_log is not None:
+            self.served_log.close()
         if self._online is not None:
             self._online.close()
         if self._offline is not None:

@@ -1,8 +1,9 @@
 """Teardown: remove everything a project stored, in an order a killed run can repeat.
 
 Online values go first (every layout's keys of the project in the configured online store), then the offline
-engine's materialized tables, then the push log of the project's push sources, and the registry rows last: a
-run killed at any point leaves the registry in place, so a rerun still knows the project and finishes the job.
+engine's materialized tables, then the push log of the project's push sources and its served-value log, and the
+registry rows (saved profiles and drift scores included) last: a run killed at any point leaves the registry in
+place, so a rerun still knows the project and finishes the job.
 Nothing of the user's own data (source files, DuckDB tables of theirs) is touched.
 """
 
@@ -14,6 +15,7 @@ from typing import TYPE_CHECKING
 from feature_store.definitions import PushSource
 
 if TYPE_CHECKING:
+    from feature_store.monitoring.served_log import ServedLog
     from feature_store.store import FeatureStore
 
 
@@ -26,6 +28,7 @@ class TeardownTarget:
     offline: str  # the offline engine's database
     push_sources: tuple[str, ...]
     registry: str  # its URL without password
+    served_log: str = ""  # the folder of the project's served-value log
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class TeardownReport:
     offline_tables: tuple[str, ...]
     push_log_files: int
     registry_rows: int
+    served_log_files: int = 0
 
 
 def target(store: FeatureStore) -> TeardownTarget:
@@ -48,7 +52,7 @@ def target(store: FeatureStore) -> TeardownTarget:
         where = str(online.path)
     return TeardownTarget(store.project, f"{online.type} {where}",
                           f"{config.offline_store.type} {config.offline_store.path}", _push_sources(store),
-                          store.registry.safe_url())
+                          store.registry.safe_url(), str(_served_log(store).directory))
 
 
 def teardown(store: FeatureStore) -> TeardownReport:
@@ -57,9 +61,17 @@ def teardown(store: FeatureStore) -> TeardownReport:
     online_keys = store.online.teardown()
     tables = tuple(store.offline.drop_materialized())
     files = store.push_log.remove(sources)
+    served = _served_log(store).remove()
     rows = store.registry.teardown()
     store._serving = None
-    return TeardownReport(store.project, online_keys, tables, files, rows)
+    return TeardownReport(store.project, online_keys, tables, files, rows, served)
+
+
+def _served_log(store: FeatureStore) -> ServedLog:
+    from feature_store.config import served_log_dir
+    from feature_store.monitoring.served_log import ServedLog
+
+    return store.served_log or ServedLog(served_log_dir(store.config, store.repo_path))
 
 
 def _push_sources(store: FeatureStore) -> tuple[str, ...]:

@@ -121,3 +121,21 @@ def test_a_table_too_wide_for_its_words_prints_blocks(terminal: bool) -> None:
 def test_an_empty_table_says_so() -> None:
     assert render(Grid("Feature services", "name", "features"), 80, False).split() == ["Feature", "services",
                                                                                        "(none)"]
+
+
+def test_monitor_drift_freshness_and_skew(applied: Path, tmp_path: Path) -> None:
+    import pandas as pd
+
+    with (applied / "feature_store.yaml").open("a") as config:
+        config.write("monitoring: {log_served: true}\n")
+    run80(applied, "materialize")
+    with FeatureStore(applied) as store:
+        service = store.get_feature_service("fraud_model_v1")
+        training = store.get_historical_features(pd.read_parquet(applied / "data" / "entity_rows.parquet"), service,
+                                                 full_feature_names=True).to_df()
+        store.save_profile("fraud_model_v1_training_set", training)
+        store.get_online_features(service, {"customer_id": list(range(1, 60))}, full_feature_names=True)
+    drift = run80(applied, "monitor", "--reference", "fraud_model_v1_training_set", "--current", "served:..")
+    check(drift, {"customer_spend__avg_spend_90d", "customer_habits__spend_stddev_30d", "customer_profile__age",
+                  "customer_spend", "customer_habits", "customer_profile", "fraud_model_v1_training_set"})
+    check(run80(applied, "monitor", "--skew"), {"customer_spend__avg_spend_90d", "customer_profile__age"})

@@ -120,6 +120,14 @@ class OfflineEngine(Protocol):
         """Up to ``sample`` distinct entity keys of the view's source, repeatably for a seed."""
         ...
 
+    def source_rows(self, source: BatchSource, start: datetime, end: datetime) -> pa.Table:
+        """The source's rows with a timestamp in [start, end) (monitoring profiles a view's source)."""
+        ...
+
+    def newest_event(self, source: BatchSource) -> datetime | None:
+        """The latest event timestamp of the source's rows (monitoring's freshness); None when it has none."""
+        ...
+
     def drop_materialized(self) -> list[str]:
         """Drop every table the engine's materialization wrote (teardown); return their names."""
         ...

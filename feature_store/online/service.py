@@ -141,6 +141,11 @@ class OnlineService:
     def state(self) -> State:
         return self._state if self._state is not None else self.refresh()
 
+    @property
+    def current_state(self) -> State | None:
+        """The state reads use now, without reading anything (the served-value log keeps it with each read)."""
+        return self._state
+
     # --- materialization ------------------------------------------------------------------------
 
     def materialize(self, engine: OfflineEngine, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,

@@ -36,6 +36,7 @@ from feature_store.errors import (
     RouteNotFoundError,
     ServerNotReadyError,
 )
+from feature_store.monitoring.gauges import MonitoringGauges
 from feature_store.server import models
 from feature_store.server.auth import WWW_AUTHENTICATE, KeyRing
 from feature_store.server.encode import JSON, datetime_z, error_response, json_response
@@ -192,6 +193,7 @@ def _feature_routes(app: FastAPI, store: FeatureStore, online: OnlineFeatures, m
 def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefresher, metrics: Metrics,
                       keys: KeyRing) -> None:
     readiness = Readiness(store, refresher)
+    gauges = MonitoringGauges(store, metrics)
 
     @app.get("/health", tags=["operations"], response_model=models.HealthResponse)
     async def health() -> Response:
@@ -208,7 +210,9 @@ def _operation_routes(app: FastAPI, store: FeatureStore, refresher: RegistryRefr
     @app.get("/metrics", tags=["operations"], response_class=Response,
              responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format."}})
     async def metrics_endpoint() -> Response:
-        """Prometheus metrics: requests, latencies, entities per request, online store errors, push lag."""
+        """Prometheus metrics: requests, latencies, entities per request, online store errors, push lag; served-log
+        rows and drops, each view's watermark and last-push age, each feature's last drift score."""
+        await run_in_threadpool(gauges.update)
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

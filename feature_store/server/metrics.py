@@ -41,6 +41,23 @@ class Metrics:
                                  "Background registry reloads, by result (ok, error).", ["result"], registry=r)
         self.registry_version = Gauge("feature_store_server_registry_version",
                                       "Registry version the server serves.", multiprocess_mode="max", registry=r)
+        # monitoring (docs/monitoring.md): the served-value log, and gauges set at each scrape
+        self.served_rows = Counter("feature_store_served_log_rows_total",
+                                   "Entity rows of online reads written to the served-value log.", registry=r)
+        self.served_dropped = Counter("feature_store_served_log_dropped_total",
+                                      "Online reads not logged because the log's queue was full.", registry=r)
+        self.watermark_age = Gauge("feature_store_view_watermark_age_seconds",
+                                   "Age of each view's online watermark (every event before it is online).",
+                                   ["view"], multiprocess_mode="mostrecent", registry=r)
+        self.last_push_age = Gauge("feature_store_view_last_push_age_seconds",
+                                   "Time since the last push to each push-source view.", ["view"],
+                                   multiprocess_mode="mostrecent", registry=r)
+        self.drift_psi = Gauge("feature_store_feature_drift_psi",
+                               "The last drift score (PSI) of each feature, as feature-store monitor recorded it.",
+                               ["feature"], multiprocess_mode="mostrecent", registry=r)
+        self.drift_threshold = Gauge("feature_store_feature_drift_threshold",
+                                     "The PSI above which each feature counts as drifted.", ["feature"],
+                                     multiprocess_mode="mostrecent", registry=r)
         self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     def observe_request(self, endpoint: str, method: str, status: int, seconds: float) -> None:

@@ -105,6 +105,27 @@ class DuckDBOfflineEngine:
             self._schemas[key] = {str(r[0]): neutral(str(r[1])) for r in rows}
         return self._schemas[key]
 
+    def source_rows(self, source: BatchSource, start: datetime, end: datetime) -> pa.Table:
+        column = quote(source.timestamp_field)
+        sql = (f"SELECT * FROM {relation_sql(source, self.repo)} WHERE {column} >= ?::TIMESTAMPTZ "
+               f"AND {column} < ?::TIMESTAMPTZ")
+        try:
+            return fetch_arrow(self._describe_con(source).sql(sql, params=[start, end]))
+        except duckdb.Error as exc:
+            raise SchemaError(f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name) from exc
+
+    def newest_event(self, source: BatchSource) -> datetime | None:
+        column = quote(source.timestamp_field)
+        try:
+            row = self._describe_con(source).execute(
+                f"SELECT max({column}) FROM {relation_sql(source, self.repo)}").fetchone()
+        except duckdb.Error as exc:
+            raise SchemaError(f"source {source.name!r} cannot be read by DuckDB: {exc}", source=source.name) from exc
+        value = row[0] if row else None
+        if not isinstance(value, datetime):
+            return None
+        return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
     def fingerprint(self, source: BatchSource) -> dict[str, list[int]]:
         return source_fingerprint(source, self.repo)
 
