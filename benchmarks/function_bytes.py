@@ -76,8 +76,8 @@ def dense(path: Path, customers: int, days: int, per_day: float, end: datetime) 
 def sizes_per_view(database: Path) -> dict[str, list[int]]:
     sizes: dict[str, list[int]] = {}
     with sqlite3.connect(database) as con:
-        for key, size in con.execute("SELECT key, length(value) FROM fs_online"):
-            view = bytes(key).split(b"\x00")[1].split(b":")[0].decode()
+        for field, size in con.execute("SELECT field, length(value) FROM fs_online_by_entity"):
+            view = bytes(field).split(b":")[0].decode()
             sizes.setdefault(view, []).append(int(size))
     return sizes
 

@@ -308,7 +308,7 @@ def _counted(view: Any) -> Any:
 def test_expired_push_id_records_are_purged_from_sqlite(repo: FeatureStore) -> None:
     """SQLite keeps rows until they are deleted: a process deletes expired push id records at its first push with
     an id and hourly after; Redis expires them itself."""
-    from feature_store.online.keys import PUSHES, view_prefix
+    from feature_store.online.keys import PUSHES, split_key, view_prefix
 
     store = repo.online.store
     prefix = view_prefix(repo.online._store_prefix, repo.project, PUSHES)
@@ -317,9 +317,11 @@ def test_expired_push_id_records_are_purged_from_sqlite(repo: FeatureStore) -> N
     store.write([(old, b"1", now_ms - 1), (kept, b"1", now_ms + 60_000)])
     if store.name == "sqlite":
         con = store._connection()  # expired rows are invisible to reads, so count them in the table
-        assert con.execute("SELECT count(*) FROM fs_online WHERE key IN (?, ?)", [old, kept]).fetchone()[0] == 2
+        count = "SELECT count(*) FROM fs_online_by_entity WHERE entity IN (?, ?)"
+        entities = [split_key(old)[0], split_key(kept)[0]]
+        assert con.execute(count, entities).fetchone()[0] == 2
         repo.push("spend_push", rows(12, 1.0), push_id="purges")
-        assert con.execute("SELECT count(*) FROM fs_online WHERE key IN (?, ?)", [old, kept]).fetchone()[0] == 1
+        assert con.execute(count, entities).fetchone()[0] == 1
     else:
         assert store.purge_expired(prefix) == 0
     assert store.read([kept]) == [b"1"] and store.read([old]) == [None]
