@@ -64,6 +64,7 @@ def push(store: FeatureStore, amount: float) -> None:
     store.push("tx_push", [{"customer_id": 1, "ts": datetime.now(UTC), "amount": amount}])
 
 
+@pytest.mark.slow  # waits on purpose (timers, switch intervals): make test, not make test-fast
 def test_between_apply_and_materialize_readers_see_what_plan_said(repo: Path) -> None:
     store = fresh(repo)
     store.apply(definitions(repo / "tx.parquet", changed=False))
@@ -93,6 +94,7 @@ def test_between_apply_and_materialize_readers_see_what_plan_said(repo: Path) ->
     assert store.verify().ok
 
 
+@pytest.mark.slow  # waits on purpose (timers, switch intervals): make test, not make test-fast
 def test_a_push_from_a_process_still_on_the_old_definition_counts_after_the_switch(repo: Path) -> None:
     """A feature server that has not reloaded the registry yet pushes to the old generation only; the new one
     switches no earlier than every server has reloaded (server.registry_refresh_seconds after apply), and

@@ -140,6 +140,7 @@ def _checked(store: FeatureStore, pushed: list[dict[str, Any]]) -> Any:
                       {batch.timestamp_field, "customer_id"}, time.time_ns() // 1000, source.nullable)
 
 
+@pytest.mark.slow  # waits on purpose (timers, switch intervals): make test, not make test-fast
 @pytest.mark.parametrize("wait", [0.0, 1.2])
 def test_an_attempt_killed_after_claiming_its_key(repo: FeatureStore, wait: float) -> None:
     """Retried at once, the retry logs at the time the key reserved; retried after the lease, it finds no copy
@@ -155,6 +156,7 @@ def test_an_attempt_killed_after_claiming_its_key(repo: FeatureStore, wait: floa
     assert repo.push("spend_push", pushed, push_id="k").pushed_at == result.pushed_at
 
 
+@pytest.mark.slow  # waits on purpose (timers, switch intervals): make test, not make test-fast
 @pytest.mark.parametrize("wait", [0.0, 1.2])
 def test_an_attempt_killed_after_logging(repo: FeatureStore, wait: float) -> None:
     """The copy is in the log, the record still PENDING and nothing online: a retry at once logs a second copy
@@ -173,6 +175,7 @@ def test_an_attempt_killed_after_logging(repo: FeatureStore, wait: float) -> Non
     assert both(repo, 8) == ([3, 7.0], [3, 7.0])
 
 
+@pytest.mark.slow  # waits out a lease: make test, not make test-fast
 def test_a_torn_copy_never_counts(repo: FeatureStore) -> None:
     """An attempt killed in the middle of writing its lines leaves a partial copy: readers skip it, and a retry
     after the lease logs the push whole at a time of its own."""
@@ -192,6 +195,7 @@ def test_a_torn_copy_never_counts(repo: FeatureStore) -> None:
     assert both(repo, 9) == ([3, 7.0], [3, 7.0])
 
 
+@pytest.mark.slow  # waits out a lease: make test, not make test-fast
 def test_a_materialization_between_attempts_counts_the_logged_copy_once(repo: FeatureStore) -> None:
     """The first attempt logged its copy; a materialization passes its time (counting it from the log) before
     the retry merges online: the retry's merge skips what the base holds."""

@@ -11,6 +11,8 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import pytest
+
 from feature_store import FeatureStore
 from tests.server_fixtures import delete_keys, make_repo, run_server, unique_prefix
 
@@ -100,8 +102,9 @@ signups = FeatureView(
     features=[Field("plan", "string")],
 )
 '''
+@pytest.mark.slow  # a real server process and a wait for its lock: make test, not make test-fast
 
-
+@pytest.mark.slow  # waits on purpose (timers, switch intervals): make test, not make test-fast
 def test_a_running_server_never_holds_the_offline_database(tmp_path: Path, redis_url: str) -> None:
     """With a view over a table of the offline DuckDB database, a running feature server must not keep that file
     open (DuckDB locks it per process): materialize, training sets and writers in other processes still work."""

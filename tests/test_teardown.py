@@ -154,6 +154,7 @@ def test_a_killed_teardown_finishes_when_run_again(projects: tuple[Path, Path, d
         assert store.get_online_features(REFS, {"customer_id": [0, 1, 2]}).to_dict() == values
 
 
+@pytest.mark.slow  # CLI processes: make test, not make test-fast
 def test_the_cli_asks_before_removing(projects: tuple[Path, Path, dict[str, list[Any]]]) -> None:
     gone, _, _ = projects
     cli = [sys.executable, "-m", "feature_store", "--repo", str(gone), "teardown"]
