@@ -98,6 +98,23 @@ def key_prefix() -> str:
     return f"fstest-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of 3 masters and 3 replicas on free loopback ports (tests/redis_cluster.py), started the
+    first time a test asks for it and stopped at the end of the session; skipped without redis-server/redis-cli."""
+    from tests.redis_cluster import ClusterUnavailable, LocalCluster
+
+    try:
+        cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    except ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
