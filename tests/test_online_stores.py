@@ -40,7 +40,7 @@ def kind(online_store: dict[str, str]) -> str:
 def config(online_store: dict[str, str]) -> RedisOnlineConfig | SqliteOnlineConfig:
     if online_store["type"] == "sqlite":
         return SqliteOnlineConfig(path=online_store["path"])
-    return RedisOnlineConfig(url=online_store["url"], key_prefix=online_store["key_prefix"])
+    return RedisOnlineConfig.model_validate(online_store)
 
 
 @pytest.fixture
