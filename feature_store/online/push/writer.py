@@ -33,7 +33,7 @@ def write_pushes(store: OnlineStore, targets: Sequence[PushTarget], rows: PushRo
             work.setdefault((target.prefix, entity), (target, []))[1].append(event)
     pairs = list(work)
     groups = store.transaction_groups([prefix + entity for prefix, entity in pairs])
-    if len(groups) <= 1:
+    if not groups:
         return _write_group(store, work, pairs, now_us, marker)
     updated = 0
     for group in groups:

@@ -45,6 +45,7 @@ class SqliteOnlineStore:
     name: ClassVar[str] = "sqlite"
     exact_expiry: ClassVar[bool] = True
     optimistic_updates: ClassVar[bool] = False
+    multi_key_updates: ClassVar[bool] = True
 
     def __init__(self, config: SqliteOnlineConfig, repo: Path) -> None:
         self.path = resolve_path(repo, config.path)

@@ -56,6 +56,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     name: ClassVar[str] = "redis"
     optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC within one slot
+    multi_key_updates: ClassVar[bool] = False  # a transaction's keys are of one slot
 
     def __init__(self, config: RedisOnlineConfig) -> None:  # no super().__init__: no single-node client
         self.config = config

@@ -45,6 +45,7 @@ class RedisOnlineStore:
     name: ClassVar[str] = "redis"
     exact_expiry: ClassVar[bool] = False  # a hash expires with the last of its values (redis/resp.py)
     optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC
+    multi_key_updates: ClassVar[bool] = True
 
     def __init__(self, config: RedisOnlineConfig) -> None:
         self.config = config
