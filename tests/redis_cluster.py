@@ -84,7 +84,9 @@ class LocalCluster:
         self.procs[port] = subprocess.Popen(
             [self.server, "--port", str(port), "--bind", "127.0.0.1", "--cluster-enabled", "yes",
              "--cluster-config-file", f"nodes-{port}.conf", "--cluster-node-timeout", str(NODE_TIMEOUT_MS),
-             "--save", "", "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no"],
+             "--save", "", "--appendonly", "no", "--dir", str(self.folder), "--daemonize", "no",
+             # a replica's first sync starts at once, not after the default 5 s wait for more replicas
+             "--repl-diskless-sync-delay", "0"],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _wait_reachable(self, port: int, timeout: float = 10.0) -> None:
@@ -106,6 +108,22 @@ class LocalCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the cluster on ports {self.ports} did not reach cluster_state:ok")
             time.sleep(0.1)
+
+    def wait_replicated(self, timeout: float = 30.0) -> None:
+        """Until each master's replica has everything it was sent (replica offset = master offset): a failover
+        then loses nothing. (WAIT would only cover the writes of its own connection.)"""
+        deadline = time.monotonic() + timeout
+        for port in self.masters():
+            while True:
+                info = dict(line.split(":", 1) for line in _info(port, "INFO", "replication").split()
+                            if ":" in line)
+                offset = info.get("master_repl_offset")
+                replica = dict(part.split("=") for part in info.get("slave0", "").split(",") if "=" in part)
+                if replica.get("state") == "online" and replica.get("offset") == offset:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica of the master on port {port} did not catch up: {info}")
+                time.sleep(0.05)
 
     def masters(self) -> list[int]:
         """The ports of the masters serving slots, as a running node sees them."""

@@ -163,59 +163,82 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     def _route(self, units: Sequence[Unit]) -> list[list[Any]]:
         """Each unit's replies, its commands sent to the node serving its hash: one buffer per node, every
-        node's sent before any reply is read, so the nodes work at once. Redirects and a node that does not
-        answer are retried (module docstring); an error reply, or a failure that outlasts the retries, raises
-        OnlineStoreUnavailable. Only commands that may be sent twice come here (reads, writes of values)."""
+        node's sent before any reply is read, so the nodes work at once (no thread needed: a node's replies
+        wait in the socket while another's are read). Redirects are followed; a node whose connection fails is
+        tried once more after a topology refresh (a timeout is not: it would double the wait). An error reply,
+        or a failure that outlasts that, raises OnlineStoreUnavailable. Only commands that may be sent twice
+        come here (reads, writes of values)."""
         out: list[list[Any] | None] = [None] * len(units)
         pending: dict[int, tuple[ClusterNode | None, bool]] = dict.fromkeys(range(len(units)), (None, False))
         failure: Exception | None = None
-        for attempt in range(ROUTE_ATTEMPTS):
+        lost = 0
+        for _ in range(ROUTE_ATTEMPTS):
             if not pending:
-                break
-            if attempt and failure is not None and not isinstance(failure, ResponseError):
+                return out  # type: ignore[return-value]
+            pending, failure, dropped = self._round(units, pending, out)
+            if dropped:
+                lost += 1
+                if lost > 1 or isinstance(failure, RedisTimeoutError):
+                    break
                 self._refresh()
-            groups: dict[str, tuple[ClusterNode, list[int]]] = {}
-            for i, (node, _asking) in pending.items():
-                node = node or self._node_of(units[i][0])
-                groups.setdefault(node.name, (node, []))[1].append(i)
-            again: dict[int, tuple[ClusterNode | None, bool]] = {}
-            sent: list[tuple[Connection, list[int]]] = []
+        if not pending:
+            return out  # type: ignore[return-value]
+        raise self._unavailable(failure or RedisConnectionError("no reply"))
+
+    def _round(self, units: Sequence[Unit], pending: dict[int, tuple[ClusterNode | None, bool]],
+               out: list[list[Any] | None]) -> tuple[dict[int, tuple[ClusterNode | None, bool]], Exception | None,
+                                                     bool]:
+        """One send of the pending units (to the node a redirect named, else their slot's): fills ``out``;
+        returns what is left to send again, the last failure, and whether a connection failed. Every reply
+        sent for is read before any is looked at, so no connection is left with replies unread."""
+        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+        for i, (node, _asking) in pending.items():
+            node = node or self._node_of(units[i][0])
+            groups.setdefault(node.name, (node, []))[1].append(i)
+        answers: list[tuple[list[int], list[Any] | RedisError]] = []
+        sent: list[tuple[Connection, list[int]]] = []
+        try:
             for node, members in groups.values():
                 connection = self._node_connection(node)
-                data = [ASKING + units[i][1] if pending[i][1] else units[i][1] for i in members]
                 try:
-                    connection.send_packed_command([b"".join(data)])
+                    connection.send_packed_command([b"".join(
+                        ASKING + units[i][1] if pending[i][1] else units[i][1] for i in members)])
                 except RedisError as exc:
                     connection.disconnect()
-                    failure = exc
-                    again.update(dict.fromkeys(members, (None, False)))
+                    answers.append((members, exc))
                     continue
                 sent.append((connection, members))
             for connection, members in sent:
-                count = sum(units[i][2] + pending[i][1] for i in members)
                 try:
-                    replies = read_replies(connection, count)
+                    answers.append((members, read_replies(connection, sum(units[i][2] + pending[i][1]
+                                                                          for i in members))))
                 except RedisError as exc:
                     connection.disconnect()
-                    failure = exc
-                    again.update(dict.fromkeys(members, (None, False)))
-                    continue
-                at = 0
-                for i in members:
-                    if pending[i][1]:
-                        at += 1  # ASKING's OK
-                    own = replies[at:at + units[i][2]]
-                    at += units[i][2]
-                    redirect = self._redirect(own)
-                    if redirect is None:
-                        out[i] = own
-                    else:
-                        failure = redirect[2]
-                        again[i] = (redirect[0], redirect[1])
-            pending = again
-        if pending:
-            raise self._unavailable(failure or RedisConnectionError("no reply"))
-        return out  # type: ignore[return-value]
+                    answers.append((members, exc))
+        except BaseException:
+            for connection, _ in sent:
+                connection.disconnect()  # replies may be unread on it
+            raise
+        again: dict[int, tuple[ClusterNode | None, bool]] = {}
+        failure: Exception | None = None
+        dropped = False
+        for members, replies in answers:
+            if isinstance(replies, RedisError):
+                failure, dropped = replies, True
+                again.update(dict.fromkeys(members, (None, False)))
+                continue
+            at = 0
+            for i in members:
+                at += pending[i][1]  # ASKING's OK
+                own = replies[at:at + units[i][2]]
+                at += units[i][2]
+                redirect = self._redirect(own)
+                if redirect is None:
+                    out[i] = own
+                else:
+                    failure = redirect[2]
+                    again[i] = (redirect[0], redirect[1])
+        return again, failure, dropped
 
     def _redirect(self, replies: list[Any]) -> tuple[ClusterNode, bool, ResponseError] | None:
         """Where replies redirect their command to (node, whether ASKING), None if none does; an error reply
