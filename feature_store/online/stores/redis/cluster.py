@@ -21,8 +21,10 @@ import asyncio
 import os
 import threading
 import time
+from binascii import crc_hqx
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from itertools import accumulate
 from typing import Any, ClassVar
 
 import redis
@@ -38,7 +40,7 @@ from redis.retry import Retry
 from feature_store.config import RedisOnlineConfig, cluster_urls
 from feature_store.errors import OnlineStoreUnavailable
 from feature_store.online.keys import split_key
-from feature_store.online.stores.redis.aio import AsyncReads
+from feature_store.online.stores.redis.aio import AsyncReads, first_error
 from feature_store.online.stores.redis.resp import resp_units
 from feature_store.online.stores.redis.store import RedisOnlineStore, _Reads, read_replies, safe_url
 from feature_store.online.stores.writes import Compute, Writes
@@ -49,6 +51,7 @@ ASKING = b"*1\r\n$6\r\nASKING\r\n"
 SLOTS = 16384
 ERRORS = (RedisError, RedisClusterException)  # redis-py's cluster errors are not all RedisErrors
 Unit = tuple[bytes, bytes, int]  # a hash's name, commands on it in RESP, how many (one reply each)
+Pending = dict[int, tuple[ClusterNode | None, bool]]  # units to send again: to the node named (ASKING first?)
 
 
 class RedisClusterOnlineStore(RedisOnlineStore):
@@ -66,6 +69,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self._client: RedisCluster | None = None  # made at first use: opening a store needs no live cluster
         self._client_lock = threading.Lock()
         self._refreshed = 0.0
+        self._table: list[ClusterNode | None] | None = None  # the master of each slot, from redis-py's topology
         self._local = threading.local()  # each thread's connection per node, for reads and writes
         self._readers: list[Connection] = []
         self._readers_lock = threading.Lock()
@@ -111,12 +115,25 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             self.cluster.nodes_manager.initialize()
         except (*ERRORS, OnlineStoreUnavailable):
             pass  # no node answered: the next sends fail as they would have, and refresh again
+        self._table = None
 
-    def _node_of(self, name: bytes) -> ClusterNode:
-        try:
-            return self.cluster.nodes_manager.get_node_from_slot(key_slot(name))
-        except ERRORS as exc:  # a slot no node serves (the cluster is failing over)
-            raise self._unavailable(exc) from exc
+    def _slot_table(self) -> list[ClusterNode | None]:
+        """Each slot's master: a list lookup per key, where redis-py's get_node_from_slot takes a lock and a
+        deprecation wrapper (a third of a 100-entity read's time)."""
+        table = self._table
+        if table is None:
+            table = [None] * SLOTS
+            for slot, nodes in self.cluster.nodes_manager.slots_cache.items():
+                if nodes:
+                    table[slot] = nodes[0]
+            self._table = table
+        return table
+
+    def _node_of(self, name: bytes, table: list[ClusterNode | None] | None = None) -> ClusterNode:
+        node = (table or self._slot_table())[slot_of(name)]
+        if node is None:  # a slot no node serves (the cluster is failing over)
+            raise self._unavailable(RedisConnectionError(f"no node serves slot {slot_of(name)} now"))
+        return node
 
     def _node_named(self, node_name: str) -> ClusterNode:
         """A node a redirect named: known, or the topology read again."""
@@ -161,57 +178,60 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     # --- routing: commands sent to the nodes of their hashes ----------------------------------------
 
-    def _route(self, units: Sequence[Unit]) -> list[list[Any]]:
-        """Each unit's replies, its commands sent to the node serving its hash: one buffer per node, every
-        node's sent before any reply is read, so the nodes work at once (no thread needed: a node's replies
-        wait in the socket while another's are read). Redirects are followed; a node whose connection fails is
-        tried once more after a topology refresh (a timeout is not: it would double the wait). An error reply,
-        or a failure that outlasts that, raises OnlineStoreUnavailable. Only commands that may be sent twice
-        come here (reads, writes of values)."""
-        out: list[list[Any] | None] = [None] * len(units)
-        pending: dict[int, tuple[ClusterNode | None, bool]] = dict.fromkeys(range(len(units)), (None, False))
+    def _route(self, units: Sequence[Unit]) -> list[Any]:
+        """The units' replies, one after the other (each unit's in its order), its commands sent to the node
+        serving its hash: one buffer per node, every node's sent before any reply is read, so the nodes work
+        at once (no thread needed: a node's replies wait in the socket while another's are read). Redirects
+        are followed; a node whose connection fails is tried once more after a topology refresh (a timeout is
+        not: it would double the wait). An error reply, or a failure that outlasts that, raises
+        OnlineStoreUnavailable. Only commands that may be sent twice come here (reads, writes of values)."""
+        single = all(unit[2] == 1 for unit in units)  # reads: a unit's reply is at its own place in out
+        out: list[Any] = [None] * (len(units) if single else sum(unit[2] for unit in units))
+        pending: Pending | None = None  # None: every unit, none of them redirected yet
         failure: Exception | None = None
         lost = 0
         for _ in range(ROUTE_ATTEMPTS):
-            if not pending:
-                return out  # type: ignore[return-value]
-            pending, failure, dropped = self._round(units, pending, out)
+            if pending == {}:
+                return out
+            pending, failure, dropped = self._round(units, pending, out, single)
             if dropped:
                 lost += 1
                 if lost > 1 or isinstance(failure, RedisTimeoutError):
                     break
                 self._refresh()
         if not pending:
-            return out  # type: ignore[return-value]
+            return out
         raise self._unavailable(failure or RedisConnectionError("no reply"))
 
-    def _round(self, units: Sequence[Unit], pending: dict[int, tuple[ClusterNode | None, bool]],
-               out: list[list[Any] | None]) -> tuple[dict[int, tuple[ClusterNode | None, bool]], Exception | None,
-                                                     bool]:
+    def _round(self, units: Sequence[Unit], pending: Pending | None, out: list[Any],
+               single: bool) -> tuple[Pending, Exception | None, bool]:
         """One send of the pending units (to the node a redirect named, else their slot's): fills ``out``;
         returns what is left to send again, the last failure, and whether a connection failed. Every reply
         sent for is read before any is looked at, so no connection is left with replies unread."""
-        groups: dict[str, tuple[ClusterNode, list[int]]] = {}
-        for i, (node, _asking) in pending.items():
-            node = node or self._node_of(units[i][0])
-            groups.setdefault(node.name, (node, []))[1].append(i)
+        groups = self._groups(units, pending)
+        asking = pending is not None and any(ask for _, ask in pending.values())
         answers: list[tuple[list[int], list[Any] | RedisError]] = []
         sent: list[tuple[Connection, list[int]]] = []
         try:
             for node, members in groups.values():
                 connection = self._node_connection(node)
+                if asking:
+                    data = b"".join(ASKING + units[i][1] if pending[i][1] else units[i][1]  # type: ignore[index]
+                                    for i in members)
+                else:
+                    data = b"".join([units[i][1] for i in members])
                 try:
-                    connection.send_packed_command([b"".join(
-                        ASKING + units[i][1] if pending[i][1] else units[i][1] for i in members)])
+                    connection.send_packed_command([data])
                 except RedisError as exc:
                     connection.disconnect()
                     answers.append((members, exc))
                     continue
                 sent.append((connection, members))
             for connection, members in sent:
+                count = len(members) if single and not asking else sum(
+                    units[i][2] + (pending[i][1] if pending else 0) for i in members)
                 try:
-                    answers.append((members, read_replies(connection, sum(units[i][2] + pending[i][1]
-                                                                          for i in members))))
+                    answers.append((members, read_replies(connection, count)))
                 except RedisError as exc:
                     connection.disconnect()
                     answers.append((members, exc))
@@ -219,25 +239,56 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             for connection, _ in sent:
                 connection.disconnect()  # replies may be unread on it
             raise
-        again: dict[int, tuple[ClusterNode | None, bool]] = {}
+        return self._take(units, pending or {}, answers, out, single)
+
+    def _groups(self, units: Sequence[Unit], pending: Pending | None) -> dict[str, tuple[ClusterNode, list[int]]]:
+        """The pending units by node: the one a redirect named, else their slot's master."""
+        table = self._slot_table()
+        by_node: dict[ClusterNode | None, list[int]] = {}
+        if pending is None:
+            for i, unit in enumerate(units):  # a first send: the slot inline, where a read spends its time
+                name = unit[0]
+                node = table[key_slot(name) if b"{" in name else crc_hqx(name, 0) & (SLOTS - 1)]
+                found = by_node.get(node)
+                if found is None:
+                    by_node[node] = [i]
+                else:
+                    found.append(i)
+        else:
+            for i, (named, _asking) in pending.items():
+                by_node.setdefault(named or table[slot_of(units[i][0])], []).append(i)
+        if None in by_node:  # a slot no node serves (the cluster is failing over)
+            raise self._unavailable(RedisConnectionError("no node serves some of the slots now"))
+        return {node.name: (node, members) for node, members in by_node.items() if node is not None}
+
+    def _take(self, units: Sequence[Unit], pending: Pending, answers: list[tuple[list[int], list[Any] | RedisError]],
+              out: list[Any], single: bool) -> tuple[Pending, Exception | None, bool]:
+        """The replies of a round into ``out``; what to send again (redirected, or its connection failed)."""
+        again: Pending = {}
         failure: Exception | None = None
         dropped = False
         for members, replies in answers:
             if isinstance(replies, RedisError):
                 failure, dropped = replies, True
                 again.update(dict.fromkeys(members, (None, False)))
-                continue
-            at = 0
-            for i in members:
-                at += pending[i][1]  # ASKING's OK
-                own = replies[at:at + units[i][2]]
-                at += units[i][2]
-                redirect = self._redirect(own)
-                if redirect is None:
-                    out[i] = own
-                else:
-                    failure = redirect[2]
-                    again[i] = (redirect[0], redirect[1])
+            elif single and first_error(replies) is None and len(replies) == len(members):
+                for i, reply in zip(members, replies, strict=True):  # the usual case, made fast
+                    out[i] = reply
+            else:
+                starts = None if single else list(accumulate((unit[2] for unit in units), initial=0))
+                at = 0
+                for i in members:
+                    at += i in pending and pending[i][1]  # ASKING's OK
+                    size = units[i][2]
+                    own = replies[at:at + size]
+                    at += size
+                    redirect = self._redirect(own)
+                    if redirect is None:
+                        start = i if starts is None else starts[i]
+                        out[start:start + size] = own
+                    else:
+                        failure = redirect[2]
+                        again[i] = (redirect[0], redirect[1])
         return again, failure, dropped
 
     def _redirect(self, replies: list[Any]) -> tuple[ClusterNode, bool, ResponseError] | None:
@@ -258,7 +309,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         groups: dict[int, list[int]] = {}
         for i, key in enumerate(keys):
-            groups.setdefault(key_slot(split_key(key)[0]), []).append(i)
+            groups.setdefault(slot_of(split_key(key)[0]), []).append(i)
         return list(groups.values())
 
     def colocated(self, key: bytes, near: bytes) -> bytes:
@@ -266,7 +317,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         (config.py refuses one in key_prefix), so the tag decides the slot."""
         first = key.find(b"\x00")
         second = key.find(b"\x00", first + 1)
-        return key[:second + 1] + b"{" + slot_tag(key_slot(split_key(near)[0])) + b"}" + key[second + 1:]
+        return key[:second + 1] + b"{" + slot_tag(slot_of(split_key(near)[0])) + b"}" + key[second + 1:]
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """One slot's keys in one WATCH/MULTI transaction. A redirect (the slot moved) runs it again on the right
@@ -298,8 +349,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self._route([(name, command, per_value) for name, command in zip(names, commands, strict=True)])
 
     def _read(self, reads: _Reads) -> list[bytes | None]:
-        replies = self._route([(name, command, 1) for name, command in reads.units or ()])
-        return reads.values([reply[0] for reply in replies])
+        return reads.values(self._route([(name, command, 1) for name, command in reads.units or ()]))
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read(_Reads.of(keys, units=True)) if keys else []
@@ -326,10 +376,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         units = reads.units or []
         groups: dict[str, tuple[ClusterNode, list[int]]] = {}
         try:
+            table = self._slot_table()
             for i, (name, _) in enumerate(units):
-                node = self.cluster.nodes_manager.get_node_from_slot(key_slot(name))
+                node = self._node_of(name, table)
                 groups.setdefault(node.name, (node, []))[1].append(i)
-        except ERRORS:
+        except (*ERRORS, OnlineStoreUnavailable):
             return await asyncio.to_thread(self._read, reads)
         requests = [self._async_reads(node).request(b"".join(units[i][1] for i in members), len(members))
                     for node, members in groups.values()]
@@ -365,7 +416,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             fields.setdefault(name, []).append(field)
         units = [(name, b"*%d\r\n$4\r\nHDEL\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own))), 1)
                  for name, own in fields.items()]
-        return sum(reply[0] for reply in self._route(units))
+        return sum(self._route(units))
 
     def ping(self) -> None:
         """Every master answers, and the cluster serves every slot (``cluster_state:ok``)."""
@@ -402,6 +453,11 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         if self._client is not None:
             self._client.close()
             self._client = None
+
+
+def slot_of(name: bytes) -> int:
+    """The slot of a key (redis.crc.key_slot, without its search for a hash tag where there is no brace)."""
+    return key_slot(name) if b"{" in name else crc_hqx(name, 0) & (SLOTS - 1)
 
 
 def _bulk(data: bytes) -> bytes:
