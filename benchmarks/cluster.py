@@ -29,7 +29,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common import FEATURES_1X10, latency_stats, print_command_and_machine, scan_prefix, time_calls
+from common import (
+    FEATURES_1X10,
+    delete_cluster_prefix,
+    latency_stats,
+    print_command_and_machine,
+    scan_prefix,
+    time_calls,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -162,6 +169,8 @@ def main() -> int:
             scan_prefix(client, prefix, delete=True)
         if cluster is not None:
             cluster.stop()
+        else:
+            delete_cluster_prefix(cluster_url, prefix + ":")
         shutil.rmtree(work, ignore_errors=True)
     return 0
 
