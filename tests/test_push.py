@@ -351,8 +351,6 @@ def test_concurrent_pushes_for_one_entity_lose_nothing(pushed_repo: Any) -> None
 
 
 @pytest.mark.requires("optimistic_updates", why="SQLite's update holds the write lock: no other writer lands meanwhile")
-@pytest.mark.requires("multi_key_updates", why="a Redis Cluster applies a push slot by slot: the other push lands "
-                                               "between two transactions, not inside one")
 def test_a_push_that_loses_a_race_merges_again_only_what_changed(pushed_repo: Any,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Another client's push lands on one entity while a push of three is being merged (after Redis WATCHes

@@ -155,24 +155,24 @@ class CounterTarget:
 
 def test_a_push_that_fails_on_one_slot_counts_each_entity_once_when_retried(
         store: RedisClusterOnlineStore, prefix_name: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A push of 40 entities on many slots, one transaction per slot; the third slot's fails (a node lost midway)
-    after two landed. A retry with the same push id skips the landed slots (each has its marker) and applies the
+    """A push of 40 entities on many slots, one transaction per slot; two slots' transactions land, then a node
+    is lost. A retry with the same push id skips the landed slots (each has its marker) and applies the
     rest: every entity counted once. Without a push id there is no marker, and a retry would count twice."""
     from feature_store.online.push.writer import write_pushes
 
     target: Any = CounterTarget(prefix_name)
     marker = (layout_prefix(prefix_name, "proj", "__pushes", "src/0") + b"\xc1id-1", b"1", None)
     deltas = [target.delta + b"e%d" % i for i in range(40)]
-    calls, fail = [0], [True]
-    original = RedisClusterOnlineStore.update
+    fail = [True]
+    original = RedisClusterOnlineStore.update_each
 
-    def update(self: RedisClusterOnlineStore, keys: Any, compute: Any) -> None:
-        calls[0] += 1
-        if calls[0] == 3 and fail[0]:
+    def update_each(self: RedisClusterOnlineStore, updates: Any) -> None:
+        if fail[0]:  # the first two slots' transactions land, then a node is lost
+            original(self, updates[:2])
             raise OnlineStoreUnavailable("node lost (injected)", url="test")
-        original(self, keys, compute)
+        original(self, updates)
 
-    monkeypatch.setattr(RedisClusterOnlineStore, "update", update)
+    monkeypatch.setattr(RedisClusterOnlineStore, "update_each", update_each)
     assert len(store.transaction_groups(deltas)) > 3
     with pytest.raises(OnlineStoreUnavailable):
         write_pushes(store, [target], None, 0, 0, marker)  # type: ignore[arg-type]

@@ -23,14 +23,16 @@ class OnlineStore(Protocol):
     # changed its keys meanwhile, so pushes update in small chunks (a retry redoes little). False (SQLite): an
     # update holds the store's write lock, so a push updates in one transaction.
     optimistic_updates: ClassVar[bool]
-    # True: one update may span any keys, so a chunk of a push is one transaction. False (Redis Cluster): an update
-    # spans the keys of one slot, so a push is applied slot by slot (transaction_groups; online/push/writer.py).
-    multi_key_updates: ClassVar[bool]
 
     def write(self, writes: Writes) -> None: ...
 
     def update(self, keys: Sequence[bytes], compute: Compute) -> None:
         """Atomically: read ``keys``, then write what ``compute`` makes of their current values."""
+        ...
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        """``update`` of each (keys, compute), each atomic on its own, in any order (a Redis Cluster runs them at
+        once); when one fails, others may have been applied."""
         ...
 
     def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:

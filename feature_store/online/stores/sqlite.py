@@ -45,7 +45,6 @@ class SqliteOnlineStore:
     name: ClassVar[str] = "sqlite"
     exact_expiry: ClassVar[bool] = True
     optimistic_updates: ClassVar[bool] = False
-    multi_key_updates: ClassVar[bool] = True
 
     def __init__(self, config: SqliteOnlineConfig, repo: Path) -> None:
         self.path = resolve_path(repo, config.path)
@@ -138,6 +137,10 @@ class SqliteOnlineStore:
                 time.sleep(random.uniform(0.0002, 0.002))
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_SECONDS * 1000)}")
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        for keys, compute in updates:
+            self.update(keys, compute)
 
     def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         return [list(range(len(keys)))] if keys else []  # an update may span any keys

@@ -43,6 +43,7 @@ from feature_store.online.keys import split_key
 from feature_store.online.stores.redis.aio import AsyncReads, first_error
 from feature_store.online.stores.redis.resp import resp_units
 from feature_store.online.stores.redis.store import RedisOnlineStore, _Reads, read_replies, safe_url
+from feature_store.online.stores.redis.transactions import update_each
 from feature_store.online.stores.writes import Compute, Writes
 
 ROUTE_ATTEMPTS = 5  # sends of one command: redirects during a resharding, a node failing over
@@ -59,7 +60,6 @@ class RedisClusterOnlineStore(RedisOnlineStore):
 
     name: ClassVar[str] = "redis"
     optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC within one slot
-    multi_key_updates: ClassVar[bool] = False  # a transaction's keys are of one slot
 
     def __init__(self, config: RedisOnlineConfig) -> None:  # no super().__init__: no single-node client
         self.config = config
@@ -340,6 +340,15 @@ class RedisClusterOnlineStore(RedisOnlineStore):
                     raise
                 self._refresh(force=True)
                 time.sleep(0.05 * attempt)
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        """Transactions of one slot each, all at once: two round trips for up to WAVE of them
+        (redis/transactions.py)."""
+        for keys, _ in updates:
+            if len(self.transaction_groups(keys)) > 1:
+                raise ValueError("a Redis Cluster updates the keys of one slot at a time: split them with "
+                                 "transaction_groups")
+        update_each(self, updates)
 
     def write(self, writes: Writes) -> None:
         """Each value's commands to the node of its hash, a pipeline per node (writes may be sent again)."""

@@ -45,7 +45,6 @@ class RedisOnlineStore:
     name: ClassVar[str] = "redis"
     exact_expiry: ClassVar[bool] = False  # a hash expires with the last of its values (redis/resp.py)
     optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC
-    multi_key_updates: ClassVar[bool] = True
 
     def __init__(self, config: RedisOnlineConfig) -> None:
         self.config = config
@@ -168,6 +167,10 @@ class RedisOnlineStore:
             f"updating {len(keys)} key(s) in the Redis online store at {self.url} lost to concurrent writers "
             f"{UPDATE_ATTEMPTS} times in a row; retry later.", url=self.url,
         )
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        for keys, compute in updates:
+            self.update(keys, compute)
 
     def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
         return [list(range(len(keys)))] if keys else []  # an update may span any keys
