@@ -191,24 +191,27 @@ def test_reads_writes_and_pushes_follow_a_resharding(store: RedisClusterOnlineSt
     keys = keys_of(prefix_name, 200)
     store.write([(key, b"v1", None) for key in keys])
     assert store.read(keys) == [b"v1"] * 200
-    clients = redis_clients(redis_cluster_url, cluster=True)
-    source, target = clients[0], clients[1]
-    source_id, target_id = source.execute_command("CLUSTER MYID"), target.execute_command("CLUSTER MYID")
-    port = source.connection_pool.connection_kwargs["port"]
-    moved = subprocess.run(
-        ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{port}", "--cluster-from", _text(source_id),
-         "--cluster-to", _text(target_id), "--cluster-slots", "2000", "--cluster-yes"],
-        capture_output=True, text=True, timeout=120, check=False)
-    for client in clients:
-        client.close()
-    assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr
+    reshard(redis_cluster_url, 0, 1, 2000)
     assert store.read(keys) == [b"v1"] * 200  # MOVED replies followed
     assert asyncio.run(store.read_async(keys)) == [b"v1"] * 200
     store.write([(key, b"v2", None) for key in keys])
     assert store.read(keys) == [b"v2"] * 200
+    reshard(redis_cluster_url, 1, 0, 2000)  # back: a batch written column-wise meets MOVED, sent again value by value
+    import pyarrow as pa
+
+    from feature_store.online.stores.writes import Batch
+
+    prefix = layout_prefix(prefix_name, "proj", "view")
+    columnar: list[bool] = []
+    original = store._write_columns
+    store._write_columns = lambda *a: columnar.append(original(*a)) or columnar[-1]  # type: ignore[method-assign]
+    store.write(Batch(pa.array([key[len(prefix):] for key in keys], pa.large_binary()),
+                      pa.array([b"v3"] * 200, pa.large_binary()), prefix=prefix))
+    assert columnar == [False]  # the column-wise send met MOVED, and the batch went again value by value
+    assert store.read(keys) == [b"v3"] * 200
     for key in keys[:20]:
         store.update([key], lambda current, key=key: [(key, (current[0] or b"") + b"+", None)])
-    assert store.read(keys[:20]) == [b"v2+"] * 20
+    assert store.read(keys[:20]) == [b"v3+"] * 20
 
 
 def test_a_read_follows_ask_during_a_slot_migration(store: RedisClusterOnlineStore, redis_cluster_url: str,
@@ -261,6 +264,27 @@ def test_an_error_reply_of_one_node_leaves_no_reply_unread(store: RedisClusterOn
     with pytest.raises(OnlineStoreUnavailable, match="WRONGTYPE"):
         store.read([*keys, bad])
     assert store.read(keys) == [key[-3:] for key in keys]
+
+
+def reshard(url: str, source: int, target: int, slots: int) -> None:
+    """Move ``slots`` slots (and their keys) from one master to another (indexes among the masters)."""
+    clients = redis_clients(url, cluster=True)
+    try:
+        ids = [_text(client.execute_command("CLUSTER MYID")) for client in clients]
+        port = clients[source].connection_pool.connection_kwargs["port"]
+        deadline = time.monotonic() + 30
+        while subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{port}"], capture_output=True,
+                             timeout=30, check=False).returncode != 0:  # until every node agrees on the slots
+            assert time.monotonic() < deadline, "the cluster's nodes did not agree on its configuration"
+            time.sleep(0.2)
+        moved = subprocess.run(
+            ["redis-cli", "--cluster", "reshard", f"127.0.0.1:{port}", "--cluster-from", ids[source],
+             "--cluster-to", ids[target], "--cluster-slots", str(slots), "--cluster-yes"],
+            capture_output=True, text=True, timeout=120, check=False)
+        assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr
+    finally:
+        for client in clients:
+            client.close()
 
 
 def _text(value: Any) -> str:

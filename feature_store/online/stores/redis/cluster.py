@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from itertools import accumulate
 from typing import Any, ClassVar
 
+import numpy as np
+import pyarrow as pa
 import redis
 from redis.backoff import NoBackoff
 from redis.cluster import ClusterNode, RedisCluster
@@ -39,17 +41,18 @@ from redis.retry import Retry
 
 from feature_store.config import RedisOnlineConfig, cluster_urls
 from feature_store.errors import OnlineStoreUnavailable
-from feature_store.online.keys import split_key
+from feature_store.online.keys import split_key, split_prefix
 from feature_store.online.stores.redis.aio import AsyncReads, first_error
-from feature_store.online.stores.redis.resp import resp_units
+from feature_store.online.stores.redis.resp import batch_rows, joined, resp_units
+from feature_store.online.stores.redis.slots import SLOTS, slot_of, slot_tag, slots_of
 from feature_store.online.stores.redis.store import RedisOnlineStore, _Reads, read_replies, safe_url
 from feature_store.online.stores.redis.transactions import update_each
-from feature_store.online.stores.writes import Compute, Writes
+from feature_store.online.stores.writes import Batch, Compute, Writes
 
+COLUMNAR_ROWS = 64  # a batch of at least this many values is routed column-wise (_write_columns)
 ROUTE_ATTEMPTS = 5  # sends of one command: redirects during a resharding, a node failing over
 REFRESH_SECONDS = 0.2  # at most one topology refresh per this long, however many reads find it stale
 ASKING = b"*1\r\n$6\r\nASKING\r\n"
-SLOTS = 16384
 ERRORS = (RedisError, RedisClusterException)  # redis-py's cluster errors are not all RedisErrors
 Unit = tuple[bytes, bytes, int]  # a hash's name, commands on it in RESP, how many (one reply each)
 Pending = dict[int, tuple[ClusterNode | None, bool]]  # units to send again: to the node named (ASKING first?)
@@ -70,6 +73,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         self._client_lock = threading.Lock()
         self._refreshed = 0.0
         self._table: list[ClusterNode | None] | None = None  # the master of each slot, from redis-py's topology
+        self._owner_arrays: tuple[list[ClusterNode | None], np.ndarray, list[ClusterNode]] | None = None
         self._local = threading.local()  # each thread's connection per node, for reads and writes
         self._readers: list[Connection] = []
         self._readers_lock = threading.Lock()
@@ -351,11 +355,64 @@ class RedisClusterOnlineStore(RedisOnlineStore):
         update_each(self, updates)
 
     def write(self, writes: Writes) -> None:
-        """Each value's commands to the node of its hash, a pipeline per node (writes may be sent again)."""
+        """Each value's commands to the node of its hash, a pipeline per node. A batch of materialization goes
+        column-wise: slots computed by numpy, each node's commands taken from the Arrow column; if anything is
+        redirected or lost, the whole batch is sent again value by value through _route (writes may be sent
+        twice: same values, expiries only lengthen)."""
         if not len(writes):
             return
-        names, commands, per_value = resp_units(writes, self._expiry_by_script())
+        scripted = self._expiry_by_script()
+        if (isinstance(writes, Batch) and writes.prefix and len(writes.entities) >= COLUMNAR_ROWS
+                and self._write_columns(writes, scripted)):
+            if writes.extra:
+                self.write(writes.extra)
+            return
+        names, commands, per_value = resp_units(writes, scripted)
         self._route([(name, command, per_value) for name, command in zip(names, commands, strict=True)])
+
+    def _write_columns(self, batch: Batch, scripted: bool) -> bool:
+        """Send each node its values of the batch in one buffer, all nodes before reading any reply; whether
+        every reply was a success."""
+        owners, nodes = self._owners()
+        owner = owners[slots_of(split_prefix(batch.prefix)[0], batch.entities)]
+        if (owner < 0).any():
+            return False  # a slot no node serves: _route says so
+        rows, per_value = batch_rows(batch, scripted), 2 if scripted else 3
+        sent: list[tuple[Connection, int]] = []
+        ok = True
+        try:
+            for k in np.unique(owner):
+                members = np.nonzero(owner == k)[0]
+                connection = self._node_connection(nodes[k])
+                try:
+                    connection.send_packed_command([joined(rows.take(pa.array(members)))])
+                except RedisError:
+                    connection.disconnect()
+                    ok = False
+                    continue
+                sent.append((connection, len(members) * per_value))
+            for connection, count in sent:
+                try:
+                    ok = first_error(read_replies(connection, count)) is None and ok
+                except RedisError:
+                    connection.disconnect()
+                    ok = False
+        except BaseException:
+            for connection, _ in sent:
+                connection.disconnect()  # replies may be unread on it
+            raise
+        return ok
+
+    def _owners(self) -> tuple[np.ndarray, list[ClusterNode]]:
+        """Per slot, the index of its master in the list returned (-1: none)."""
+        table = self._slot_table()
+        cached = self._owner_arrays
+        if cached is None or cached[0] is not table:
+            nodes = list({node.name: node for node in table if node is not None}.values())
+            index = {node.name: k for k, node in enumerate(nodes)}
+            owners = np.array([-1 if node is None else index[node.name] for node in table], dtype=np.int32)
+            cached = self._owner_arrays = (table, owners, nodes)
+        return cached[1], cached[2]
 
     def _read(self, reads: _Reads) -> list[bytes | None]:
         return reads.values(self._route([(name, command, 1) for name, command in reads.units or ()]))
@@ -464,31 +521,5 @@ class RedisClusterOnlineStore(RedisOnlineStore):
             self._client = None
 
 
-def slot_of(name: bytes) -> int:
-    """The slot of a key (redis.crc.key_slot, without its search for a hash tag where there is no brace)."""
-    return key_slot(name) if b"{" in name else crc_hqx(name, 0) & (SLOTS - 1)
-
-
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
-
-
-_TAGS: list[bytes] = []
-_TAGS_LOCK = threading.Lock()
-
-
-def slot_tag(slot: int) -> bytes:
-    """A short hash tag whose keys land in ``slot`` (a table of all 16384, made once: ~0.1 s)."""
-    if not _TAGS:
-        with _TAGS_LOCK:
-            if not _TAGS:
-                found: dict[int, bytes] = {}
-                number = 0
-                while len(found) < SLOTS:
-                    tag = b"%x" % number
-                    found.setdefault(key_slot(tag), tag)
-                    number += 1
-                _TAGS.extend(found[s] for s in range(SLOTS))
-    return _TAGS[slot]
-
-

@@ -64,7 +64,7 @@ def resp_units(writes: Writes, scripted: bool = False) -> tuple[list[bytes], lis
     if isinstance(writes, Batch) and writes.prefix and len(writes.entities):
         namespace, _, _ = split_prefix(writes.prefix)
         names = join([lit(namespace), writes.entities]).to_pylist()
-        commands = _batch_rows(writes, scripted).to_pylist()
+        commands = batch_rows(writes, scripted).to_pylist()
     elif isinstance(writes, Batch):
         items = writes.items()
     for item in items:
@@ -112,12 +112,16 @@ def _bulks(array: pa.Array) -> list[pa.Array | pa.Scalar]:
 
 def _resp_batch(batch: Batch, scripted: bool) -> bytes:
     """The batch's commands, built column-wise: the hash names are the namespace and each key's entity."""
-    commands = _batch_rows(batch, scripted)
+    return joined(batch_rows(batch, scripted))
+
+
+def joined(commands: pa.Array) -> bytes:
+    """The rows of a binary array, end to end."""
     offsets = offsets_of(commands)
     return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
 
 
-def _batch_rows(batch: Batch, scripted: bool) -> pa.Array:
+def batch_rows(batch: Batch, scripted: bool) -> pa.Array:
     """Per value of the batch, its commands."""
     namespace, field, _ = split_prefix(batch.prefix)
     name = _bulks(join([lit(namespace), batch.entities]))
