@@ -283,6 +283,23 @@ def scan_keys(client: Any, match: str | bytes, keep: Callable[[bytes], bool], de
     return n
 
 
+def delete_cluster_prefix(url: str, prefix: str) -> int:
+    """UNLINK the keys under ``prefix`` on every master of the Redis Cluster at ``url`` (nodes comma-separated),
+    one key per command: a cluster refuses one command over keys of several slots."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    deleted = 0
+    with RedisCluster.from_url(url.split(",")[0]) as nodes:
+        for node in nodes.get_primaries():
+            with redis.Redis(host=node.host, port=node.port) as client:
+                pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"
+                for key in client.scan_iter(match=pattern, count=1000):
+                    if key.startswith(prefix.encode()):
+                        deleted += int(client.unlink(key))
+    return deleted
+
+
 def scan_prefix(client: Any, prefix: str, delete: bool) -> int:
     """``scan_keys`` for the keys under ``prefix`` only (glob characters of the prefix escaped)."""
     pattern = re.sub(r"([*?\[\]\\])", r"\\\1", prefix) + "*"

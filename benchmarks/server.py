@@ -49,7 +49,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from common import FEATURES_1X10, latency_stats, loadavg, percentile, scan_prefix
+from common import FEATURES_1X10, delete_cluster_prefix, latency_stats, loadavg, percentile, scan_prefix
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE_REPO = ROOT / "feature_repo"
@@ -73,14 +73,15 @@ def git_commit() -> str:
         return "n/a"
 
 
-def make_repo(repo: Path, customers: int, redis_url: str, prefix: str) -> None:
+def make_repo(repo: Path, customers: int, redis_url: str, prefix: str, cluster: bool = False) -> None:
     """The example repo as users get it; pushes go to its transactions_push, which feeds two views."""
     from feature_store import FeatureStore, example
 
     repo.mkdir(parents=True)
     for name in ("feature_store.yaml", "features.py"):
         shutil.copy(EXAMPLE_REPO / name, repo / name)
-    online = json.dumps({"type": "redis", "url": redis_url, "key_prefix": prefix})
+    section: dict[str, Any] = {"type": "redis", "url": redis_url, "key_prefix": prefix}
+    online = json.dumps({**section, "cluster": True} if cluster else section)
     config = repo / "feature_store.yaml"
     config.write_text(re.sub(r"(?m)^online_store:.*$", f"online_store: {online}", config.read_text()))
     end = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
@@ -104,9 +105,11 @@ def expected_response(repo: Path, body: dict[str, Any]) -> Any:
         return json.loads(online_body(store.get_online_features(body["features"], body["entities"], False, now)))
 
 
-def delete_keys(redis_url: str, prefix: str) -> int:
+def delete_keys(redis_url: str, prefix: str, cluster: bool = False) -> int:
     import redis
 
+    if cluster:
+        return delete_cluster_prefix(redis_url, prefix + ":")
     return scan_prefix(redis.Redis.from_url(redis_url), prefix + ":", delete=True)  # never another prefix
 
 
@@ -395,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--customers", type=int, default=10_000)
     parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/0")
+    parser.add_argument("--cluster", action="store_true", help="--redis-url names nodes of a Redis Cluster")
     parser.add_argument("--workers", default="1,2", help="comma-separated server worker counts (default 1,2)")
     parser.add_argument("--clients", default="1,4,8", help="comma-separated concurrent connections (default 1,4,8)")
     parser.add_argument("--duration", type=float, default=5.0, help="seconds per case (default 5)")
@@ -416,7 +420,7 @@ def main(argv: list[str] | None = None) -> int:
     summary: list[tuple[int, str, int, dict[str, Any]]] = []
     try:
         repo = workdir / "repo"
-        make_repo(repo, args.customers, args.redis_url, prefix)
+        make_repo(repo, args.customers, args.redis_url, prefix, args.cluster)
         check = {"features": FEATURES_1X10, "entities": {"customer_id": [1, 2, 3, 10**9]},
                  "now": datetime.now(UTC).replace(microsecond=0).isoformat()}
         for workers in (int(w) for w in args.workers.split(",")):
@@ -440,7 +444,7 @@ def main(argv: list[str] | None = None) -> int:
                 server.stop()
         print_summary(summary)
     finally:
-        deleted = delete_keys(args.redis_url, prefix)
+        deleted = delete_keys(args.redis_url, prefix, args.cluster)
         print(f"\ndeleted {deleted:,} Redis keys under {prefix}:")
         if not args.out_dir:
             shutil.rmtree(workdir, ignore_errors=True)

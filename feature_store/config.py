@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from feature_store.errors import ConfigError, validation_problems
 from feature_store.identifiers import validate_identifier
@@ -56,6 +56,8 @@ class RedisOnlineConfig(_Config):
     url: str = "redis://127.0.0.1:6379/0"
     key_prefix: str = "fs"
     timeout_seconds: float = 1.0
+    # A Redis Cluster: ``url`` names any of its nodes (several, comma-separated, in case one is down).
+    cluster: bool = False
 
     @field_validator("key_prefix")
     @classmethod
@@ -63,6 +65,31 @@ class RedisOnlineConfig(_Config):
         if "\x00" in prefix:  # online/keys.py separates the parts of a key with NUL
             raise ValueError("key_prefix must not contain the NUL character; use letters, digits, ':', '-' or '_'")
         return prefix
+
+    @model_validator(mode="after")
+    def _check_cluster(self) -> RedisOnlineConfig:
+        if self.cluster:
+            # A hash tag in the prefix would put every key of the store in one slot: one node.
+            if "{" in self.key_prefix or "}" in self.key_prefix:
+                raise ValueError("with cluster: true, key_prefix must not contain '{' or '}' (Redis Cluster reads "
+                                 "them as a hash tag, which would put every key in one slot)")
+            for url in cluster_urls(self.url):
+                if url.partition("://")[2].partition("/")[2].strip("/") not in ("", "0"):
+                    raise ValueError(f"a Redis Cluster has database 0 only: drop the database from {url!r}")
+        elif "," in self.url:
+            raise ValueError("several comma-separated URLs name the nodes of a Redis Cluster: add cluster: true")
+        return self
+
+
+def cluster_urls(url: str) -> list[str]:
+    """The node URLs of ``url`` (``redis://a:7000,b:7001`` or ``redis://a:7000,redis://b:7001``): each one gets the
+    first's scheme and credentials when it has none."""
+    parts = [part.strip() for part in url.split(",") if part.strip()]
+    if not parts:
+        return [url]
+    scheme, _, rest = parts[0].partition("://")
+    credentials = rest.rpartition("@")[0] + "@" if "@" in rest.partition("/")[0] else ""
+    return [parts[0], *(part if "://" in part else f"{scheme}://{credentials}{part}" for part in parts[1:])]
 
 
 OnlineConfig = Annotated[SqliteOnlineConfig | RedisOnlineConfig, Field(discriminator="type")]

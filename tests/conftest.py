@@ -98,6 +98,23 @@ def key_prefix() -> str:
     return f"fstest-{uuid.uuid4().hex[:12]}"
 
 
+@pytest.fixture(scope="session")
+def redis_cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A Redis Cluster of 3 masters and 3 replicas on free loopback ports (tests/redis_cluster.py), started the
+    first time a test asks for it and stopped at the end of the session; skipped without redis-server/redis-cli."""
+    from tests.redis_cluster import ClusterUnavailable, LocalCluster
+
+    try:
+        cluster = LocalCluster(tmp_path_factory.mktemp("redis-cluster"))
+    except ClusterUnavailable as exc:
+        pytest.skip(str(exc))
+    cluster.start()
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()
+
+
 # --- PostgreSQL ---------------------------------------------------------------------------------
 
 
@@ -110,10 +127,11 @@ def postgres_url() -> str:
 
 # --- the online store matrix: one backend fixture for every suite -------------------------------
 
-ONLINE_STORES = ("sqlite", "redis")
+ONLINE_STORES = ("sqlite", "redis", "redis-cluster")
 REDIS_DB = 13  # the tests' own logical database, when the server has one
 STORE_CLASSES = {"sqlite": "feature_store.online.stores.sqlite:SqliteOnlineStore",
-                 "redis": "feature_store.online.stores.redis.store:RedisOnlineStore"}
+                 "redis": "feature_store.online.stores.redis.store:RedisOnlineStore",
+                 "redis-cluster": "feature_store.online.stores.redis.cluster:RedisClusterOnlineStore"}
 
 
 def own_database(url: str) -> str:
@@ -142,17 +160,31 @@ def store_class(kind: str) -> type:
     return cls
 
 
-def delete_under(url: str, prefix: str) -> None:
-    """Every key under ``prefix`` (a test's own key_prefix), and nothing else."""
-    import redis
+def delete_under(url: str, prefix: str, cluster: bool = False) -> None:
+    """Every key under ``prefix`` (a test's own key_prefix), and nothing else (on every master of a cluster)."""
 
-    client = redis.Redis.from_url(url)
+    for client in redis_clients(url, cluster):
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
+            for key in keys:  # one at a time: a cluster refuses a DEL of keys in several slots
+                client.delete(key)
+        finally:
+            client.close()
+
+
+def redis_clients(url: str, cluster: bool = False) -> list[Any]:
+    """A client of the server at ``url``, or of each master of the cluster there."""
+    import redis
+    from redis.cluster import RedisCluster
+
+    if not cluster:
+        return [redis.Redis.from_url(url)]
+    first = url.split(",")[0]
+    nodes = RedisCluster.from_url(first)
     try:
-        keys = list(client.scan_iter(match=f"{prefix}:*", count=1000))
-        for start in range(0, len(keys), 1000):
-            client.delete(*keys[start:start + 1000])
+        return [redis.Redis(host=node.host, port=node.port) for node in nodes.get_primaries()]
     finally:
-        client.close()
+        nodes.close()
 
 
 def _online_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> Iterator[dict[str, str]]:
@@ -165,6 +197,11 @@ def _online_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> Ite
                 pytest.skip(f"{kind} lacks {capability}: {marker.kwargs.get('why', '')}")
     if kind == "sqlite":
         yield {"type": "sqlite", "path": "data/online.db"}
+        return
+    if kind == "redis-cluster":
+        url = request.getfixturevalue("redis_cluster_url")
+        yield {"type": "redis", "url": url, "key_prefix": prefix, "cluster": True}  # type: ignore[misc]
+        delete_under(url, prefix, cluster=True)
         return
     url = own_database(request.getfixturevalue("redis_url"))
     yield {"type": "redis", "url": url, "key_prefix": prefix}

@@ -40,7 +40,7 @@ def kind(online_store: dict[str, str]) -> str:
 def config(online_store: dict[str, str]) -> RedisOnlineConfig | SqliteOnlineConfig:
     if online_store["type"] == "sqlite":
         return SqliteOnlineConfig(path=online_store["path"])
-    return RedisOnlineConfig(url=online_store["url"], key_prefix=online_store["key_prefix"])
+    return RedisOnlineConfig.model_validate(online_store)
 
 
 @pytest.fixture
@@ -89,6 +89,20 @@ def test_round_trip_of_many_keys_in_one_read(store: OnlineStore, prefix: bytes) 
     assert len(got) == len(keys)
     expected = {k: v for k, v, _ in items}
     assert got == [expected.get(k) for k in keys]  # input order, None for missing keys
+
+
+def test_a_large_batch_with_items_round_trips(store: OnlineStore, prefix: bytes) -> None:
+    """A materialization batch (column-wise, on a cluster routed by numpy-computed slots), entities with
+    braces (a hash tag on a cluster) and extra items among it."""
+    entities = [b"e%d" % i for i in range(500)] + [b"{x}%d" % i for i in range(20)] + [b"}{", b"a{b", b"{}c"]
+    values = [b"v" + e for e in entities]
+    expire = [now_ms() + 60_000 if i % 2 else None for i in range(len(entities))]
+    batch = Batch(pa.array(entities, pa.large_binary()), pa.array(values, pa.large_binary()),
+                  pa.array(expire, pa.int64()), prefix=prefix).with_items([(prefix + b"extra", b"x", None)])
+    store.write(batch)
+    assert store.read([prefix + e for e in [*entities, b"extra"]]) == [*values, b"x"]
+    store.write(batch.slice(3, 400))  # a slice: offsets not from 0
+    assert store.read([prefix + e for e in entities]) == values
 
 
 def test_read_with_repeated_and_only_missing_keys(store: OnlineStore, prefix: bytes) -> None:

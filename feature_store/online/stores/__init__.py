@@ -1,4 +1,5 @@
-"""Online stores: the protocol (base.py), SQLite (sqlite.py) and Redis (redis/), built from typed config."""
+"""Online stores: the protocol (base.py), SQLite (sqlite.py) and Redis (redis/: one server, or a Redis Cluster),
+built from typed config."""
 
 from __future__ import annotations
 
@@ -10,6 +11,10 @@ from feature_store.online.stores.base import OnlineStore
 
 def open_online_store(config: RedisOnlineConfig | SqliteOnlineConfig, repo: Path) -> OnlineStore:
     """The store ``online_store.type`` names (Redis's client is imported only for a Redis store)."""
+    if isinstance(config, RedisOnlineConfig) and config.cluster:
+        from feature_store.online.stores.redis.cluster import RedisClusterOnlineStore
+
+        return RedisClusterOnlineStore(config)
     if isinstance(config, RedisOnlineConfig):
         from feature_store.online.stores.redis.store import RedisOnlineStore
 

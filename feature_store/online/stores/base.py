@@ -30,6 +30,21 @@ class OnlineStore(Protocol):
         """Atomically: read ``keys``, then write what ``compute`` makes of their current values."""
         ...
 
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        """``update`` of each (keys, compute), each atomic on its own, in any order (a Redis Cluster runs them at
+        once); when one fails, others may have been applied."""
+        ...
+
+    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        """The positions of ``keys``, grouped so that each group's keys can be one ``update`` (one slot of a Redis
+        Cluster); one group of them all where an update may span any keys."""
+        ...
+
+    def colocated(self, key: bytes, near: bytes) -> bytes:
+        """A key standing for ``key`` that one ``update`` can hold together with ``near`` (same value, another
+        place); ``key`` itself where an update may span any keys."""
+        ...
+
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]: ...
 
     def read_views(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]:

@@ -138,6 +138,16 @@ class SqliteOnlineStore:
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_SECONDS * 1000)}")
 
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        for keys, compute in updates:
+            self.update(keys, compute)
+
+    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        return [list(range(len(keys)))] if keys else []  # an update may span any keys
+
+    def colocated(self, key: bytes, near: bytes) -> bytes:
+        return key
+
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read([_split(key) for key in keys])
 

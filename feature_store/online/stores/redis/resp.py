@@ -54,6 +54,25 @@ def resp_hsets(writes: Writes, scripted: bool = False) -> Commands:
     return Commands(_resp_batch(writes, scripted) + _resp_items(writes.extra, scripted), per_value * len(writes))
 
 
+def resp_units(writes: Writes, scripted: bool = False) -> tuple[list[bytes], list[bytes], int]:
+    """The commands of ``resp_hsets`` value by value, for a Redis Cluster to send each to the node of its hash:
+    (hash names, each value's commands, how many commands a value has). A batch's are still built column-wise."""
+    per_value = 2 if scripted else 3
+    items: Sequence[Item] = writes.extra if isinstance(writes, Batch) else writes
+    names: list[bytes] = []
+    commands: list[bytes] = []
+    if isinstance(writes, Batch) and writes.prefix and len(writes.entities):
+        namespace, _, _ = split_prefix(writes.prefix)
+        names = join([lit(namespace), writes.entities]).to_pylist()
+        commands = batch_rows(writes, scripted).to_pylist()
+    elif isinstance(writes, Batch):
+        items = writes.items()
+    for item in items:
+        names.append(split_key(item[0])[0])
+        commands.append(_resp_items([item], scripted))
+    return names, commands, per_value
+
+
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 
@@ -93,12 +112,21 @@ def _bulks(array: pa.Array) -> list[pa.Array | pa.Scalar]:
 
 def _resp_batch(batch: Batch, scripted: bool) -> bytes:
     """The batch's commands, built column-wise: the hash names are the namespace and each key's entity."""
+    return joined(batch_rows(batch, scripted))
+
+
+def joined(commands: pa.Array) -> bytes:
+    """The rows of a binary array, end to end."""
+    offsets = offsets_of(commands)
+    return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
+
+
+def batch_rows(batch: Batch, scripted: bool) -> pa.Array:
+    """Per value of the batch, its commands."""
     namespace, field, _ = split_prefix(batch.prefix)
     name = _bulks(join([lit(namespace), batch.entities]))
     if batch.expire_at is None:
         ms = [lit(_bulk(b"%d" % NEVER_MS))]
     else:
         ms = _bulks(_decimal(pc.fill_null(batch.expire_at, NEVER_MS)))
-    commands = join([lit(_HSET), *name, lit(_bulk(field)), *_bulks(batch.values), *_expiry(name, ms, scripted, lit)])
-    offsets = offsets_of(commands)
-    return data_of(commands)[offsets[0]:offsets[-1]].tobytes()
+    return join([lit(_HSET), *name, lit(_bulk(field)), *_bulks(batch.values), *_expiry(name, ms, scripted, lit)])

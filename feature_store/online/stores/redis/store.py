@@ -15,7 +15,7 @@ import random
 import threading
 import time
 from collections.abc import Collection, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from itertools import chain
 from typing import Any, ClassVar
 
@@ -23,7 +23,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.connection import Connection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
+from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
@@ -72,6 +72,14 @@ class RedisOnlineStore:
             self._scripted = major.isdigit() and int(major) < 7
         return self._scripted
 
+    def _connection_for(self, name: bytes) -> AbstractContextManager[Connection]:
+        """A pooled connection to the server that holds hash ``name`` (a cluster has several)."""
+        return self._connection()
+
+    def _masters(self) -> list[redis.Redis]:
+        """A client of every server holding keys of the store: SCANs go to each."""
+        return [self.client]
+
     def _new_connection(self) -> Connection:
         """A connection of its own (not from the pool), set up as the URL says."""
         pool = self.client.connection_pool
@@ -85,10 +93,10 @@ class RedisOnlineStore:
         )
 
     @contextmanager
-    def _connection(self) -> Iterator[Connection]:
-        """A pooled connection for hand-written pipelines; dropped, not reused, after any failure, since
-        replies may be left unread on it (or a WATCH pending)."""
-        pool = self.client.connection_pool
+    def _connection(self, client: redis.Redis | None = None) -> Iterator[Connection]:
+        """A pooled connection (of ``client``, by default the store's) for hand-written pipelines; dropped, not
+        reused, after any failure, since replies may be left unread on it (or a WATCH pending)."""
+        pool = (client or self.client).connection_pool
         try:
             connection = pool.get_connection()
         except RedisError as exc:
@@ -145,7 +153,7 @@ class RedisOnlineStore:
         scripted = self._expiry_by_script()
         watch = b"*%d\r\n$5\r\nWATCH\r\n%b" % (1 + len(reads.names), b"".join(map(_bulk, reads.names)))
         for attempt in range(UPDATE_ATTEMPTS):
-            with self._connection() as connection:
+            with self._connection_for(reads.names[0]) as connection:
                 # WATCH is in effect before the HMGETs run: all in one round trip
                 connection.send_packed_command([watch, reads.command])
                 current = reads.values(_replies(connection, 1 + reads.count, every=True)[1:])
@@ -159,6 +167,16 @@ class RedisOnlineStore:
             f"updating {len(keys)} key(s) in the Redis online store at {self.url} lost to concurrent writers "
             f"{UPDATE_ATTEMPTS} times in a row; retry later.", url=self.url,
         )
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        for keys, compute in updates:
+            self.update(keys, compute)
+
+    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        return [list(range(len(keys)))] if keys else []  # an update may span any keys
+
+    def colocated(self, key: bytes, near: bytes) -> bytes:
+        return key
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -221,25 +239,22 @@ class RedisOnlineStore:
             wanted.setdefault(namespace, []).append((field, whole))
         spared = frozenset(split_key(key) for key in keep)
         try:
-            return sum(self._delete_fields(namespace, fields, spared) for namespace, fields in wanted.items())
+            return sum(self._delete_fields(client, namespace, fields, spared)
+                       for client in self._masters() for namespace, fields in wanted.items())
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    def _delete_fields(self, namespace: bytes, fields: list[tuple[bytes, bool]],
+    def _delete_fields(self, client: redis.Redis, namespace: bytes, fields: list[tuple[bytes, bool]],
                        spared: frozenset[tuple[bytes, bytes]]) -> int:
         deleted = 0
-        batch: list[bytes] = []
-        for name in self.client.scan_iter(match=_glob_escape(namespace) + b"*", count=SCAN_COUNT, _type="hash"):
-            batch.append(name)
-            if len(batch) >= SCAN_COUNT:
-                deleted += self._delete_in(batch, fields, spared)
-                batch = []
-        return deleted + (self._delete_in(batch, fields, spared) if batch else 0)
+        for batch in _scanned(client, namespace, "hash"):
+            deleted += self._delete_in(client, batch, fields, spared)
+        return deleted
 
-    def _delete_in(self, names: list[bytes], fields: list[tuple[bytes, bool]],
+    def _delete_in(self, client: redis.Redis, names: list[bytes], fields: list[tuple[bytes, bool]],
                    spared: frozenset[tuple[bytes, bytes]]) -> int:
         """HDEL, in one round trip, the matching fields of the hashes (read in another)."""
-        with self._connection() as connection:
+        with self._connection(client) as connection:
             connection.send_packed_command([b"".join(b"*2\r\n$5\r\nHKEYS\r\n" + _bulk(name) for name in names)])
             present = _replies(connection, len(names), every=True)
             commands = []
@@ -261,36 +276,31 @@ class RedisOnlineStore:
             raise ValueError("scan takes the prefix of one view's values (keys.key_prefix)")
         head = prefix[:len(namespace)] + SEP_BYTES + field + SEP_BYTES
         try:
-            batch: list[bytes] = []
-            for name in self.client.scan_iter(match=_glob_escape(namespace) + b"*", count=SCAN_COUNT, _type="hash"):
-                batch.append(name)
-                if len(batch) >= SCAN_COUNT:
-                    yield self._fields_of(batch, field, namespace, head)
-                    batch = []
-            if batch:
-                yield self._fields_of(batch, field, namespace, head)
+            for client in self._masters():
+                for batch in _scanned(client, namespace, "hash"):
+                    yield self._fields_of(client, batch, field, namespace, head)
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
-    def _fields_of(self, names: list[bytes], field: bytes, namespace: bytes,
+    def _fields_of(self, client: redis.Redis, names: list[bytes], field: bytes, namespace: bytes,
                    head: bytes) -> list[tuple[bytes, bytes]]:
-        with self._connection() as connection:
+        with self._connection(client) as connection:
             connection.send_packed_command([b"".join(b"*3\r\n$4\r\nHGET\r\n" + _bulk(n) + _bulk(field) for n in names)])
             values = _replies(connection, len(names), every=True)
         return [(head + name[len(namespace):], value) for name, value in zip(names, values, strict=True)
                 if value is not None]
 
     def delete_namespace(self, namespace: bytes) -> int:
-        """UNLINK every key under the namespace, of any type (older layouts kept strings), SCAN batch by batch."""
+        """UNLINK every key under the namespace, of any type (older layouts kept strings), SCAN batch by batch:
+        a key per UNLINK, pipelined, since a cluster refuses one command over keys of several slots."""
         deleted = 0
         try:
-            batch: list[bytes] = []
-            for name in self.client.scan_iter(match=_glob_escape(namespace) + b"*", count=SCAN_COUNT):
-                batch.append(name)
-                if len(batch) >= SCAN_COUNT:
-                    deleted += int(self.client.unlink(*batch))
-                    batch = []
-            return deleted + (int(self.client.unlink(*batch)) if batch else 0)
+            for client in self._masters():
+                for batch in _scanned(client, namespace, None):
+                    with self._connection(client) as connection:
+                        connection.send_packed_command([b"".join(b"*2\r\n$6\r\nUNLINK\r\n" + _bulk(n) for n in batch)])
+                        deleted += sum(_replies(connection, len(batch), every=True))
+            return deleted
         except RedisError as exc:
             raise self._unavailable(exc) from exc
 
@@ -328,12 +338,14 @@ class RedisOnlineStore:
 class _Reads:
     """HMGETs of keys: one per hash, with the fields asked of it, and where each key's value comes back."""
 
-    __slots__ = ("command", "count", "names", "order", "slices")
+    __slots__ = ("command", "count", "names", "order", "slices", "units")
 
     def __init__(self, command: bytes, count: int, names: list[bytes] | None = None, order: list[int] | None = None,
-                 slices: list[slice] | None = None) -> None:
+                 slices: list[slice] | None = None, units: list[tuple[bytes, bytes]] | None = None) -> None:
         self.command, self.count = command, count  # the HMGETs in RESP, and how many
         self.names = names or []  # their hashes, where a caller needs them (to WATCH)
+        # for a cluster, which sends each to the node of its hash: (hash, HMGET) each, in the order of command's
+        self.units = units
         # where the keys' values are among the replies' values laid end to end: per key, or per run of keys
         self.order, self.slices = order, slices
 
@@ -344,8 +356,8 @@ class _Reads:
         return [flat[i] for i in self.order or ()]
 
     @classmethod
-    def of(cls, keys: Sequence[bytes]) -> _Reads:
-        """Any keys: grouped by hash, in order of first appearance."""
+    def of(cls, keys: Sequence[bytes], units: bool = False) -> _Reads:
+        """Any keys: grouped by hash, in order of first appearance (``units``: each HMGET apart too)."""
         fields: dict[bytes, list[bytes]] = {}
         spots = []
         for key in keys:
@@ -357,17 +369,18 @@ class _Reads:
         for name, own in fields.items():
             starts[name] = at
             at += len(own)
-        command = b"".join(b"*%d\r\n$5\r\nHMGET\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own)))
-                           for name, own in fields.items())
-        return cls(command, len(fields), list(fields), order=[starts[name] + i for name, i in spots])
+        commands = [b"*%d\r\n$5\r\nHMGET\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own)))
+                    for name, own in fields.items()]
+        return cls(b"".join(commands), len(fields), list(fields), order=[starts[name] + i for name, i in spots],
+                   units=list(zip(fields, commands, strict=True)) if units else None)
 
     @classmethod
-    def of_views(cls, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> _Reads:
+    def of_views(cls, views: Sequence[tuple[bytes, Sequence[bytes]]], units: bool = False) -> _Reads:
         """The keys ``prefix + entity`` of (prefix, entities) pairs, pair after pair (the reader's views):
         the views that share one list of entities ask each entity's hash once, for all their fields."""
         namespace = _namespace(tuple(prefix for prefix, _ in views))
         if namespace is None:  # never from the reader: one project a read
-            return cls.of([prefix + entity for prefix, entities in views for entity in entities])
+            return cls.of([prefix + entity for prefix, entities in views for entity in entities], units)
         shared: dict[int, list[int]] = {}  # views usually share one entity list; others have other join keys
         for v, (_, entities) in enumerate(views):
             shared.setdefault(id(entities), []).append(v)
@@ -381,6 +394,9 @@ class _Reads:
             for at, v in enumerate(members):  # a view's values are every width-th from its field's place on
                 runs[v] = slice(start + at, stop, width)
             start, count = stop, count + len(entities)
+        if units:  # each entity's HMGET is three parts: up to the entity, the entity, after it
+            made = [(namespace + parts[i + 1], b"".join(parts[i:i + 3])) for i in range(0, len(parts), 3)]
+            return cls(b"", count, slices=runs, units=made)
         return cls(b"".join(parts), count, slices=runs)
 
 
@@ -427,9 +443,23 @@ def _replies(connection: Connection, count: int, every: bool = False) -> Any:
     reader of their own, straight off the connection's socket, as one array (a header for ``count``
     elements fed first: the replies arrive back to back), so in one call, in C. Nothing else is in flight
     on the connection: every caller reads all it asked for."""
+    replies = read_replies(connection, count)
+    error = first_error(replies)
+    if error is not None:
+        raise error
+    return replies if every else replies[-1] if replies else None
+
+
+def read_replies(connection: Connection, count: int) -> list[Any]:
+    """``count`` replies off the connection, error replies among them as ResponseError values (see _replies)."""
     sock = getattr(connection, "_sock", None)
     if sock is None:  # not connected: redis-py's own path connects or raises
-        replies = [connection.read_response() for _ in range(count)]
+        replies = []
+        for _ in range(count):
+            try:
+                replies.append(connection.read_response())
+            except ResponseError as exc:
+                replies.append(exc)
     else:
         reader = reply_reader()
         reader.feed(b"*%d\r\n" % count)
@@ -443,10 +473,19 @@ def _replies(connection: Connection, count: int, every: bool = False) -> Any:
             if not data:
                 raise RedisConnectionError("connection closed by server")
             reader.feed(data)
-    error = first_error(replies)
-    if error is not None:
-        raise error
-    return replies if every else replies[-1] if replies else None
+    return replies
+
+
+def _scanned(client: redis.Redis, namespace: bytes, kind: str | None) -> Iterator[list[bytes]]:
+    """The keys under a namespace on one server (of one type, if ``kind``), in batches of up to SCAN_COUNT."""
+    batch: list[bytes] = []
+    for name in client.scan_iter(match=_glob_escape(namespace) + b"*", count=SCAN_COUNT, _type=kind):
+        batch.append(name)
+        if len(batch) >= SCAN_COUNT:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def _glob_escape(prefix: bytes) -> bytes:
