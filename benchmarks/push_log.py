@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import loadavg, print_command_and_machine
 
 from feature_store.offline.duckdb.push_log import pushed_sql
-from feature_store.offline.push_log import PushLog
+from feature_store.offline.push_log.files import FilePushLog
 
 COLUMNS = {"customer_id": "int64", "event_timestamp": "timestamp_tz", "amount": "float64"}
 
@@ -58,7 +58,7 @@ def main() -> None:
         for with_ids in (False, True):
             base = Path(tmp) / ("ids" if with_ids else "plain")
             write_log(base / "src", args.lines, with_ids)
-            sql = pushed_sql(PushLog(base), "src", COLUMNS)
+            sql = pushed_sql(FilePushLog(base), "src", COLUMNS)
             assert sql is not None
             plain = (f"SELECT CAST(amount AS DOUBLE) AS amount FROM read_json('{base}/src/*.jsonl', "
                      "format = 'newline_delimited', columns = {'amount': 'VARCHAR'})")

@@ -238,6 +238,27 @@ def _describe_feature(item: dict[str, Any]) -> str:
 
 
 @main.command()
+@click.option("--sources", help="Comma-separated push source names (default: all).")
+@click.pass_context
+def compact(ctx: click.Context, sources: str | None) -> None:
+    """Fold the push log into parquet files partitioned by day.
+
+    Each process's push log files are sealed a minute or so after it starts a new one; compaction folds sealed
+    files (or, with a PostgreSQL push log, committed rows) into parquet, and deletes what an earlier run folded in
+    once no reader can still be reading it. Training sets read the parquet files plus the tail. Safe to kill at
+    any point and to run beside pushes; every materialize compacts first.
+    """
+    with _errors(), console.status("compacting the push log"):
+        names = [s.strip() for s in sources.split(",")] if sources else None
+        results = _store(ctx).compact(names)
+    table = Grid("Compacted", "push source", Col("rows folded", right=True), Col("parts written", right=True),
+                 Col("tail removed", right=True), Col("parts", right=True))
+    for r in results:
+        table.add_row(r.source, f"{r.rows:,}", str(r.parts_written), str(r.tail_removed), str(r.parts))
+    table.show(console)
+
+
+@main.command()
 @click.option("--end", type=click.DateTime(), help="Materialize up to this time (UTC; default now).")
 @click.option("--views", help="Comma-separated view names (default: all).")
 @click.option("--full", is_flag=True, help="Rebuild from scratch instead of continuing from the watermark.")

@@ -23,19 +23,57 @@ class _Config(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+class FilePushLogConfig(_Config):
+    """The embedded push log: JSON-lines files on this host's disk (offline/push_log/files.py)."""
+
+    type: Literal["file"] = "file"
+    path: str | None = None  # default: push_log/ beside the offline database
+    rotate_seconds: float = Field(60.0, gt=0)  # each process starts a new file this often; older ones get compacted
+    delete_grace_seconds: float = Field(900.0, ge=0)  # files compaction replaced stay readable this long
+
+
+class PostgresPushLogConfig(_Config):
+    """A push log that several hosts share: rows in a PostgreSQL table (offline/push_log/postgres.py)."""
+
+    type: Literal["postgres"]
+    url: str  # postgresql://user@host:5432/db
+    table: str = "fs_push_log"
+    # Compacted parquet parts: storage every host that reads training sets can reach (default beside the offline db)
+    compacted_path: str | None = None
+    delete_grace_seconds: float = Field(900.0, ge=0)
+    # Pushes arriving within this window of each other share one commit (group commit); 0 commits at once
+    commit_delay_ms: float = Field(0.0, ge=0, le=100)
+
+    @field_validator("table")
+    @classmethod
+    def _table_name(cls, value: str) -> str:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,62}", value):  # it is put into SQL: a plain name only
+            raise ValueError("push_log.table must be a plain name: letters, digits, underscores (e.g. 'fs_push_log')")
+        return value
+
+
+PushLogConfig = Annotated[FilePushLogConfig | PostgresPushLogConfig, Field(discriminator="type")]
+
+
 class DuckDBOfflineConfig(_Config):
     type: Literal["duckdb"] = "duckdb"
     path: str = "data/offline.duckdb"
     memory_limit: str | None = None  # e.g. "4GB"; DuckDB spills to disk beyond it
     threads: int | None = None
     push_fsync: bool = True  # pushed rows reach the disk (fdatasync) before a push is acknowledged
+    push_log: PushLogConfig = FilePushLogConfig()
 
 
 OfflineConfig = DuckDBOfflineConfig  # one engine so far: a union discriminated by ``type`` as engines come
 
 
 def push_log_dir(config: OfflineConfig, repo: Path) -> Path:
-    """Where the local push log keeps its files: beside the offline database."""
+    """Where the local push log keeps its files (and any push log its compacted parts): beside the offline
+    database unless configured."""
+    log = config.push_log
+    path = log.path if isinstance(log, FilePushLogConfig) else log.compacted_path
+    if path is not None:
+        return resolve_path(repo, path)
     return resolve_path(repo, config.path).parent / "push_log"
 
 

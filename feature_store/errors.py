@@ -174,6 +174,12 @@ class PushIdConflictError(FeatureStoreError):
     http_status = 409
 
 
+class PushLogUnavailable(FeatureStoreError):
+    """The push log (e.g. its PostgreSQL database) cannot be reached: nothing of the push was acknowledged."""
+
+    http_status = 503
+
+
 class PushStalledError(FeatureStoreError):
     """A push with a push id stalled past its key's lease before reaching the push log; nothing was logged."""
 

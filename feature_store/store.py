@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from feature_store.catalog import Catalog
 from feature_store.config import RepoConfig, load_config
-from feature_store.definitions import Definition, FeatureService, FeatureView
+from feature_store.definitions import Definition, FeatureService, FeatureView, PushSource
 from feature_store.errors import EntityDataFrameError, NotAppliedError
 from feature_store.plan import Plan, make_plan
 from feature_store.references import FeatureRefs, resolve_features
@@ -26,7 +26,7 @@ if TYPE_CHECKING:  # the engines import DuckDB, pandas, pyarrow and the online s
     from feature_store.monitoring.served_log import ServedLog
     from feature_store.monitoring.skew import SkewReport
     from feature_store.offline.engine import MaterializeResult, OfflineEngine, ProgressCallback, RetrievalJob
-    from feature_store.offline.push_log import PushLog
+    from feature_store.offline.push_log import CompactResult, PushLog
     from feature_store.online.read.reader import OnlineResponse
     from feature_store.online.service import OnlineService, PushResult, PushTo
     from feature_store.teardown import TeardownReport
@@ -80,11 +80,9 @@ class FeatureStore:
         if self._push_log is None:
             with self._engines_lock:
                 if self._push_log is None:
-                    from feature_store.config import push_log_dir
-                    from feature_store.offline.push_log import PushLog
+                    from feature_store.offline.push_log import create_push_log
 
-                    config = self.config.offline_store
-                    self._push_log = PushLog(push_log_dir(config, self.repo_path), fsync=config.push_fsync)
+                    self._push_log = create_push_log(self.config.offline_store, self.repo_path)
         return self._push_log
 
     @property
@@ -203,6 +201,9 @@ class FeatureStore:
         for name in names:
             catalog.view(name)
         end = end or datetime.now(UTC)
+        # Compacting first keeps the log materialization reads small; its values do not change by it
+        pushed = {catalog.source_of(catalog.view(n)).name for n in names} & self._push_source_names(catalog)
+        self.compact(sorted(pushed))
         results: list[MaterializeResult] = []
         if self.offline.capabilities.materialized_tiles:  # an engine without offline tiles computes from events
             results.extend(self.offline.materialize(catalog, names, end, full, progress))
@@ -210,6 +211,21 @@ class FeatureStore:
             results.extend(self.online.materialize(self.offline, catalog, names, end, full, progress))
             self._serving = None  # a generation may have gone live: reads see it at once
         return results
+
+    def compact(self, sources: Sequence[str] | None = None) -> list[CompactResult]:
+        """Fold the push log's sealed tail into parquet parts partitioned by day (docs/push.md, "Compaction"), for
+        these push sources (default: every registered one, and any with a log left behind). Safe to kill at any
+        point and to run beside pushes, materializations and other compactions."""
+        if sources is None:
+            names = sorted(self._push_source_names(self.catalog()) | set(self.push_log.sources()))
+        else:
+            catalog = self.catalog()
+            names = [catalog.push_source(s).name for s in sources]
+        return [self.push_log.compact(name) for name in names]
+
+    @staticmethod
+    def _push_source_names(catalog: Catalog) -> set[str]:
+        return {name for name, source in catalog.sources.items() if isinstance(source, PushSource)}
 
     # --- online serving ----------------------------------------------------------------------
 

@@ -6,7 +6,6 @@ stopped), or the last push (the stream stopped).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -66,11 +65,6 @@ def freshness(store: FeatureStore, now: datetime | None = None, offline: bool = 
 
 
 def _last_push(store: FeatureStore, source: str) -> datetime | None:
-    """When any process last appended to the source's push log (its files' modification times)."""
-    times = []
-    for path in store.push_log.files(source):
-        try:
-            times.append(os.stat(path).st_mtime)
-        except OSError:  # removed meanwhile (teardown)
-            continue
-    return datetime.fromtimestamp(max(times), UTC) if times else None
+    """When any process last logged a push to the source (its tail files' modification times, compacted rows)."""
+    last = store.push_log.last_push(source)
+    return None if last is None else from_us(last)

@@ -17,16 +17,13 @@ def pushed_sql(log: PushLog, source: str, columns: Mapping[str, str]) -> str | N
     Lines of a push with a push id count once per (push id, row): only from a complete copy of the push (every
     row's line is there), the earliest complete one. A retry logs a copy at the time the key reserved
     (online/push/idempotency.py), so every complete copy is the same events at the same time."""
-    files = log.files(source)
-    if not files:
+    snapshot = log.snapshot(source)
+    if not snapshot:
         return None
-    listed = "[" + ", ".join(quote_literal(f) for f in files) + "]"
-    declared = ", ".join(f"{quote_literal(c)}: 'VARCHAR'" for c in columns)
     typed = ", ".join(f"CAST({quote(c)} AS {duckdb_type(t)}) AS {quote(c)}" for c, t in columns.items())
     push_id, row, rows, at = quote(PUSH_ID), quote(PUSH_ROW), quote(PUSH_ROWS), quote(PUSHED_AT)
-    logged = (f"read_json({listed}, format = 'newline_delimited', columns = {{{declared}, "
-              f"{quote_literal(PUSHED_AT)}: 'BIGINT', {quote_literal(PUSH_ID)}: 'VARCHAR', "
-              f"{quote_literal(PUSH_ROW)}: 'BIGINT', {quote_literal(PUSH_ROWS)}: 'BIGINT'}}, ignore_errors = true)")
+    logged = " UNION ALL BY NAME ".join(filter(None, [
+        _tail_sql(snapshot.jsonl, columns), _compacted_sql(snapshot.parquet, columns) if snapshot.parquet else None]))
     # A line torn by a crash was never acknowledged: skipping it loses nothing that was promised. A copy of a push
     # with an id counts only when all its rows are there (an attempt killed midway leaves part of one). Lines
     # without an id skip the dedupe: a million of them read in 125 ms instead of 92 ms without any dedupe (200 ms
@@ -37,5 +34,31 @@ def pushed_sql(log: PushLog, source: str, columns: Mapping[str, str]) -> str | N
             f"AND ided.{at} = complete.__fs_at")
     once = f"SELECT * FROM ({kept}) QUALIFY row_number() OVER (PARTITION BY {push_id}, {row}) = 1"
     return (f"SELECT {typed}, {at} AS {quote(CREATED)}, TRUE AS {PUSHED_ROW} FROM (WITH logged AS (SELECT * FROM "
-            f"{logged}), ided AS (SELECT * FROM logged WHERE {push_id} IS NOT NULL), complete AS ({complete}) "
+            f"({logged})), ided AS (SELECT * FROM logged WHERE {push_id} IS NOT NULL), complete AS ({complete}) "
             f"SELECT * FROM logged WHERE {push_id} IS NULL UNION ALL BY NAME ({once}))")
+
+
+META_TYPES = {PUSHED_AT: "BIGINT", PUSH_ID: "VARCHAR", PUSH_ROW: "BIGINT", PUSH_ROWS: "BIGINT"}
+
+
+def _tail_sql(files: tuple[str, ...], columns: Mapping[str, str]) -> str | None:
+    """The JSON-lines tail, each value read as text and the push metadata typed."""
+    if not files:
+        return None
+    listed = "[" + ", ".join(quote_literal(f) for f in files) + "]"
+    declared = ", ".join([*(f"{quote_literal(c)}: 'VARCHAR'" for c in columns),
+                          *(f"{quote_literal(c)}: '{t}'" for c, t in META_TYPES.items())])
+    # DuckDB reads a line it cannot parse (torn by a crash) as a row of NULLs; every logged line has its push time
+    return (f"SELECT * FROM read_json({listed}, format = 'newline_delimited', columns = {{{declared}}}, "
+            f"ignore_errors = true) WHERE {quote(PUSHED_AT)} IS NOT NULL")
+
+
+def _compacted_sql(files: tuple[str, ...], columns: Mapping[str, str]) -> str:
+    """Compacted parts hold the same text columns as the tail (offline/push_log/compaction.py). A column the source
+    gained after a part was written reads as NULL there, as from a line that lacks it: an empty row of every column
+    joins the parts by name, so a column no part has is there too."""
+    listed = "[" + ", ".join(quote_literal(f) for f in files) + "]"
+    types = {**{c: "VARCHAR" for c in columns}, **META_TYPES}
+    template = ", ".join(f"NULL::{t} AS {quote(c)}" for c, t in types.items())
+    return (f"SELECT * FROM (SELECT {template} WHERE FALSE) UNION ALL BY NAME "
+            f"SELECT * FROM read_parquet({listed}, union_by_name = true)")
