@@ -1,5 +1,6 @@
 """Reading the push log as training sets and materialization do (offline/duckdb/push_log.py: ``pushed_sql``): a
-log of N lines without push ids, and one whose lines all carry push ids (pushes of 4 rows), median of 5 reads.
+log of N lines without push ids, and one whose lines all carry push ids (pushes of 4 rows), median of 5 reads; then
+the same log compacted into parquet (offline/push_log/compaction.py), the time compaction took, and its reads.
 
     python benchmarks/push_log.py --lines 1000000
 
@@ -66,6 +67,19 @@ def main() -> None:
             raw_ms, _ = median_ms(con, plain)
             print(f"{args.lines:,} lines, push ids: {'yes' if with_ids else 'no '}  pushed_sql {ms:7.1f} ms  "
                   f"(plain read {raw_ms:6.1f} ms)  rows, sum: {rows}")
+            log = FilePushLog(base, rotate_seconds=0.0, delete_grace_seconds=0.0)
+            log.seal_margin_seconds = 0.0
+            started = time.perf_counter()
+            log.compact("src")
+            compact_s = time.perf_counter() - started
+            log.compact("src")  # deletes the folded-in tail (grace 0)
+            sql = pushed_sql(log, "src", COLUMNS)
+            assert sql is not None
+            ms_after, after = median_ms(con, sql)
+            size = sum(f.stat().st_size for f in (base / "src").rglob("*.parquet"))
+            print(f"  compacted in {compact_s:.2f} s into {size / 1e6:.1f} MB of parquet; pushed_sql then "
+                  f"{ms_after:7.1f} ms  rows, sum: {after}")
+            assert after == rows, "compaction changed what readers count"
     print(f"load average: {loadavg()}")
 
 

@@ -131,11 +131,14 @@ def parse_lines(data: bytes) -> pa.Table:
     if not data.strip():
         return _typed(pa.table({}))
     with contextlib.suppress(pa.ArrowInvalid, pa.ArrowTypeError):
+        # A first pass finds the columns; the second reads every value column as text, as logged (pyarrow would
+        # otherwise infer timestamps from ISO strings and lose their text)
         options = pa_json.ParseOptions(explicit_schema=pa.schema(meta()), unexpected_field_behavior="infer")
-        table = pa_json.read_json(io.BytesIO(data), parse_options=options)
-        if all(pa.types.is_string(t) or pa.types.is_null(t) for n, t in zip(table.column_names, table.schema.types,
-                                                                             strict=True) if n not in META_NAMES):
-            return _typed(table)
+        names = pa_json.read_json(io.BytesIO(data), parse_options=options).column_names
+        schema = pa.schema({**{n: pa.string() for n in names}, **meta()})
+        table = pa_json.read_json(io.BytesIO(data), parse_options=pa_json.ParseOptions(
+            explicit_schema=schema, unexpected_field_behavior="error"))
+        return _typed(table)
     return _typed(_parse_slowly(data))
 
 
