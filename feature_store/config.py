@@ -64,24 +64,45 @@ class DuckDBOfflineConfig(_Config):
     push_log: PushLogConfig = FilePushLogConfig()
 
 
-OfflineConfig = DuckDBOfflineConfig  # one engine so far: a union discriminated by ``type`` as engines come
+class SparkOfflineConfig(_Config):
+    """Apache Spark (offline/spark): ``master`` is anything Spark takes (``local[N]``, ``spark://host:7077``,
+    ``yarn``, ``k8s://...``); ``conf`` goes to the session builder as it is."""
+
+    type: Literal["spark"]
+    master: str = "local[2]"
+    conf: dict[str, str] = Field(default_factory=dict)
+    warehouse: str = "data/spark"  # a local path or any URI Spark's Hadoop layer writes (hdfs://, s3a://)
+    app_name: str = "feature-store"
+    push_fsync: bool = True
+    push_log: PushLogConfig = FilePushLogConfig()
 
 
-def push_log_dir(config: OfflineConfig, repo: Path) -> Path:
+OfflineConfig = Annotated[DuckDBOfflineConfig | SparkOfflineConfig, Field(discriminator="type")]
+
+
+def offline_data_dir(config: DuckDBOfflineConfig | SparkOfflineConfig, repo: Path) -> Path:
+    """The local folder the offline side keeps its files beside (push log, served log): the DuckDB database's, or
+    the Spark warehouse's parent (a remote warehouse: the repo's data/ folder)."""
+    if isinstance(config, SparkOfflineConfig):
+        return resolve_path(repo, config.warehouse).parent if "://" not in config.warehouse else repo / "data"
+    return resolve_path(repo, config.path).parent
+
+
+def push_log_dir(config: DuckDBOfflineConfig | SparkOfflineConfig, repo: Path) -> Path:
     """Where the local push log keeps its files (and any push log its compacted parts): beside the offline
     database unless configured."""
     log = config.push_log
     path = log.path if isinstance(log, FilePushLogConfig) else log.compacted_path
     if path is not None:
         return resolve_path(repo, path)
-    return resolve_path(repo, config.path).parent / "push_log"
+    return offline_data_dir(config, repo) / "push_log"
 
 
 def served_log_dir(config: RepoConfig, repo: Path) -> Path:
     """Where served feature values are logged: a folder per project, beside the offline database."""
     if config.monitoring.path is not None:
         return resolve_path(repo, config.monitoring.path) / config.project
-    return resolve_path(repo, config.offline_store.path).parent / "served_log" / config.project
+    return offline_data_dir(config.offline_store, repo) / "served_log" / config.project
 
 
 class SqliteOnlineConfig(_Config):
@@ -197,7 +218,7 @@ class MonitoringConfig(_Config):
 class RepoConfig(_Config):
     project: str
     registry: str = "data/registry.db"
-    offline_store: DuckDBOfflineConfig = DuckDBOfflineConfig()
+    offline_store: OfflineConfig = DuckDBOfflineConfig()
     online_store: OnlineConfig = SqliteOnlineConfig()
     server: ServerConfig = ServerConfig()
     push: PushConfig = PushConfig()

@@ -48,8 +48,11 @@ class FeatureStore:
     ``FeatureStore("feature_repo")`` reads ``feature_repo/feature_store.yaml``.
     """
 
-    def __init__(self, repo_path: str | Path = ".", config: RepoConfig | None = None) -> None:
+    def __init__(self, repo_path: str | Path = ".", config: RepoConfig | None = None, spark: Any = None) -> None:
+        """``spark``: a running SparkSession for the Spark engine (``offline_store.type: spark``) to use, as in a
+        notebook or on Databricks; by default the engine builds one from ``offline_store.master`` and ``conf``."""
         self.repo_path = Path(repo_path).resolve()
+        self._spark = spark
         self.config = config or load_config(self.repo_path)
         self.registry = Registry(self.config.registry_url(self.repo_path), self.config.project)
         self._offline: OfflineEngine | None = None
@@ -94,7 +97,7 @@ class FeatureStore:
                 if self._offline is None:
                     from feature_store.offline.engine import create_engine
 
-                    self._offline = create_engine(self.config.offline_store, self.repo_path, push_log)
+                    self._offline = create_engine(self.config.offline_store, self.repo_path, push_log, self._spark)
         return self._offline
 
     @property

@@ -10,7 +10,7 @@ Nothing of the user's own data (source files, DuckDB tables of theirs) is touche
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from feature_store.definitions import PushSource
 
@@ -51,7 +51,7 @@ def target(store: FeatureStore) -> TeardownTarget:
     else:
         where = str(online.path)
     return TeardownTarget(store.project, f"{online.type} {where}",
-                          f"{config.offline_store.type} {config.offline_store.path}", _push_sources(store),
+                          f"{config.offline_store.type} {_offline_where(config.offline_store)}", _push_sources(store),
                           store.registry.safe_url(), str(_served_log(store).directory))
 
 
@@ -77,3 +77,7 @@ def _served_log(store: FeatureStore) -> ServedLog:
 def _push_sources(store: FeatureStore) -> tuple[str, ...]:
     _, catalog = store.registry.catalog()
     return tuple(sorted(name for name, source in catalog.sources.items() if isinstance(source, PushSource)))
+
+
+def _offline_where(config: Any) -> str:
+    return str(getattr(config, "path", None) or getattr(config, "warehouse", ""))

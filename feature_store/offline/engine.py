@@ -135,10 +135,15 @@ class OfflineEngine(Protocol):
     def close(self) -> None: ...
 
 
-def create_engine(config: OfflineConfig, repo: Path, push_log: PushLog) -> OfflineEngine:
-    """The engine ``offline_store.type`` names, built from its typed config (imported only when asked for)."""
-    if config.type == "duckdb":
+def create_engine(config: OfflineConfig, repo: Path, push_log: PushLog, spark: Any = None) -> OfflineEngine:
+    """The engine ``offline_store.type`` names, built from its typed config (imported only when asked for).
+    ``spark``: a running SparkSession to use instead of building one (notebooks, Databricks)."""
+    from feature_store.config import DuckDBOfflineConfig
+
+    if isinstance(config, DuckDBOfflineConfig):
         from feature_store.offline.duckdb.engine import DuckDBOfflineEngine
 
         return DuckDBOfflineEngine(config, repo, push_log)
-    raise NotImplementedError(f"no offline engine of type {config.type!r}")  # config validation rules it out
+    from feature_store.offline.spark.engine import SparkOfflineEngine
+
+    return SparkOfflineEngine(config, repo, push_log, spark)

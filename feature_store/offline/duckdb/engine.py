@@ -11,7 +11,6 @@ from typing import Any, ClassVar
 import duckdb
 import pyarrow as pa
 
-from feature_store import types
 from feature_store.catalog import BatchSource, Catalog
 from feature_store.config import DuckDBOfflineConfig, resolve_path
 from feature_store.definitions import DuckDBSource, FeatureView
@@ -27,6 +26,7 @@ from feature_store.offline.duckdb.sources import relation_sql, source_fingerprin
 from feature_store.offline.duckdb.sql import Compiled, TileTable, epoch_sql, events_sql, keys_sql
 from feature_store.offline.duckdb.types import neutral
 from feature_store.offline.engine import Capabilities, MaterializeResult, ProgressCallback, from_us, to_us
+from feature_store.offline.entity_rows import check_key_types
 from feature_store.offline.push_log import PushLog
 from feature_store.plan import view_signature
 from feature_store.query import CREATED, PUSHED_ROW, ViewQuery, compile_view
@@ -188,7 +188,7 @@ class DuckDBOfflineEngine:
         views = []
         for name, items in by_view.items():
             compiled = self.compiled(catalog, catalog.view(name), items, available_before, pushed_before)
-            _check_key_types(compiled.plan, table)
+            check_key_types(compiled.plan, table)
             views.append(compiled)
         passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
         return DuckDBRetrievalJob(self, table, views, passthrough)
@@ -239,16 +239,3 @@ class DuckDBOfflineEngine:
         )
         with self.cursor() as con:
             return fetch_arrow(con.sql(sql))
-
-
-def _check_key_types(plan: ViewQuery, table: pa.Table) -> None:
-    for key, wanted in zip(plan.keys, plan.key_types, strict=True):
-        given = str(table.schema.field(key).type)
-        if types.key_family(given) != types.key_family(wanted):
-            raise EntityDataFrameError(
-                f"join key {key!r} is {given} in the entity rows but {types.sql_name(wanted)} in source "
-                f"{plan.source.name!r} (view {plan.name!r}), so no row could match; convert the entity "
-                "column to the source's type.",
-                column=key, view=plan.name,
-            )
-

@@ -1,25 +1,18 @@
-"""Entity rows for a training set: a pandas or polars DataFrame, an Arrow table, a parquet path or a SQL query.
-
-polars is optional (the extra ``feature-store[polars]``): a polars frame is told apart by its type's module,
-so nothing here imports polars unless a polars result is asked for (``to_polars``).
-"""
+"""Entity rows for a training set in DuckDB: the engine-neutral forms (offline/entity_rows.py), and a SQL query DuckDB
+runs."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import duckdb
-import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from feature_store.errors import EntityDataFrameError
-from feature_store.frames import is_polars, polars_to_arrow
+from feature_store.offline.entity_rows import ROW_ID, TIMESTAMP_COLUMN, prepare
+from feature_store.offline.entity_rows import to_arrow as _to_arrow
 
-TIMESTAMP_COLUMN = "event_timestamp"
-ROW_ID = "__row_id"
+__all__ = ["ROW_ID", "TIMESTAMP_COLUMN", "fetch_arrow", "prepare", "to_arrow"]
 
 
 def fetch_arrow(result: Any) -> pa.Table:
@@ -29,92 +22,11 @@ def fetch_arrow(result: Any) -> pa.Table:
 
 
 def to_arrow(entity_df: Any, con: duckdb.DuckDBPyConnection) -> pa.Table:
-    import pandas as pd  # here, not at the top: the engine checks sources (feature-store plan) without pandas
-
-    if isinstance(entity_df, pd.DataFrame):
+    def run_query(query: str) -> pa.Table:
         try:
-            return pa.Table.from_pandas(entity_df, preserve_index=False)
-        except (pa.ArrowException, ValueError, TypeError) as exc:
-            raise EntityDataFrameError(f"the entity DataFrame cannot be converted to Arrow: {exc}") from exc
-    if isinstance(entity_df, pa.Table):
-        return entity_df
-    if is_polars(entity_df):
-        try:
-            return polars_to_arrow(entity_df)
-        except Exception as exc:  # polars raises its own exception classes, which this module does not import
-            raise EntityDataFrameError(f"the entity polars DataFrame cannot be converted to Arrow: {exc}") from exc
-    if isinstance(entity_df, Path) or (isinstance(entity_df, str) and _looks_like_path(entity_df)):
-        path = Path(entity_df)
-        if not path.is_file():
-            raise EntityDataFrameError(
-                f"entity rows file {str(path)!r} does not exist (a string is read as a parquet path unless it "
-                "is a SQL query starting with SELECT, WITH or FROM).", path=str(path),
-            )
-        try:
-            return pq.read_table(path)
-        except (pa.ArrowException, OSError) as exc:
-            raise EntityDataFrameError(f"entity rows file {str(path)!r} is not a readable parquet file: {exc}") from exc
-    if isinstance(entity_df, str):
-        try:
-            return fetch_arrow(con.sql(entity_df))
+            return fetch_arrow(con.sql(query))
         except duckdb.Error as exc:
-            raise EntityDataFrameError(
-                f"the entity SQL query failed in the offline DuckDB: {exc}", query=entity_df
-            ) from exc
-    raise EntityDataFrameError(
-        f"entity rows must be a pandas or polars DataFrame, a pyarrow Table, a parquet path or a SQL query; "
-        f"got {_type_name(entity_df)}."
-    )
+            raise EntityDataFrameError(f"the entity SQL query failed in the offline DuckDB: {exc}",
+                                       query=query) from exc
 
-
-def _type_name(value: Any) -> str:
-    """``list``, or ``modin.pandas.dataframe.DataFrame``: which DataFrame it was, when it is one."""
-    kind = type(value)
-    return kind.__name__ if kind.__module__ == "builtins" else f"{kind.__module__}.{kind.__qualname__}"
-
-
-def _looks_like_path(text: str) -> bool:
-    """SQL starts with a query keyword; any other string that names a file, or has no space, is a path."""
-    stripped = text.strip()
-    if not stripped or stripped.split(None, 1)[0].upper() in ("SELECT", "WITH", "FROM", "VALUES", "(", "TABLE"):
-        return False
-    return Path(stripped).is_file() or " " not in stripped
-
-
-def prepare(table: pa.Table, join_keys: Sequence[str]) -> pa.Table:
-    """Check the columns a training set needs and add the row id that keeps input order."""
-    names = set(table.column_names)
-    reserved = sorted(n for n in names if n.startswith("__"))
-    if reserved:
-        raise EntityDataFrameError(f"entity columns {reserved}: names starting with '__' are reserved; rename them.")
-    missing = [c for c in [*join_keys, TIMESTAMP_COLUMN] if c not in names]
-    if missing:
-        raise EntityDataFrameError(
-            f"the entity rows lack column(s) {missing}; they need the join keys {list(join_keys)} of the "
-            f"requested views and an {TIMESTAMP_COLUMN!r} column (the time each training row is 'as of'). "
-            f"Columns present: {sorted(names)}.",
-            missing=missing,
-        )
-    ts_type = table.schema.field(TIMESTAMP_COLUMN).type
-    if not (pa.types.is_timestamp(ts_type) or pa.types.is_date(ts_type)):
-        raise EntityDataFrameError(
-            f"entity column {TIMESTAMP_COLUMN!r} has type {ts_type}, not a timestamp; convert it, e.g. "
-            f"df[{TIMESTAMP_COLUMN!r}] = pd.to_datetime(df[{TIMESTAMP_COLUMN!r}], utc=True).",
-            column=TIMESTAMP_COLUMN,
-        )
-    nulls = table.column(TIMESTAMP_COLUMN).null_count
-    if nulls:
-        first = int(np.flatnonzero(table.column(TIMESTAMP_COLUMN).is_null().to_numpy(zero_copy_only=False))[0])
-        raise EntityDataFrameError(
-            f"{nulls} entity row(s) have a null {TIMESTAMP_COLUMN!r} (first at row {first}); every training "
-            "row needs the time it is as of. Drop or fill those rows.",
-            null_rows=nulls, first_row=first,
-        )
-    for key in join_keys:  # pandas categoricals arrive dictionary-encoded: join on the values
-        field = table.schema.field(key)
-        if pa.types.is_dictionary(field.type):
-            index = table.schema.get_field_index(key)
-            table = table.set_column(index, key, table.column(key).cast(field.type.value_type))
-    return table.append_column(ROW_ID, pa.array(np.arange(table.num_rows, dtype=np.int64)))
-
-
+    return _to_arrow(entity_df, run_query)

@@ -32,6 +32,7 @@ from feature_store.offline.duckdb.sql import (
     queries_sql,
 )
 from feature_store.offline.duckdb.types import neutral
+from feature_store.offline.entity_rows import to_pandas
 from feature_store.query import FeatureRequest
 
 if TYPE_CHECKING:
@@ -41,13 +42,6 @@ if TYPE_CHECKING:
     from feature_store.offline.duckdb.engine import DuckDBOfflineEngine
 
 EVENTS_PER_CHUNK = 2_000_000
-
-
-def _nullable_dtypes() -> dict[pa.DataType, Any]:
-    import pandas as pd
-
-    return {pa.int8(): pd.Int8Dtype(), pa.int16(): pd.Int16Dtype(), pa.int32(): pd.Int32Dtype(),
-            pa.int64(): pd.Int64Dtype(), pa.bool_(): pd.BooleanDtype()}
 
 
 class DuckDBRetrievalJob:
@@ -83,14 +77,7 @@ class DuckDBRetrievalJob:
 
     def to_df(self) -> pd.DataFrame:
         """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
-        table = self.to_arrow()
-        df = table.to_pandas()
-        nullable = _nullable_dtypes()
-        for name in table.column_names:
-            column = table.column(name)
-            if column.null_count and column.type in nullable:
-                df[name] = column.to_pandas(types_mapper=nullable.get)
-        return df
+        return to_pandas(self.to_arrow())
 
     def to_polars(self) -> pl.DataFrame:
         """polars (the optional extra ``feature-store[polars]``); nullable integers stay integers."""
