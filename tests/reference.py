@@ -678,11 +678,12 @@ def build_definitions(views, file_suffix=""):
     return objects
 
 
-def open_store(repo_dir, views, store=None, file_suffix="", project="semantics_tests"):
+def open_store(repo_dir, views, store=None, file_suffix="", project="semantics_tests", engine="duckdb"):
     """Write feature_store.yaml and the views' parquet files into repo_dir and apply the views.
 
     Pass the ``store`` of an earlier call to re-apply into the same repo (with a new
     ``file_suffix`` so that every definition points at its own files); returns the store.
+    ``engine``: ``duckdb``, or ``spark`` (the test process's one Spark session, tests/spark_fixtures.py).
     """
     import os
 
@@ -693,10 +694,19 @@ def open_store(repo_dir, views, store=None, file_suffix="", project="semantics_t
     if not os.path.exists(config):
         with open(config, "w") as f:
             f.write(f"project: {project}\n")
+            if engine == "spark":
+                from spark_fixtures import SPARK_YAML
+
+                f.write(SPARK_YAML)
     for view in views:
         write_parquet(os.path.join(repo_dir, f"{view.name}{file_suffix}.parquet"), _schema_of(view), view.rows)
     if store is None:
-        store = fs.FeatureStore(str(repo_dir))
+        session = None
+        if engine == "spark":
+            from spark_fixtures import spark_session
+
+            session = spark_session()
+        store = fs.FeatureStore(str(repo_dir), spark=session)
     store.apply(build_definitions(views, file_suffix))
     return store
 

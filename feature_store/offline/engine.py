@@ -135,6 +135,23 @@ class OfflineEngine(Protocol):
     def close(self) -> None: ...
 
 
+def check_recorded(plan: ViewQuery, live: dict[str, str]) -> None:
+    """The columns a view reads must still have the types recorded at apply (its plan is made of them)."""
+    from feature_store.errors import SchemaError
+
+    reads = {*plan.keys, plan.timestamp_field, *filter(None, [plan.source.batch.created_timestamp_field]),
+             *plan.columns}
+    for column in sorted(reads):
+        recorded = plan.source.columns.get(column)
+        if live.get(column) != recorded:
+            now = live.get(column, "missing")
+            raise SchemaError(
+                f"source {plan.source.name!r} changed since apply: column {column!r} was {recorded}, is now "
+                f"{now}. Run 'feature-store apply' to record the new columns (plan shows what it rebuilds).",
+                source=plan.source.name, column=column,
+            )
+
+
 def create_engine(config: OfflineConfig, repo: Path, push_log: PushLog, spark: Any = None) -> OfflineEngine:
     """The engine ``offline_store.type`` names, built from its typed config (imported only when asked for).
     ``spark``: a running SparkSession to use instead of building one (notebooks, Databricks)."""

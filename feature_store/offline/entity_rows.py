@@ -117,9 +117,11 @@ def prepare(table: pa.Table, join_keys: Sequence[str]) -> pa.Table:
 
 
 
-def check_key_types(plan: ViewQuery, table: pa.Table) -> None:
+def check_key_types(plan: ViewQuery, given_types: dict[str, str]) -> None:
+    """Each join key of the entity rows (``given_types``: column -> the engine's or Arrow's type name) can match the
+    source's."""
     for key, wanted in zip(plan.keys, plan.key_types, strict=True):
-        given = str(table.schema.field(key).type)
+        given = given_types[key]
         if types.key_family(given) != types.key_family(wanted):
             raise EntityDataFrameError(
                 f"join key {key!r} is {given} in the entity rows but {types.sql_name(wanted)} in source "

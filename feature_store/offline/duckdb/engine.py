@@ -25,7 +25,14 @@ from feature_store.offline.duckdb.retrieval import DuckDBRetrievalJob
 from feature_store.offline.duckdb.sources import relation_sql, source_fingerprint
 from feature_store.offline.duckdb.sql import Compiled, TileTable, epoch_sql, events_sql, keys_sql
 from feature_store.offline.duckdb.types import neutral
-from feature_store.offline.engine import Capabilities, MaterializeResult, ProgressCallback, from_us, to_us
+from feature_store.offline.engine import (
+    Capabilities,
+    MaterializeResult,
+    ProgressCallback,
+    check_recorded,
+    from_us,
+    to_us,
+)
 from feature_store.offline.entity_rows import check_key_types
 from feature_store.offline.push_log import PushLog
 from feature_store.plan import view_signature
@@ -142,19 +149,7 @@ class DuckDBOfflineEngine:
         return f"({rows})" if pushed is None else f"({rows} UNION ALL BY NAME {pushed})"
 
     def _check_recorded(self, plan: ViewQuery) -> None:
-        """The columns a view reads must still have the types recorded at apply (its plan is made of them)."""
-        live = self.source_schema(plan.source.batch)
-        reads = {*plan.keys, plan.timestamp_field, *filter(None, [plan.source.batch.created_timestamp_field]),
-                 *plan.columns}
-        for column in sorted(reads):
-            recorded = plan.source.columns.get(column)
-            if live.get(column) != recorded:
-                now = live.get(column, "missing")
-                raise SchemaError(
-                    f"source {plan.source.name!r} changed since apply: column {column!r} was {recorded}, is now "
-                    f"{now}. Run 'feature-store apply' to record the new columns (plan shows what it rebuilds).",
-                    source=plan.source.name, column=column,
-                )
+        check_recorded(plan, self.source_schema(plan.source.batch))
 
     def compiled(self, catalog: Catalog, view: FeatureView, items: Sequence[ResolvedFeature],
                  available_before: datetime | None = None, pushed_before: datetime | None = None,
@@ -188,7 +183,7 @@ class DuckDBOfflineEngine:
         views = []
         for name, items in by_view.items():
             compiled = self.compiled(catalog, catalog.view(name), items, available_before, pushed_before)
-            check_key_types(compiled.plan, table)
+            check_key_types(compiled.plan, {k: str(table.schema.field(k).type) for k in compiled.plan.keys})
             views.append(compiled)
         passthrough = [c for c in table.column_names if c != entity_input.ROW_ID]
         return DuckDBRetrievalJob(self, table, views, passthrough)

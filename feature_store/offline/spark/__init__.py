@@ -1,0 +1,1 @@
+"""The Apache Spark engine: the only place that imports pyspark."""

@@ -1,0 +1,161 @@
+"""The Spark offline engine: training sets from the same compiled plans as DuckDB (feature_store/query.py), computed
+by Spark's executors with the numpy kernel per key partition.
+
+This first version computes every training set from raw events (``materialized_tiles=False``): it keeps no offline
+tiles, so ``materialize`` writes nothing offline, and it does not yet compute online values (``online_tiles``):
+materialize the online store with the DuckDB engine over the same sources meanwhile (docs/spark.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from feature_store.catalog import BatchSource, Catalog
+from feature_store.definitions import FileSource
+from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError
+from feature_store.offline.engine import (
+    Capabilities,
+    MaterializeResult,
+    OnlineTiles,
+    ProgressCallback,
+    check_recorded,
+    to_us,
+)
+from feature_store.offline.entity_rows import check_key_types
+from feature_store.offline.spark import sources
+from feature_store.offline.spark.retrieval import SparkRetrievalJob, entity_frame, final_frame, view_result
+from feature_store.offline.spark.session import adopt_session, build_session
+from feature_store.offline.spark.types import neutral
+from feature_store.query import ViewQuery, compile_view
+from feature_store.references import ResolvedFeature
+
+if TYPE_CHECKING:
+    from feature_store.config import SparkOfflineConfig
+    from feature_store.offline.push_log import PushLog
+
+
+class SparkOfflineEngine:
+    name: ClassVar[str] = "spark"
+    capabilities: ClassVar[Capabilities] = Capabilities(sql_entity_rows=True, materialized_tiles=False,
+                                                        sample_keys=True)
+
+    def __init__(self, config: SparkOfflineConfig, repo: Path, push_log: PushLog,
+                 spark: SparkSession | None = None) -> None:
+        self.config, self.repo, self.push_log = config, repo, push_log
+        self._spark = adopt_session(spark) if spark is not None else None
+        self._schemas: dict[str, dict[str, str]] = {}
+
+    @property
+    def spark(self) -> SparkSession:
+        if self._spark is None:
+            self._spark = build_session(self.config)
+        return self._spark
+
+    @property
+    def partitions(self) -> int:
+        return int(self.spark.conf.get("spark.sql.shuffle.partitions") or 8)
+
+    def close(self) -> None:
+        """The session stays up: it is shared by every store of the process (Spark keeps one per JVM)."""
+
+    # --- sources ------------------------------------------------------------------------------------------------
+
+    def source_schema(self, source: BatchSource) -> dict[str, str]:
+        key = source.model_dump_json()
+        if key not in self._schemas:
+            try:
+                frame = sources.read_source(self.spark, source, self.repo)
+            except Exception as exc:
+                if isinstance(exc, SchemaError | OfflineStoreError) or type(exc).__module__.startswith("feature_store"):
+                    raise
+                raise SchemaError(f"source {source.name!r} cannot be read by Spark: {_first_line(exc)}",
+                                  source=source.name) from exc
+            self._schemas[key] = {f.name: neutral(f.dataType) for f in frame.schema.fields}
+        return self._schemas[key]
+
+    def fingerprint(self, source: BatchSource) -> dict[str, list[int]]:
+        if not isinstance(source, FileSource) or "://" in source.path:
+            return {}
+        return {name: [Path(name).stat().st_size, Path(name).stat().st_mtime_ns]
+                for name in sources.source_paths(source, self.repo)}
+
+    def _rows(self, source: BatchSource) -> DataFrame:
+        return sources.read_source(self.spark, source, self.repo)
+
+    def source_rows(self, source: BatchSource, start: datetime, end: datetime) -> pa.Table:
+        ts = sources.epoch(source.timestamp_field, self.source_schema(source)[source.timestamp_field])
+        return self._rows(source).where((ts >= to_us(start)) & (ts < to_us(end))).toArrow()
+
+    def newest_event(self, source: BatchSource) -> datetime | None:
+        row = self._rows(source).agg(F.max(source.timestamp_field)).first()
+        value = None if row is None else row[0]
+        return value if isinstance(value, datetime) else None
+
+    # --- training sets ------------------------------------------------------------------------------------------
+
+    def plan(self, catalog: Catalog, view: str, items: Sequence[ResolvedFeature]) -> ViewQuery:
+        plan = compile_view(catalog, catalog.view(view), items)
+        check_recorded(plan, self.source_schema(plan.source.batch))
+        return plan
+
+    def events(self, plan: ViewQuery, available_before: int | None = None, pushed_before: int | None = None,
+               columns: Sequence[str] | None = None) -> DataFrame:
+        rows = sources.rows_of(self.spark, plan, self.repo, self.push_log)
+        return sources.events(rows, plan, available_before, pushed_before, columns)
+
+    def historical_features(
+        self, catalog: Catalog, entity_df: Any, features: Sequence[ResolvedFeature],
+        available_before: datetime | None = None, pushed_before: datetime | None = None,
+    ) -> SparkRetrievalJob:
+        by_view: dict[str, list[ResolvedFeature]] = {}
+        for item in features:
+            by_view.setdefault(item.view.name, []).append(item)
+        keys = list(dict.fromkeys(k for name in by_view for k in catalog.join_keys(catalog.view(name))))
+        entities, passthrough, given = entity_frame(self.spark, entity_df, keys)
+        clash = sorted(set(passthrough) & {f.output for f in features})
+        if clash:
+            raise EntityDataFrameError(f"entity columns {clash} have the same names as requested features; rename "
+                                       "those columns or use full_feature_names=True.")
+        cutoff = None if available_before is None else to_us(available_before)
+        results = []
+        for name, items in by_view.items():
+            plan = self.plan(catalog, name, items)
+            check_key_types(plan, {k: entities.schema[k].dataType.simpleString() for k in plan.keys})
+            pushed = to_us(pushed_before) if pushed_before is not None and plan.source.push_source else None
+            events = self.events(plan, cutoff, pushed)
+            results.append((plan, view_result(events, entities, plan, self.partitions)))
+        return SparkRetrievalJob(final_frame(entities, results, passthrough), given)
+
+    # --- materialization ----------------------------------------------------------------------------------------
+
+    def materialize(self, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,
+                    progress: ProgressCallback | None = None) -> list[MaterializeResult]:
+        return []  # no offline tiles (capabilities.materialized_tiles is False): the store does not call this
+
+    def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> OnlineTiles:
+        raise OfflineStoreError(
+            f"online materialization of view {view!r} with the Spark engine is not built yet: materialize the online "
+            "store with offline_store type duckdb over the same sources (docs/spark.md), or pass online=False.",
+            view=view)
+
+    def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:
+        definition = catalog.view(view)
+        first = definition.feature_names[0]
+        plan = self.plan(catalog, view, [ResolvedFeature(definition, first, first)])
+        keys = self.events(plan, columns=[]).select(*plan.keys).distinct()
+        return keys.orderBy(F.rand(seed)).limit(sample).orderBy(*plan.keys).toArrow()
+
+    def drop_materialized(self) -> list[str]:
+        return []
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

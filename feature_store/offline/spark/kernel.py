@@ -1,0 +1,111 @@
+"""What each Spark partition runs: the numpy kernel (feature_store/kernel) over its keys' events and queries.
+
+The engine unions a view's events and its distinct queries (keys, ``__t``), partitions them by key and sorts each
+partition by key, so one key's rows are together. A partition's Arrow batches are gathered into chunks of about
+CHUNK_ROWS rows, cut only between keys, so memory stays bounded by the chunk size and the largest key. Each chunk
+is evaluated exactly as DuckDB's engine evaluates a chunk of key ids (offline/duckdb/retrieval.py): dense key ids,
+events sorted by (key, ts, created), queries by (key, t).
+
+This module runs on executors: it imports numpy and pyarrow only, never pyspark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from feature_store.kernel.snapshot import evaluate_snapshot
+from feature_store.kernel.window import evaluate_group
+from feature_store.query import FeatureRequest, ViewQuery
+
+CHUNK_ROWS = 1_000_000
+QUERY = "__q"  # TRUE on query rows, FALSE on events
+
+
+def evaluate_partition(batches: Iterator[pa.RecordBatch], plan: ViewQuery,
+                       schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    pending: list[pa.RecordBatch] = []
+    rows = 0
+    for batch in batches:
+        pending.append(batch)
+        rows += batch.num_rows
+        if rows >= CHUNK_ROWS:
+            table = pa.Table.from_batches(pending)
+            cut = _last_key_start(table, plan.keys)
+            if cut == 0:  # one key so far: keep gathering
+                continue
+            yield from _evaluate(table.slice(0, cut), plan, schema)
+            rest = table.slice(cut)
+            pending, rows = rest.to_batches(), rest.num_rows
+    if rows:
+        yield from _evaluate(pa.Table.from_batches(pending), plan, schema)
+
+
+def _np(array: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return array.to_numpy(zero_copy_only=False)
+
+
+def _key_ids(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
+    """Dense ids of the keys of rows sorted by key: a new id wherever any key column changes."""
+    changed = np.zeros(table.num_rows, dtype=bool)
+    if table.num_rows:
+        changed[0] = True
+    for key in keys:
+        values = _np(table.column(key))
+        changed[1:] |= values[1:] != values[:-1]
+    return np.cumsum(changed) - 1
+
+
+def _last_key_start(table: pa.Table, keys: Sequence[str]) -> int:
+    kid = _key_ids(table, keys)
+    return int(np.searchsorted(kid, kid[-1], "left")) if len(kid) else 0
+
+
+def _evaluate(table: pa.Table, plan: ViewQuery, schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+    kid = _key_ids(table, plan.keys)
+    is_query = _np(table.column(QUERY)).astype(bool)
+    events, ev_kid = table.filter(pa.array(~is_query)), kid[~is_query]
+    queries, q_kid = table.filter(pa.array(is_query)), kid[is_query]
+    has_events = np.isin(q_kid, ev_kid)  # keys without events get the empty value from the final join
+    queries, q_kid = queries.filter(pa.array(has_events)), q_kid[has_events]
+    if queries.num_rows == 0:
+        return
+    q_t = _np(queries.column("__t")).astype(np.int64)
+    order = np.lexsort((q_t, q_kid))
+    q_kid, q_t, queries = q_kid[order], q_t[order], queries.take(pa.array(order))
+    ev_ts, ev_cr = _np(events.column("__ts")).astype(np.int64), _np(events.column("__cr")).astype(np.int64)
+    by_time = np.lexsort((ev_cr, ev_ts, ev_kid))
+    columns = ["__ts", "__cr", *(c for c in plan.columns)]
+    ordered = events.select(columns).take(pa.array(by_time))
+    ordered = ordered.add_column(0, "__kid", pa.array(ev_kid[by_time], pa.int64()))
+    outputs = _outputs(plan, q_kid, q_t, ordered)
+    arrays = [queries.column(k).combine_chunks() for k in plan.keys]
+    arrays.append(pa.array(q_t, pa.int64()))
+    for request in plan.features:
+        arrays.append(_as(outputs[request.output], schema.field(request.output).type))
+    yield from pa.Table.from_arrays(arrays, schema=schema).to_batches()
+
+
+def _outputs(plan: ViewQuery, q_kid: np.ndarray, q_t: np.ndarray, events: pa.Table) -> dict[str, pa.Array]:
+    if not plan.is_aggregation:
+        return evaluate_snapshot(q_kid, q_t, events, plan.ttl, plan.features, plan.field_order)
+    groups: dict[int, list[FeatureRequest]] = {}
+    for request in plan.features:
+        groups.setdefault(request.hop, []).append(request)
+    outputs: dict[str, pa.Array] = {}
+    for hop, requests in sorted(groups.items()):
+        outputs.update(evaluate_group(q_kid, q_t, events, hop, requests, None))
+    return outputs
+
+
+def _as(values: pa.Array | pa.ChunkedArray, kind: pa.DataType) -> pa.Array:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    if values.type == kind:
+        return values
+    if pa.types.is_null(values.type):
+        return pa.nulls(len(values), kind)
+    return pc.cast(values, kind)

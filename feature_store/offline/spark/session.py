@@ -1,0 +1,69 @@
+"""The Spark session the engine runs on: built from ``offline_store`` (master, conf), or one handed in.
+
+Spark needs Java (17 or newer): without it, starting a session fails with a JVM launcher trace; this module checks
+first and says how to fix it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from typing import TYPE_CHECKING, Any
+
+from feature_store.errors import MissingDependencyError, OfflineStoreError
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from feature_store.config import SparkOfflineConfig
+
+# The engine's needs: times in UTC (naive timestamps are UTC, docs/semantics.md), Arrow to move batches to Python
+DEFAULTS = {
+    "spark.sql.session.timeZone": "UTC",
+    "spark.sql.execution.arrow.pyspark.enabled": "true",
+    "spark.ui.enabled": "false",
+    "spark.ui.showConsoleProgress": "false",
+    "spark.sql.shuffle.partitions": "8",
+}
+
+
+def check_java() -> None:
+    java_home = os.environ.get("JAVA_HOME")
+    if shutil.which("java") is None and not (java_home and os.path.exists(os.path.join(java_home, "bin", "java"))):
+        raise MissingDependencyError(
+            "the Spark engine (offline_store.type: spark) needs Java 17 or newer, and none was found: install a "
+            "JDK or JRE (e.g. 'apt-get install openjdk-17-jre-headless') and put 'java' on PATH or set JAVA_HOME.")
+
+
+def import_pyspark() -> Any:
+    try:
+        import pyspark.sql
+    except ImportError as exc:
+        raise MissingDependencyError("the Spark engine needs pyspark: pip install 'feature-store[spark]'") from exc
+    return pyspark.sql
+
+
+def build_session(config: SparkOfflineConfig) -> SparkSession:
+    """A session for ``master`` with the engine's defaults under the user's ``conf``."""
+    sql = import_pyspark()
+    check_java()
+    # Python workers run the engine's kernel: the interpreter that has feature_store installed, unless told
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    builder = sql.SparkSession.builder.master(config.master).appName(config.app_name)
+    for key, value in {**DEFAULTS, **config.conf}.items():
+        builder = builder.config(key, value)
+    try:
+        session = builder.getOrCreate()
+    except Exception as exc:  # py4j and pyspark raise many kinds; the first line says what happened
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OfflineStoreError(f"cannot start Spark with master {config.master!r}: {first}. Check "
+                                "offline_store.master and offline_store.conf.") from exc
+    session.sparkContext.setLogLevel("ERROR")
+    return session
+
+
+def adopt_session(session: SparkSession) -> SparkSession:
+    """A session handed in (a notebook's, Databricks'): the engine's times are UTC, whatever its default."""
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    return session

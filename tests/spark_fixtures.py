@@ -1,0 +1,35 @@
+"""One Spark session per test process (Spark keeps one per JVM anyway): started on first use, local[2] with few
+shuffle partitions so that the small test data stays cheap; skipped where pyspark or Java is missing."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import shutil
+from typing import Any
+
+import pytest
+
+SPARK_YAML = 'offline_store: {type: spark, master: "local[2]", conf: {spark.sql.shuffle.partitions: "2"}}\n'
+
+
+def spark_available() -> str | None:
+    """Why Spark cannot run here, or None."""
+    if importlib.util.find_spec("pyspark") is None:
+        return "pyspark is not installed (pip install 'feature-store[spark]')"
+    if shutil.which("java") is None:
+        return "no java on PATH (Spark needs Java 17+)"
+    return None
+
+
+@functools.lru_cache(maxsize=1)
+def spark_session() -> Any:
+    reason = spark_available()
+    if reason:
+        pytest.skip(reason)
+    from feature_store.config import SparkOfflineConfig
+    from feature_store.offline.spark.session import build_session
+
+    return build_session(SparkOfflineConfig(type="spark", master="local[2]",
+                                            conf={"spark.sql.shuffle.partitions": "2",
+                                                  "spark.default.parallelism": "2"}))
