@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import warnings
 from typing import TYPE_CHECKING, Any
 
 from feature_store.errors import MissingDependencyError, OfflineStoreError
@@ -44,10 +45,16 @@ def import_pyspark() -> Any:
     return pyspark.sql
 
 
+def quiet_pandas_warning() -> None:
+    """pyspark warns on every Arrow UDF that it does not yet support pandas 3; the engine moves Arrow batches only."""
+    warnings.filterwarnings("ignore", message="PySpark does not yet fully support pandas", category=FutureWarning)
+
+
 def build_session(config: SparkOfflineConfig) -> SparkSession:
     """A session for ``master`` with the engine's defaults under the user's ``conf``."""
     sql = import_pyspark()
     check_java()
+    quiet_pandas_warning()
     # Python workers run the engine's kernel: the interpreter that has feature_store installed, unless told
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = sql.SparkSession.builder.master(config.master).appName(config.app_name)
@@ -66,4 +73,5 @@ def build_session(config: SparkOfflineConfig) -> SparkSession:
 def adopt_session(session: SparkSession) -> SparkSession:
     """A session handed in (a notebook's, Databricks'): the engine's times are UTC, whatever its default."""
     session.conf.set("spark.sql.session.timeZone", "UTC")
+    quiet_pandas_warning()
     return session
