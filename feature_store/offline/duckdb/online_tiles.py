@@ -19,7 +19,7 @@ side (online/materialize) encodes and writes them; it sees only Arrow tables (of
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 
 import duckdb
@@ -27,6 +27,7 @@ import pyarrow as pa
 
 from feature_store.aggregations import FLOAT, INT, Partial
 from feature_store.identifiers import quote
+from feature_store.kernel.tile_fields import computed_by_kernel, kernel_partials, with_kernel_fields
 from feature_store.offline.duckdb.entity_input import fetch_arrow
 from feature_store.offline.duckdb.sql import (
     Compiled,
@@ -35,7 +36,6 @@ from feature_store.offline.duckdb.sql import (
     field_sql,
     floor_sql,
     keys_sql,
-    sql_computable,
 )
 from feature_store.query import Group, ViewQuery
 
@@ -186,15 +186,11 @@ def _aggregates(group: Group) -> str:
     """The group's fields SQL computes (kernel partials are computed from the events afterwards: _kernel_sql)."""
     out = []
     for partial in group.partials:
-        if not sql_computable(partial):
+        if computed_by_kernel(partial):
             continue
         for k, name in enumerate(partial.fields):
             out.append(f"{field_sql(partial, k, group.storages[group.at(name)])} AS {quote(name)}")
     return ", ".join(out)
-
-
-def kernel_partials(group: Group) -> list[Partial]:
-    return [partial for partial in group.partials if not sql_computable(partial)]
 
 
 def _kernel_sql(view: Compiled, query: GroupQuery, bucket: str | None) -> str:
@@ -208,32 +204,6 @@ def _kernel_sql(view: Compiled, query: GroupQuery, bucket: str | None) -> str:
     order = f"{keys}, __pos, __ts, __cr" if group.hop else f"{keys}, __ts, __cr"
     cols = "".join(f", {quote(c)}" for c in columns)
     return f"SELECT {keys}, {pos}__ts, __cr{cols} FROM {STAGED} WHERE {where} ORDER BY {order}"
-
-
-def with_kernel_fields(table: pa.Table, events: pa.Table, group: Group, keys: Sequence[str]) -> pa.Table:
-    """The group's table with the fields of its kernel partials, each computed by its kind's numpy code per
-    (keys, position) run of the events."""
-    import numpy as np
-    import pyarrow.compute as pc
-
-    rows = events.num_rows
-    change = np.zeros(rows, dtype=bool)
-    if rows:
-        change[0] = True
-        for name in [*keys, *(["__pos"] if group.hop else [])]:
-            column = events.column(name).combine_chunks()
-            change[1:] |= np.asarray(pc.not_equal(column.slice(1), column.slice(0, rows - 1)).fill_null(True)
-                                     .to_numpy(zero_copy_only=False), dtype=bool)
-    starts = np.append(np.flatnonzero(change), rows).astype(np.int64)
-    ts = events.column("__ts").to_numpy()
-    created = events.column("__cr").to_numpy()
-    if len(starts) - 1 != table.num_rows:  # the two queries group the same events: a bug if they disagree
-        raise RuntimeError(f"kernel groups ({len(starts) - 1}) and tiles ({table.num_rows}) disagree")
-    for partial in kernel_partials(group):
-        values = events.column(partial.column).combine_chunks() if partial.column else pa.nulls(rows)
-        computed = partial.of.kernel(partial, values, ts, created, starts)
-        table = table.append_column(partial.fields[0], pa.array(computed))
-    return table
 
 
 def _group_sql(view: Compiled, query: GroupQuery, bucket: str | None, table_filter: list[str]) -> str:

@@ -186,10 +186,6 @@ def compute_sql(compute: Compute) -> str:
     raise ValueError(f"DuckDB cannot compute {op!r} in SQL")  # kernel partials are computed in numpy
 
 
-def sql_computable(partial: Partial) -> bool:
-    return all(compute.op != "kernel" for compute in partial.of.compute(partial))
-
-
 def field_sql(partial: Partial, k: int, storage: str) -> str:
     """Field ``k`` of the partial over a tile's events, cast to the type its storage keeps (a no-op but for
     narrower types)."""

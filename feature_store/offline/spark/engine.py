@@ -1,9 +1,10 @@
-"""The Spark offline engine: training sets from the same compiled plans as DuckDB (feature_store/query.py), computed
-by Spark's executors with the numpy kernel per key partition.
+"""The Spark offline engine: training sets and online values from the same compiled plans as DuckDB
+(feature_store/query.py), computed by Spark's executors: training sets with the numpy kernel per key partition
+(retrieval.py, kernel.py), online values as Spark aggregates of each partial's engine-neutral description
+(online_tiles.py).
 
-This first version computes every training set from raw events (``materialized_tiles=False``): it keeps no offline
-tiles, so ``materialize`` writes nothing offline, and it does not yet compute online values (``online_tiles``):
-materialize the online store with the DuckDB engine over the same sources meanwhile (docs/spark.md).
+It keeps no offline tiles yet (``materialized_tiles=False``): ``materialize`` writes nothing offline, and every
+training set reads raw events (docs/spark.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from feature_store.offline.engine import (
 )
 from feature_store.offline.entity_rows import check_key_types
 from feature_store.offline.spark import sources
+from feature_store.offline.spark.online_tiles import SparkOnlineTiles
 from feature_store.offline.spark.retrieval import SparkRetrievalJob, entity_frame, final_frame, view_result
 from feature_store.offline.spark.session import adopt_session, build_session
 from feature_store.offline.spark.types import neutral
@@ -140,10 +142,9 @@ class SparkOfflineEngine:
         return []  # no offline tiles (capabilities.materialized_tiles is False): the store does not call this
 
     def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> OnlineTiles:
-        raise OfflineStoreError(
-            f"online materialization of view {view!r} with the Spark engine is not built yet: materialize the online "
-            "store with offline_store type duckdb over the same sources (docs/spark.md), or pass online=False.",
-            view=view)
+        definition = catalog.view(view)
+        plan = self.plan(catalog, view, [ResolvedFeature(definition, f, f) for f in definition.feature_names])
+        return SparkOnlineTiles(self, plan, end, since)
 
     def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:
         definition = catalog.view(view)
