@@ -1,0 +1,127 @@
+"""A real standalone Spark cluster: a master and 2 workers started with the pyspark distribution's own
+``bin/spark-class`` on loopback ports; a driver process with ``offline_store: {type: spark, master: spark://...}``
+computes a training set and materializes the online store on it, and both equal what DuckDB gives."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from feature_store import FeatureStore
+from tests.server_fixtures import free_port, make_repo
+from tests.spark_fixtures import spark_available
+
+pytestmark = [pytest.mark.spark, pytest.mark.slow]
+ROOT = Path(__file__).resolve().parent.parent
+FEATURES = ["customer_spend:avg_spend_90d", "customer_spend:txn_count_30d", "customer_spend:last_category",
+            "customer_habits:categories_30d", "customer_profile:segment"]
+DRIVER = """
+import json, sys
+from datetime import datetime, timezone
+import pandas as pd
+from feature_store import FeatureStore
+repo, out = sys.argv[1], sys.argv[2]
+with FeatureStore(repo) as store:
+    rows = pd.DataFrame({"customer_id": list(range(1, 31)), "event_timestamp": [datetime.fromisoformat(sys.argv[3])] * 30})
+    frame = store.get_historical_features(rows, json.loads(sys.argv[4])).to_df()
+    frame.to_parquet(out + "/training.parquet")
+    store.materialize()
+    values = store.get_online_features(json.loads(sys.argv[4]), {"customer_id": list(range(1, 31))}).to_dict()
+    json.dump(values, open(out + "/online.json", "w"), default=str)
+    json.dump({"executors": store.offline.spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()},
+              open(out + "/cluster.json", "w"))
+"""
+
+
+def spark_class() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "bin" / "spark-class"
+
+
+def wait_for(path: Path, text: str, count: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists() and path.read_text(errors="replace").count(text) >= count:
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"{text!r} x{count} not in {path} within {timeout} s:\n{path.read_text(errors='replace')}")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[str]:
+    """spark://127.0.0.1:<port> with two registered workers of one core each."""
+    reason = spark_available()
+    if reason:
+        pytest.skip(reason)
+    home = spark_class().parent.parent
+    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "SPARK_LOG_DIR": str(tmp_path), "SPARK_WORKER_DIR": str(tmp_path / "work")}
+    port = free_port()
+    procs: list[subprocess.Popen[bytes]] = []
+    master_log = tmp_path / "master.log"
+    try:
+        with open(master_log, "wb") as log:
+            procs.append(subprocess.Popen(
+                [str(spark_class()), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
+                 str(port), "--webui-port", str(free_port())], stdout=log, stderr=subprocess.STDOUT, env=env))
+        wait_for(master_log, "I have been elected leader", 1, 90)
+        for n in range(2):
+            with open(tmp_path / f"worker{n}.log", "wb") as log:
+                procs.append(subprocess.Popen(
+                    [str(spark_class()), "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
+                     "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
+                     "--work-dir", str(tmp_path / f"work{n}")], stdout=log, stderr=subprocess.STDOUT, env=env))
+        wait_for(master_log, "Registering worker", 2, 90)
+        yield f"spark://127.0.0.1:{port}"
+    finally:
+        for proc in reversed(procs):
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_a_training_set_and_a_materialization_on_a_standalone_cluster(cluster: str, tmp_path: Path) -> None:
+    duck_repo = make_repo(tmp_path / "duck", "", "", customers=30, push=False,
+                          online_store={"type": "sqlite", "path": "data/online.db"})
+    spark_repo = tmp_path / "spark"
+    shutil.copytree(duck_repo, spark_repo)
+    (spark_repo / "data" / "online.db").unlink()
+    config = spark_repo / "feature_store.yaml"
+    config.write_text(config.read_text().replace(
+        "offline_store: {type: duckdb, path: data/offline.duckdb}",
+        f'offline_store: {{type: spark, master: "{cluster}", conf: {{spark.cores.max: "2", spark.executor.cores: "1", '
+        f'spark.executor.memory: 512m, spark.driver.host: 127.0.0.1, spark.sql.shuffle.partitions: "4"}}}}'))
+    when = pd.Timestamp.now(tz="UTC").floor("s")
+    out = tmp_path / "out"
+    out.mkdir()
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    run = subprocess.run([sys.executable, "-c", DRIVER, str(spark_repo), str(out), when.isoformat(),
+                          json.dumps(FEATURES)], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert json.loads((out / "cluster.json").read_text())["executors"] == 3, "the driver and two executors"
+    with FeatureStore(duck_repo) as duck:
+        rows = pd.DataFrame({"customer_id": list(range(1, 31)), "event_timestamp": [when.to_pydatetime()] * 30})
+        expected = duck.get_historical_features(rows, FEATURES).to_df()
+        online = duck.get_online_features(FEATURES, {"customer_id": list(range(1, 31))}).to_dict()
+    got = pd.read_parquet(out / "training.parquet")
+    pd.testing.assert_frame_equal(expected, got, check_dtype=False, rtol=1e-12)
+    served = json.loads((out / "online.json").read_text())
+    for name, values in online.items():
+        assert [v if not isinstance(v, float) else round(v, 9) for v in values] == \
+            [v if not isinstance(v, float) else round(v, 9) for v in served[name]], name
