@@ -8,6 +8,8 @@ aggregation features for every entity row three ways and times them:
                         straight from the raw parquet events (no materialization)
   * ``engine-tiles``  - the same call after ``store.materialize()`` (per-hop tiles);
                         the materialization itself is timed as ``engine-materialize``
+  * ``spark-raw``     - (``--engine spark``) the same call on the Spark engine (``local[2]``),
+                        from raw events; the driver JVM's peak RSS is printed too
   * ``duckdb``        - one hand-written DuckDB range-join query
   * ``pandas``        - a plain per-row pandas/numpy implementation, run on a
                         sample of the query rows and extrapolated
@@ -102,7 +104,9 @@ STRING_FEATURES = [f[0] for f in FEATURES if f[1] == "last"]
 VIEW_NAME = "customer_spend"
 FEATURE_REFS = [f"{VIEW_NAME}:{n}" for n in FEATURE_NAMES]
 
-METHODS = ["engine-raw", "engine-materialize", "engine-tiles", "duckdb", "pandas"]
+METHODS = ["engine-raw", "engine-materialize", "engine-tiles", "spark-raw", "duckdb", "pandas"]
+SPARK_YAML = ('offline_store: {type: spark, master: "local[2]", conf: {spark.driver.memory: 2g, '
+              'spark.sql.shuffle.partitions: "8"}}\n')
 
 
 def floor_hop(x_us: int | np.ndarray, hop_us: int = HOP_US):
@@ -452,11 +456,25 @@ def engine_objects(events_path: str):
     return [customer, tx, view]
 
 
-def make_repo(repo: Path) -> None:
+def make_repo(repo: Path, spark: bool = False) -> None:
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text("project: bench\n")
+    (repo / "feature_store.yaml").write_text("project: bench\n" + (SPARK_YAML if spark else ""))
+
+
+def jvm_peak_bytes() -> int | None:
+    """Peak RSS (VmHWM) of this process's java child: Spark's driver JVM (in local mode also its executors)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            if f"PPid:\t{os.getpid()}\n" in status and "Name:\tjava" in status:
+                return int(next(line for line in status.splitlines() if line.startswith("VmHWM:")).split()[1]) * 1024
+        except (OSError, StopIteration, ValueError):
+            continue
+    return None
 
 
 def run_worker(args) -> int:
@@ -501,15 +519,15 @@ def run_worker(args) -> int:
             result["rows_out"] = len(df)
             normalize(df).to_parquet(out_path)
 
-        elif method in ("engine-raw", "engine-materialize", "engine-tiles"):
+        elif method in ("engine-raw", "engine-materialize", "engine-tiles", "spark-raw"):
             import feature_store
             from feature_store import FeatureStore
 
             result["engine_version"] = getattr(feature_store, "__version__", None)
             result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
-            repo = work_dir.parent / ("repo_raw" if method == "engine-raw" else "repo_tiles")
-            if method in ("engine-raw", "engine-materialize"):
-                make_repo(repo)
+            repo = work_dir.parent / {"engine-raw": "repo_raw", "spark-raw": "repo_spark"}.get(method, "repo_tiles")
+            if method in ("engine-raw", "engine-materialize", "spark-raw"):
+                make_repo(repo, spark=method == "spark-raw")
                 t0 = time.perf_counter()
                 store = FeatureStore(str(repo))
                 store.apply(engine_objects(events_path))
@@ -531,6 +549,8 @@ def run_worker(args) -> int:
                     df = store.get_historical_features(entity, features=FEATURE_REFS).to_df()
                     result["runs"].append(time.perf_counter() - t0)
                 result["rows_out"] = len(df)
+                if method == "spark-raw":
+                    result["jvm_hwm_bytes"] = jvm_peak_bytes()
                 result["columns_out"] = [str(c) for c in df.columns]
                 result["dtypes_out"] = {str(c): str(t) for c, t in df.dtypes.items()}
                 try:
@@ -634,7 +654,7 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
         load_norm(work_dir / "duckdb.parquet") if "duckdb" in results and not results["duckdb"]["error"] else None
     )
     checks: dict[str, list] = {m: [] for m in results}
-    for m in ("engine-raw", "engine-tiles", "duckdb"):
+    for m in ("engine-raw", "engine-tiles", "spark-raw", "duckdb"):
         if m not in results or results[m]["error"]:
             continue
         out = load_norm(work_dir / f"{m}.parquet")
@@ -706,6 +726,9 @@ def bench_size(size: str, args, base_dir: Path, table: list) -> None:
             f"    peak RSS: {fmt_bytes(r.get('vm_hwm_bytes'), kib=False)} (VmHWM), "
             f"{fmt_bytes(r.get('ru_maxrss_bytes'), kib=False)} (wait4 ru_maxrss)"
         )
+        if r.get("jvm_hwm_bytes") is not None:
+            jvm = fmt_bytes(r["jvm_hwm_bytes"], kib=False)
+            print(f"    Spark driver JVM peak RSS: {jvm} (local mode: the executors run in it too)")
         if r.get("rows_out") is not None:
             print(f"    rows out: {r['rows_out']:,}")
         if r.get("order_preserved") is not None:
@@ -779,7 +802,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="timed runs per method (median reported)")
     p.add_argument(
         "--methods",
-        default=",".join(m for m in METHODS if m != "engine-materialize"),
+        default=",".join(m for m in METHODS if m not in ("engine-materialize", "spark-raw")),
         help="comma-separated subset of: " + ",".join(METHODS) + " (engine-tiles implies engine-materialize)",
     )
     p.add_argument(
@@ -792,6 +815,9 @@ def main(argv=None) -> int:
     p.add_argument(
         "--worker-timeout", type=float, default=3600.0, help="seconds before a method's subprocess is killed"
     )
+    p.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
+                   help="spark: also time the Spark engine (spark-raw, local[2]) beside DuckDB's (engine-raw) and the "
+                   "hand-written DuckDB query, on the same data")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     p.add_argument("--_data-dir", help=argparse.SUPPRESS)
     p.add_argument("--_work-dir", help=argparse.SUPPRESS)
@@ -802,6 +828,8 @@ def main(argv=None) -> int:
         return run_worker(args)
 
     args.methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.engine == "spark" and "spark-raw" not in args.methods:
+        args.methods.append("spark-raw")
     unknown = set(args.methods) - set(METHODS)
     if unknown:
         p.error(f"unknown methods: {sorted(unknown)}")

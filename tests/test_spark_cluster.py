@@ -32,7 +32,8 @@ import pandas as pd
 from feature_store import FeatureStore
 repo, out = sys.argv[1], sys.argv[2]
 with FeatureStore(repo) as store:
-    rows = pd.DataFrame({"customer_id": list(range(1, 31)), "event_timestamp": [datetime.fromisoformat(sys.argv[3])] * 30})
+    when = datetime.fromisoformat(sys.argv[3])
+    rows = pd.DataFrame({"customer_id": list(range(1, 31)), "event_timestamp": [when] * 30})
     frame = store.get_historical_features(rows, json.loads(sys.argv[4])).to_df()
     frame.to_parquet(out + "/training.parquet")
     store.materialize()
