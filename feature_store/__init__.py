@@ -34,6 +34,7 @@ if TYPE_CHECKING:
         Field,
         FileSource,
         PushSource,
+        SparkSource,
     )
     from feature_store.errors import FeatureStoreError
     from feature_store.store import FeatureStore
@@ -42,7 +43,7 @@ _MODULES = {
     "feature_store.aggregations": ("Aggregation", "ApproxCountDistinct", "ApproxPercentile", "Count", "CountDistinct",
                                    "Last", "LastK", "Max", "Mean", "Min", "StdDev", "Sum"),
     "feature_store.definitions": ("DuckDBSource", "Entity", "FeatureService", "FeatureView", "FeatureViewProjection",
-                                  "Field", "FileSource", "PushSource"),
+                                  "Field", "FileSource", "PushSource", "SparkSource"),
     "feature_store.errors": ("FeatureStoreError",),
     "feature_store.store": ("FeatureStore",),
 }
@@ -69,6 +70,7 @@ __all__ = [
     "Mean",
     "Min",
     "PushSource",
+    "SparkSource",
     "StdDev",
     "Sum",
 ]

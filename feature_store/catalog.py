@@ -14,6 +14,7 @@ from feature_store.definitions import (
     FeatureView,
     FileSource,
     PushSource,
+    SparkSource,
     kind_of,
     to_spec,
 )
@@ -26,8 +27,8 @@ from feature_store.errors import (
     closest,
 )
 
-BatchSource = FileSource | DuckDBSource
-SourceDef = FileSource | DuckDBSource | PushSource
+BatchSource = FileSource | DuckDBSource | SparkSource
+SourceDef = FileSource | DuckDBSource | SparkSource | PushSource
 _PLURAL = {"entity": "entities", "source": "sources", "feature_view": "feature views",
            "feature_service": "feature services"}
 SpecKey = tuple[str, str]  # (kind, name)
@@ -96,8 +97,8 @@ class Catalog:
                     raise UnknownReferenceError(
                         f"push source {source.name!r} reads batch source {source.batch_source_name!r}, which is "
                         f"{'a push source' if batch else 'not defined'}.{hint}"
-                        " Give batch_source= a FileSource or DuckDBSource (the object, or the name of one defined in "
-                        "the repo).", source=source.name, batch_source=source.batch_source_name,
+                        " Give batch_source= a FileSource, DuckDBSource or SparkSource (the object, or the name of one "
+                        "defined in the repo).", source=source.name, batch_source=source.batch_source_name,
                     )
         for view in self.views.values():
             for name in view.entity_names:

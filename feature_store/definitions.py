@@ -129,6 +129,26 @@ class DuckDBSource(_Source):
         return self
 
 
+class SparkSource(_Source):
+    """A table of the Spark session's catalog (``db.table`` allowed), or a Spark SQL query over it; read by the
+    Spark engine only (offline_store type spark, docs/spark.md)."""
+
+    type: Literal["spark"] = "spark"
+    table: str | None = None
+    query: str | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> SparkSource:
+        if (self.table is None) == (self.query is None):
+            raise DefinitionError(f"SparkSource {self.name!r}: give exactly one of table= or query=.")
+        if self.table is not None:
+            for part in self.table.split("."):
+                validate_identifier(part, f"table of source {self.name!r}")
+        elif not self.query or not self.query.strip():
+            raise DefinitionError(f"SparkSource {self.name!r}: query= is empty; give one SELECT statement.")
+        return self
+
+
 class PushSource(_Frozen):
     """Events pushed at run time (``store.push`` / ``POST /push``), read together with a batch source.
 
@@ -138,7 +158,7 @@ class PushSource(_Frozen):
 
     type: Literal["push"] = "push"
     name: str
-    batch_source: FileSource | DuckDBSource | str
+    batch_source: FileSource | DuckDBSource | SparkSource | str
     description: str = ""
     nullable: tuple[str, ...] = ()  # batch columns a push may leave out (null); every other one must be sent
 
@@ -163,7 +183,7 @@ class PushSource(_Frozen):
         return spec
 
 
-Source = Annotated[FileSource | DuckDBSource, Discriminator("type")]
+Source = Annotated[FileSource | DuckDBSource | SparkSource, Discriminator("type")]
 
 
 class FeatureView(_Frozen):
@@ -175,7 +195,7 @@ class FeatureView(_Frozen):
 
     name: str
     entities: tuple[Entity | str, ...]
-    source: FileSource | DuckDBSource | PushSource | str
+    source: FileSource | DuckDBSource | SparkSource | PushSource | str
     features: tuple[AnyAggregation, ...] | tuple[Field, ...]
     hop: timedelta | None = None
     ttl: timedelta | None = None
@@ -330,10 +350,10 @@ class FeatureService(_Frozen):
         )
 
 
-Definition = Entity | FileSource | DuckDBSource | PushSource | FeatureView | FeatureService
+Definition = Entity | FileSource | DuckDBSource | SparkSource | PushSource | FeatureView | FeatureService
 
 KINDS: dict[type, str] = {
-    Entity: "entity", FileSource: "source", DuckDBSource: "source", PushSource: "source",
+    Entity: "entity", FileSource: "source", DuckDBSource: "source", SparkSource: "source", PushSource: "source",
     FeatureView: "feature_view", FeatureService: "feature_service",
 }
 
@@ -355,8 +375,8 @@ def from_spec(kind: str, spec: dict[str, Any]) -> Definition:
     if kind == "entity":
         return Entity(**spec)
     if kind == "source":
-        kinds: dict[str, type[FileSource | DuckDBSource | PushSource]] = {
-            "duckdb": DuckDBSource, "push": PushSource, "file": FileSource}
+        kinds: dict[str, type[FileSource | DuckDBSource | SparkSource | PushSource]] = {
+            "duckdb": DuckDBSource, "spark": SparkSource, "push": PushSource, "file": FileSource}
         return kinds.get(spec.get("type", "file"), FileSource)(**spec)
     if kind == "feature_view":
         return FeatureView.from_spec(spec)

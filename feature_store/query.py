@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from feature_store import types
 from feature_store.aggregations import Aggregation, AggregationFunction, Partial, function_of
 from feature_store.aggregations.partials import group_partials
-from feature_store.definitions import DuckDBSource, FeatureView, Field, FileSource, PushSource
+from feature_store.definitions import DuckDBSource, FeatureView, Field, FileSource, PushSource, SparkSource
 from feature_store.durations import format_duration, to_micros
 from feature_store.errors import SchemaError, closest
 
@@ -42,7 +42,7 @@ class SourceRef:
     """Where a view's rows come from, as recorded at apply: the batch source's definition and column types, and
     the push source whose logged events join them (if any)."""
 
-    batch: FileSource | DuckDBSource
+    batch: FileSource | DuckDBSource | SparkSource
     columns: Mapping[str, str]  # column -> engine-neutral type, of the batch source
     push_source: str | None = None
 

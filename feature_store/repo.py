@@ -20,8 +20,12 @@ from feature_store.definitions import (
     FeatureView,
     FileSource,
     PushSource,
+    SparkSource,
 )
 from feature_store.errors import DefinitionError, FeatureStoreError, RepoLoadError, validation_problems
+
+# What a repo file may define: any other module-level value is not the feature store's
+_DEFINITIONS = (Entity, FileSource, DuckDBSource, SparkSource, PushSource, FeatureView, FeatureService)
 
 _SKIP_DIRS = {"data", "__pycache__", "node_modules", "venv", "site-packages"}
 
@@ -51,8 +55,7 @@ def load_repo(repo: Path) -> Catalog:
         for path in files:
             relative = str(path.relative_to(repo))
             for value in _import(path, relative, own).__dict__.values():
-                if isinstance(value, Entity | FileSource | DuckDBSource | PushSource | FeatureView | FeatureService) \
-                        and id(value) not in origins:
+                if isinstance(value, _DEFINITIONS) and id(value) not in origins:
                     objects.append(value)
                     origins[id(value)] = relative
     finally:

@@ -6,11 +6,11 @@ import glob
 from pathlib import Path
 
 from feature_store.config import resolve_path
-from feature_store.definitions import DuckDBSource, FileSource
+from feature_store.definitions import DuckDBSource, FileSource, SparkSource
 from feature_store.errors import DefinitionError, SourceNotFoundError
 from feature_store.identifiers import quote, quote_literal
 
-SourceDef = FileSource | DuckDBSource
+SourceDef = FileSource | DuckDBSource | SparkSource
 
 
 def source_files(source: FileSource, repo: Path) -> list[str]:
@@ -29,6 +29,11 @@ def source_files(source: FileSource, repo: Path) -> list[str]:
 
 def relation_sql(source: SourceDef, repo: Path) -> str:
     """A FROM-clause expression that reads the whole source."""
+    if isinstance(source, SparkSource):
+        raise DefinitionError(
+            f"source {source.name!r} is a SparkSource (a table or query of a Spark catalog), which the DuckDB engine "
+            "cannot read: set offline_store type spark (docs/spark.md), or use a FileSource or DuckDBSource.",
+            source=source.name)
     if isinstance(source, DuckDBSource):
         if source.table is not None:
             return quote(source.table)

@@ -1,6 +1,7 @@
-"""How Spark reads a view's rows: a FileSource's files (local paths or any URI Spark's Hadoop layer reads), a push
-source's logged events (tail and compacted parts, counted once per push id as offline/duckdb/push_log.py does), and
-the *events* of a plan: keys, ``__ts``, ``__cr`` (epoch microseconds) and the columns its features read."""
+"""How Spark reads a view's rows: a FileSource's files (local paths or any URI Spark's Hadoop layer reads), a
+SparkSource's catalog table or query, a push source's logged events (tail and compacted parts, counted once per push
+id as offline/duckdb/push_log.py does), and the *events* of a plan: keys, ``__ts``, ``__cr`` (epoch microseconds)
+and the columns its features read."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from pyspark.sql import types as T
 
 from feature_store import types
 from feature_store.config import resolve_path
-from feature_store.definitions import FileSource
+from feature_store.definitions import FileSource, SparkSource
 from feature_store.errors import DefinitionError, SourceNotFoundError
 from feature_store.offline.spark.types import spark as spark_type
 from feature_store.query import CREATED, PUSH_ID, PUSH_ROW, PUSH_ROWS, PUSHED_AT, PUSHED_ROW
@@ -44,6 +45,8 @@ def source_paths(source: FileSource, repo: Path) -> list[str]:
 
 
 def read_source(spark: SparkSession, source: BatchSource, repo: Path) -> DataFrame:
+    if isinstance(source, SparkSource):
+        return catalog_rows(spark, source)
     if not isinstance(source, FileSource):
         raise DefinitionError(
             f"source {source.name!r} is a DuckDBSource, which the Spark engine cannot read: use a FileSource (parquet "
@@ -52,6 +55,15 @@ def read_source(spark: SparkSession, source: BatchSource, repo: Path) -> DataFra
     if source.file_format == "csv":
         return spark.read.option("header", "true").option("inferSchema", "true").csv(paths)
     return spark.read.option("mergeSchema", "true").parquet(*paths)
+
+
+def catalog_rows(spark: SparkSession, source: SparkSource) -> DataFrame:
+    """A catalog table, or the source's query as a subquery: only a query parses there, so a statement that is
+    not one (DDL, several statements) fails to parse instead of running when the source is read."""
+    if source.table is not None:
+        return spark.table(source.table)
+    query = (source.query or "").strip().removesuffix(";")
+    return spark.sql(f"SELECT * FROM (\n{query}\n) AS __fs_source")
 
 
 def epoch(column: str, kind: str) -> Column:
