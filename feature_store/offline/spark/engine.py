@@ -31,6 +31,7 @@ from feature_store.offline.engine import (
 )
 from feature_store.offline.entity_rows import check_key_types
 from feature_store.offline.spark import sources
+from feature_store.offline.spark.kernel import CHUNK_CONF, CHUNK_ROWS
 from feature_store.offline.spark.online_tiles import SparkOnlineTiles
 from feature_store.offline.spark.retrieval import SparkRetrievalJob, entity_frame, final_frame, view_result
 from feature_store.offline.spark.session import adopt_session, build_session
@@ -63,6 +64,11 @@ class SparkOfflineEngine:
     @property
     def partitions(self) -> int:
         return int(self.spark.conf.get("spark.sql.shuffle.partitions") or 8)
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows a partition hands the kernel at once (more when one key has more: a key is never cut)."""
+        return int(self.spark.conf.get(CHUNK_CONF, None) or CHUNK_ROWS)
 
     def close(self) -> None:
         """The session stays up: it is shared by every store of the process (Spark keeps one per JVM)."""
@@ -132,7 +138,7 @@ class SparkOfflineEngine:
             check_key_types(plan, {k: entities.schema[k].dataType.simpleString() for k in plan.keys})
             pushed = to_us(pushed_before) if pushed_before is not None and plan.source.push_source else None
             events = self.events(plan, cutoff, pushed)
-            results.append((plan, view_result(events, entities, plan, self.partitions)))
+            results.append((plan, view_result(events, entities, plan, self.partitions, self.chunk_rows)))
         return SparkRetrievalJob(final_frame(entities, results, passthrough), given)
 
     # --- materialization ----------------------------------------------------------------------------------------

@@ -2,9 +2,10 @@
 
 The engine unions a view's events and its distinct queries (keys, ``__t``), partitions them by key and sorts each
 partition by key, so one key's rows are together. A partition's Arrow batches are gathered into chunks of about
-CHUNK_ROWS rows, cut only between keys, so memory stays bounded by the chunk size and the largest key. Each chunk
-is evaluated exactly as DuckDB's engine evaluates a chunk of key ids (offline/duckdb/retrieval.py): dense key ids,
-events sorted by (key, ts, created), queries by (key, t).
+CHUNK_ROWS rows (the session's ``spark.featurestore.kernel.chunkRows``), cut only between keys, so memory stays
+bounded by the chunk size plus the largest key (a hot key is gathered whole). Each chunk is evaluated exactly as
+DuckDB's engine evaluates a chunk of key ids (offline/duckdb/retrieval.py): dense key ids, events sorted by (key,
+ts, created), queries by (key, t).
 
 This module runs on executors: it imports numpy and pyarrow only, never pyspark.
 """
@@ -21,25 +22,33 @@ from feature_store.kernel.snapshot import evaluate_snapshot
 from feature_store.kernel.window import evaluate_group
 from feature_store.query import FeatureRequest, ViewQuery
 
-CHUNK_ROWS = 1_000_000
+CHUNK_ROWS = 1_000_000  # the default; the session's conf CHUNK_CONF sets it
+CHUNK_CONF = "spark.featurestore.kernel.chunkRows"
 QUERY = "__q"  # TRUE on query rows, FALSE on events
 
 
-def evaluate_partition(batches: Iterator[pa.RecordBatch], plan: ViewQuery,
-                       schema: pa.Schema) -> Iterator[pa.RecordBatch]:
+def evaluate_partition(batches: Iterator[pa.RecordBatch], plan: ViewQuery, schema: pa.Schema,
+                       chunk_rows: int = CHUNK_ROWS) -> Iterator[pa.RecordBatch]:
+    """Chunks of about chunk_rows rows, cut where a key starts in the last batch gathered: a key longer than a
+    chunk (a hot key) is gathered whole, and looking at one batch at a time keeps gathering it linear."""
     pending: list[pa.RecordBatch] = []
     rows = 0
     for batch in batches:
+        if batch.num_rows == 0:
+            continue
+        previous = pending[-1] if pending else None  # never empty: the key its last row holds is known
         pending.append(batch)
         rows += batch.num_rows
-        if rows >= CHUNK_ROWS:
-            table = pa.Table.from_batches(pending)
-            cut = _last_key_start(table, plan.keys)
-            if cut == 0:  # one key so far: keep gathering
-                continue
-            yield from _evaluate(table.slice(0, cut), plan, schema)
-            rest = table.slice(cut)
-            pending, rows = rest.to_batches(), rest.num_rows
+        if rows < chunk_rows:
+            continue
+        start = _last_key_start(batch, previous, plan.keys)
+        if start < 0 or rows - batch.num_rows + start == 0:  # no key starts here: keep gathering
+            continue
+        table = pa.Table.from_batches(pending)
+        cut = rows - batch.num_rows + start
+        yield from _evaluate(table.slice(0, cut), plan, schema)
+        rest = table.slice(cut)
+        pending, rows = [b for b in rest.to_batches() if b.num_rows], rest.num_rows
     if rows:
         yield from _evaluate(pa.Table.from_batches(pending), plan, schema)
 
@@ -59,9 +68,14 @@ def _key_ids(table: pa.Table, keys: Sequence[str]) -> np.ndarray:
     return np.cumsum(changed) - 1
 
 
-def _last_key_start(table: pa.Table, keys: Sequence[str]) -> int:
-    kid = _key_ids(table, keys)
-    return int(np.searchsorted(kid, kid[-1], "left")) if len(kid) else 0
+def _last_key_start(batch: pa.RecordBatch, previous: pa.RecordBatch | None, keys: Sequence[str]) -> int:
+    """Where in the batch the last key starting in it starts (its rows sorted by key), or -1 when its rows all
+    continue the previous batch's last key."""
+    rows = pa.Table.from_batches([batch])
+    if previous is not None:
+        rows = pa.concat_tables([pa.Table.from_batches([previous.slice(previous.num_rows - 1)]), rows])
+    kid = _key_ids(rows, keys)
+    return int(np.searchsorted(kid, kid[-1], "left")) - (rows.num_rows - batch.num_rows)
 
 
 def _evaluate(table: pa.Table, plan: ViewQuery, schema: pa.Schema) -> Iterator[pa.RecordBatch]:

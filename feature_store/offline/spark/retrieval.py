@@ -100,7 +100,8 @@ def _spark_entities(frame: DataFrame, join_keys: Sequence[str]) -> tuple[DataFra
     return out, list(names)
 
 
-def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partitions: int) -> DataFrame:
+def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partitions: int,
+                chunk_rows: int = kernel.CHUNK_ROWS) -> DataFrame:
     """Feature values of one view for the distinct (keys, t) of the entity rows: events and queries of a key in one
     partition, evaluated by the kernel."""
     keys = list(plan.keys)
@@ -114,7 +115,7 @@ def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partiti
     arrow_schema = pa.schema([pa.field(k, _key_arrow(t)) for k, t in zip(keys, plan.key_types, strict=True)]
                              + [pa.field("__t", pa.int64())]
                              + [pa.field(r.output, arrow_type(r.output_type)) for r in plan.features])
-    run = functools.partial(kernel.evaluate_partition, plan=plan, schema=arrow_schema)
+    run = functools.partial(kernel.evaluate_partition, plan=plan, schema=arrow_schema, chunk_rows=chunk_rows)
     return rows.repartition(partitions, *keys).sortWithinPartitions(*keys).mapInArrow(run, schema)
 
 
