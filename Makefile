@@ -30,9 +30,9 @@ demo: $(VENV)/.installed
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q
 
-## test-fast: the developers' tier (about a minute on 2 cores: 65 s on 2026-12-05): no server processes, kill -9 trials or deliberate waits, fewer hypothesis examples
+## test-fast: the developers' tier (about a minute on 2 cores: 65 s on 2026-12-05): no server processes, kill -9 trials or deliberate waits, no Spark (a JVM and minutes of its tests: `make test` runs them), fewer hypothesis examples
 test-fast: $(VENV)/.dev-installed
-	ONLINE_EXAMPLES=4 SEMANTICS_EXAMPLES=12 $(BIN)/python -m pytest -q -n 2 -m "not slow"
+	ONLINE_EXAMPLES=4 SEMANTICS_EXAMPLES=12 $(BIN)/python -m pytest -q -n 2 -m "not slow and not spark"
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check feature_store tests benchmarks
