@@ -400,7 +400,6 @@ def test_null_entity_key_gets_empty_window_values_and_null_snapshot(run):
     check(out[1:], {"n_rows": [1], "total": [5.0], "avg": [5.0], "latest": ["a"], "age": [40]})
 
 
-@pytest.mark.gap("spark", "Spark reads no nanosecond parquet timestamps (PARQUET_TYPE_ILLEGAL)")
 def test_sub_microsecond_digits_are_truncated(run):
     # The query at T + 999 ns is read as T and the event at T + 500 ns as T: that event is at
     # exactly t and excluded (without truncation it would be 499 ns before t and included);
@@ -544,12 +543,8 @@ def test_query_timestamps_are_instants_and_hops_are_floored_in_utc(run, tz):
     check(out, {"s": [101.0], "c": [2], "age": [40]})
 
 
-NANOS_GAP = pytest.mark.gap("spark", "Spark reads no nanosecond parquet timestamps (PARQUET_TYPE_ILLEGAL)")
-
-
 @pytest.mark.parametrize("ts_type", ["timestamp[us]", "timestamp[us, tz=UTC]", "timestamp[us, tz=Asia/Kolkata]",
-                                     pytest.param("timestamp[ns, tz=America/New_York]", marks=NANOS_GAP),
-                                     pytest.param("timestamp[ns]", marks=NANOS_GAP)])
+                                     "timestamp[ns, tz=America/New_York]", "timestamp[ns]"])
 def test_source_timestamps_are_instants_and_naive_ones_are_utc(run, ts_type):
     t = datetime(2024, 1, 9, 21, 30, tzinfo=UTC)
     start = datetime(2024, 1, 8, tzinfo=UTC)

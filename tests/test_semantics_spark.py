@@ -3,9 +3,8 @@ tests/test_semantics_property.py must agree with the slow reference and give exa
 (floats to 1e-12), and tests/test_online_consistency.py's harness must find the online values Spark materializes
 equal to Spark's training sets and to the reference.
 
-Fewer examples than on DuckDB (a Spark query costs about half a second here), and one declared gap: Spark reads no
-nanosecond parquet timestamps, so sources drawn with them are written in microseconds (the drawn times are whole
-microseconds, so the scenario is the same).
+Fewer examples than on DuckDB (a Spark query costs about half a second here). Sources drawn with nanosecond
+timestamps are written so (Spark reads them as longs that the engine turns back into timestamps).
 """
 
 import itertools
@@ -36,14 +35,10 @@ SPARK_SETTINGS = settings(SETTINGS, max_examples=int(os.environ.get("SPARK_EXAMP
 _projects = itertools.count()
 
 
-def in_microseconds(views):
-    return [replace(v, schema=tuple((c, t.replace("[ns", "[us")) for c, t in v.schema)) for v in views]
-
-
 class SparkRepo(SharedRepo):
     def run(self, views, entity_df, refs, materialize_ends=()):
         self.examples += 1
-        renamed = [replace(v, name=f"{v.name}_{self.examples}") for v in in_microseconds(views)]
+        renamed = [replace(v, name=f"{v.name}_{self.examples}") for v in views]
         names = {v.name: r.name for v, r in zip(views, renamed, strict=True)}
         refs = [f"{names[r.split(':')[0]]}:{r.split(':')[1]}" for r in refs]
         self.store = ref.open_store(self.dir, renamed, store=self.store, engine="spark")
@@ -70,7 +65,7 @@ def test_aggregations_on_spark_match_the_reference_and_duckdb(spark_repo, duckdb
     views, entity_df, refs = scenario
     [out], renamed, spark_refs = spark_repo.run(views, entity_df, refs)
     assert_agrees_with_reference(out, renamed, entity_df, spark_refs)
-    [duck], _, _ = duckdb_repo.run(in_microseconds(views), entity_df, refs)
+    [duck], _, _ = duckdb_repo.run(views, entity_df, refs)
     assert_identical(duck.set_axis(out.columns, axis=1), out)
 
 
@@ -91,7 +86,7 @@ def test_online_values_materialized_by_spark_equal_offline(scenario, data):
     """tests/test_online_consistency.py's harness with the Spark engine computing the online values (SQLite online
     store): every online read at N after a materialization to E equals Spark's training set at N over the data
     available at E, and the reference; after a last materialization, the plain training set."""
-    spend, profile = (replace(v, schema=tuple((c, t.replace("[ns", "[us")) for c, t in v.schema)) for v in scenario)
+    spend, profile = scenario
     repo = online.scratch_dir("online_spark_")
     store = None
     try:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -78,6 +79,8 @@ def entity_frame(spark: SparkSession, entity_df: Any,
     column = table.column(TIMESTAMP_COLUMN)
     if pa.types.is_date(column.type):
         column = column.cast(pa.timestamp("us"))
+    elif column.type.unit == "ns":  # sub-microsecond digits truncated toward the past (docs/semantics.md)
+        column = pc.floor_temporal(column, unit="microsecond")
     micros = column.cast(pa.timestamp("us", tz=getattr(column.type, "tz", None))).cast(pa.int64())
     table = table.append_column("__t", micros)
     passthrough = [c for c in table.column_names if c not in (ROW_ID, "__t")]

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from feature_store.config import SparkOfflineConfig
 
+NANOS_AS_LONG = "spark.sql.legacy.parquet.nanosAsLong"
 # The engine's needs: times in UTC (naive timestamps are UTC, docs/semantics.md), Arrow to move batches to Python
 DEFAULTS = {
     "spark.sql.session.timeZone": "UTC",
@@ -26,6 +27,9 @@ DEFAULTS = {
     "spark.ui.enabled": "false",
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.shuffle.partitions": "8",
+    # Spark reads no nanosecond parquet timestamps (PARQUET_TYPE_ILLEGAL) but as longs: sources.py makes them
+    # microsecond timestamps again, truncated as docs/semantics.md says
+    NANOS_AS_LONG: "true",
 }
 
 
@@ -71,7 +75,9 @@ def build_session(config: SparkOfflineConfig) -> SparkSession:
 
 
 def adopt_session(session: SparkSession) -> SparkSession:
-    """A session handed in (a notebook's, Databricks'): the engine's times are UTC, whatever its default."""
+    """A session handed in (a notebook's, Databricks'): the engine's times are UTC, whatever its default, and
+    nanosecond parquet timestamps read as longs (which sources.py turns into timestamps)."""
     session.conf.set("spark.sql.session.timeZone", "UTC")
+    session.conf.set(NANOS_AS_LONG, "true")
     quiet_pandas_warning()
     return session

@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -54,7 +56,37 @@ def read_source(spark: SparkSession, source: BatchSource, repo: Path) -> DataFra
     paths = source_paths(source, repo)
     if source.file_format == "csv":
         return spark.read.option("header", "true").option("inferSchema", "true").csv(paths)
-    return spark.read.option("mergeSchema", "true").parquet(*paths)
+    return with_nanos_as_timestamps(spark.read.option("mergeSchema", "true").parquet(*paths), nanos_columns(paths))
+
+
+def nanos_columns(paths: Sequence[str]) -> dict[str, bool]:
+    """The nanosecond timestamp columns of local parquet files, from their footers: name -> whether it is an
+    instant (with a time zone). Spark reads them as longs (session.py: NANOS_AS_LONG) and cannot tell them from
+    int64 columns; files behind a URI are not looked into."""
+    found: dict[str, bool] = {}
+    for path in paths:
+        if "://" in path:
+            continue
+        for field in pq.read_schema(path):
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
+                found[field.name] = field.type.tz is not None
+    return found
+
+
+def with_nanos_as_timestamps(frame: DataFrame, nanos: Mapping[str, bool]) -> DataFrame:
+    """Nanosecond longs as microsecond timestamps, truncated toward the past (floor division, exact in longs: T - 1
+    ns is T - 1 us, docs/semantics.md); an instant as a timestamp, a naive one as a timestamp without time zone."""
+    if not nanos:
+        return frame
+    out = []
+    for name in frame.columns:
+        if name in nanos and isinstance(frame.schema[name].dataType, T.LongType):
+            micros = F.expr(f"div(`{name}` - pmod(`{name}`, 1000), 1000)")
+            value = F.timestamp_micros(micros)
+            out.append((value if nanos[name] else value.cast(T.TimestampNTZType())).alias(name))
+        else:
+            out.append(F.col(name))
+    return frame.select(*out)
 
 
 def catalog_rows(spark: SparkSession, source: SparkSource) -> DataFrame:
