@@ -105,8 +105,8 @@ VIEW_NAME = "customer_spend"
 FEATURE_REFS = [f"{VIEW_NAME}:{n}" for n in FEATURE_NAMES]
 
 METHODS = ["engine-raw", "engine-materialize", "engine-tiles", "spark-raw", "duckdb", "pandas"]
-SPARK_YAML = ('offline_store: {type: spark, master: "local[2]", conf: {spark.driver.memory: 2g, '
-              'spark.sql.shuffle.partitions: "8"}}\n')
+SPARK_YAML = ('offline_store: {{type: spark, master: "{master}", conf: {{spark.driver.memory: 2g, '
+              'spark.sql.shuffle.partitions: "8"}}}}\n')
 
 
 def floor_hop(x_us: int | np.ndarray, hop_us: int = HOP_US):
@@ -456,11 +456,12 @@ def engine_objects(events_path: str):
     return [customer, tx, view]
 
 
-def make_repo(repo: Path, spark: bool = False) -> None:
+def make_repo(repo: Path, spark: str | None = None) -> None:
+    """spark: the Spark master of the engine, or None for DuckDB."""
     if repo.exists():
         shutil.rmtree(repo)
     repo.mkdir(parents=True)
-    (repo / "feature_store.yaml").write_text("project: bench\n" + (SPARK_YAML if spark else ""))
+    (repo / "feature_store.yaml").write_text("project: bench\n" + (SPARK_YAML.format(master=spark) if spark else ""))
 
 
 def jvm_peak_bytes() -> int | None:
@@ -527,7 +528,7 @@ def run_worker(args) -> int:
             result["engine_fingerprint"] = source_fingerprint(Path(feature_store.__file__).parent)
             repo = work_dir.parent / {"engine-raw": "repo_raw", "spark-raw": "repo_spark"}.get(method, "repo_tiles")
             if method in ("engine-raw", "engine-materialize", "spark-raw"):
-                make_repo(repo, spark=method == "spark-raw")
+                make_repo(repo, spark=args.spark_master if method == "spark-raw" else None)
                 t0 = time.perf_counter()
                 store = FeatureStore(str(repo))
                 store.apply(engine_objects(events_path))
@@ -594,6 +595,8 @@ def spawn_worker(
         str(args.repeat),
         "--entity-input",
         args.entity_input,
+        "--spark-master",
+        args.spark_master,
     ]
     return run_worker_process(cmd, result_path, timeout, {"method": method, "runs": []})
 
@@ -818,6 +821,9 @@ def main(argv=None) -> int:
     p.add_argument("--engine", choices=["duckdb", "spark"], default="duckdb",
                    help="spark: also time the Spark engine (spark-raw, local[2]) beside DuckDB's (engine-raw) and the "
                    "hand-written DuckDB query, on the same data")
+    p.add_argument("--spark-master", default="local[2]",
+                   help="the Spark engine's master for spark-raw (e.g. spark://127.0.0.1:7077: "
+                   "benchmarks/spark_cluster.py starts a standalone cluster and passes it)")
     p.add_argument("--_worker", help=argparse.SUPPRESS)
     p.add_argument("--_data-dir", help=argparse.SUPPRESS)
     p.add_argument("--_work-dir", help=argparse.SUPPRESS)
