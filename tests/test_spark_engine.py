@@ -141,7 +141,8 @@ def test_online_values_materialized_by_spark_equal_duckdbs(repo: Path, tmp_path:
             for a, b in zip(values, got[name], strict=True):
                 close = isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-12)
                 assert a == b or close, (name, values, got[name])
-        assert spark.verify(sample=40).ok
+        report = spark.verify(sample=40)
+        assert report.ok, ([c for c in report.checks if not c.ok], report.not_materialized)
 
 
 def test_without_java_the_error_names_the_fix(repo: Path) -> None:
