@@ -10,7 +10,18 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from feature_store import Count, Entity, FeatureStore, FeatureView, Field, FileSource, Last, SparkSource, Sum
+from feature_store import (
+    Count,
+    Entity,
+    FeatureStore,
+    FeatureView,
+    Field,
+    FileSource,
+    Last,
+    PushSource,
+    SparkSource,
+    Sum,
+)
 from feature_store.config import RepoConfig, SparkOfflineConfig, load_config
 from feature_store.definitions import from_spec, to_spec
 from feature_store.errors import DefinitionError, FeatureStoreError, InvalidIdentifierError
@@ -108,6 +119,28 @@ def test_a_query_that_is_not_one_select_never_runs(repo: Path, query: str) -> No
     with pytest.raises(FeatureStoreError, match="cannot be read by Spark"):
         run(repo, SparkSource(name="s", query=query, timestamp_field="ts"))
     assert spark.table("fs_victim").columns == ["kept"], "the statement ran"
+
+
+def test_a_push_source_over_a_catalog_table_reads_its_pushes(repo: Path) -> None:
+    user = Entity(name="user", join_keys=["user_id"])
+    batch = SparkSource(name="s", table="fs_events", timestamp_field="ts")
+    push = PushSource(name="s_push", batch_source=batch)
+    view = FeatureView(name="pushed", entities=[user], source=push, features=[
+        Count(window=None, name="n"), Sum("price", window=None, name="spent")])
+    now = pd.Timestamp.now(tz="UTC")
+    with spark_store(repo) as store:
+        store.apply([user, batch, push, view])
+        store.push_log.settle_seconds = 0.0  # type: ignore[attr-defined]
+        body = {"user_id": [7, 999], "ts": [(now - pd.Timedelta(seconds=5)).isoformat()] * 2, "price": [1.5, 2.5],
+                "label": ["x", "y"]}
+        store.push("s_push", body, push_id="p1")
+        store.push("s_push", body, push_id="p1")  # a retry: counted once
+        rows = pd.DataFrame({"user_id": [7, 999], "event_timestamp": [now + pd.Timedelta(seconds=1)] * 2})
+        got = store.get_historical_features(rows, ["pushed:n", "pushed:spent"]).to_df()
+    frame = events_frame()
+    mine = frame[frame["user_id"] == 7]
+    assert got["n"].tolist() == [len(mine) + 1, 1]
+    assert got["spent"].tolist() == pytest.approx([mine["price"].sum() + 1.5, 2.5], rel=1e-12)
 
 
 def test_a_missing_table_names_the_source(repo: Path) -> None:
