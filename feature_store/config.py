@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from feature_store.errors import ConfigError, validation_problems
 from feature_store.identifiers import validate_identifier
@@ -52,7 +62,17 @@ class PostgresPushLogConfig(_Config):
         return value
 
 
-PushLogConfig = Annotated[FilePushLogConfig | PostgresPushLogConfig, Field(discriminator="type")]
+def _type_or(default: str) -> Callable[[Any], str]:
+    """A discriminator that reads ``type`` and falls back to the default backend when it is left out."""
+    def tag(value: Any) -> str:
+        found = value.get("type", default) if isinstance(value, dict) else getattr(value, "type", default)
+        return str(found)
+    return tag
+
+
+PushLogConfig = Annotated[Annotated[FilePushLogConfig, Tag("file")] | Annotated[PostgresPushLogConfig, Tag("postgres")],
+                          Discriminator(_type_or("file"), custom_error_type="backend_type",
+                                        custom_error_message="type must be 'file' or 'postgres'")]
 
 
 class DuckDBOfflineConfig(_Config):
@@ -77,7 +97,9 @@ class SparkOfflineConfig(_Config):
     push_log: PushLogConfig = FilePushLogConfig()
 
 
-OfflineConfig = Annotated[DuckDBOfflineConfig | SparkOfflineConfig, Field(discriminator="type")]
+OfflineConfig = Annotated[Annotated[DuckDBOfflineConfig, Tag("duckdb")] | Annotated[SparkOfflineConfig, Tag("spark")],
+                          Discriminator(_type_or("duckdb"), custom_error_type="engine_type",
+                                        custom_error_message="type must be 'duckdb' or 'spark'")]
 
 
 def offline_data_dir(config: DuckDBOfflineConfig | SparkOfflineConfig, repo: Path) -> Path:

@@ -237,3 +237,12 @@ def test_compaction_killed_at_random_points_loses_and_doubles_nothing(
                 con.execute(f"DROP TABLE IF EXISTS {table}")
                 con.execute(f"DROP TABLE IF EXISTS {table}_manifest")
         shutil.rmtree(tmp_path, ignore_errors=True)
+
+
+def test_config_without_types_keeps_the_defaults() -> None:
+    from feature_store.config import DuckDBOfflineConfig, FilePushLogConfig, RepoConfig
+
+    config = RepoConfig.model_validate({"project": "p", "offline_store": {"push_log": {"rotate_seconds": 5}}})
+    assert isinstance(config.offline_store, DuckDBOfflineConfig)
+    assert isinstance(config.offline_store.push_log, FilePushLogConfig)
+    assert config.offline_store.push_log.rotate_seconds == 5
