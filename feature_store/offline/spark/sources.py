@@ -5,7 +5,9 @@ and the columns its features read."""
 
 from __future__ import annotations
 
+import functools
 import glob
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -65,12 +67,17 @@ def nanos_columns(paths: Sequence[str]) -> dict[str, bool]:
     int64 columns; files behind a URI are not looked into."""
     found: dict[str, bool] = {}
     for path in paths:
-        if "://" in path:
-            continue
-        for field in pq.read_schema(path):
-            if pa.types.is_timestamp(field.type) and field.type.unit == "ns":
-                found[field.name] = field.type.tz is not None
+        if "://" not in path:
+            stat = os.stat(path)
+            found.update(_footer_nanos(path, stat.st_size, stat.st_mtime_ns))
     return found
+
+
+@functools.lru_cache(maxsize=4096)
+def _footer_nanos(path: str, size: int, mtime_ns: int) -> dict[str, bool]:
+    """One file's nanosecond columns; cached by size and time, as a source is read for every training set."""
+    return {field.name: field.type.tz is not None for field in pq.read_schema(path)
+            if pa.types.is_timestamp(field.type) and field.type.unit == "ns"}
 
 
 def with_nanos_as_timestamps(frame: DataFrame, nanos: Mapping[str, bool]) -> DataFrame:
