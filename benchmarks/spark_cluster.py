@@ -12,84 +12,24 @@ median seconds of each are printed with the exact commands.
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+from tests.spark_standalone import environment, standalone  # noqa: E402 - the tests' cluster launcher
+
 HERE = Path(__file__).resolve().parent
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def spark_class() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent / "bin" / "spark-class"
-
-
-def wait_for(path: Path, text: str, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text(errors="replace").count(text) >= count:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{text!r} x{count} not in {path} within {timeout} s")
-
-
-def environment(logs: Path) -> dict[str, str]:
-    return {**os.environ, "SPARK_HOME": str(spark_class().parent.parent), "SPARK_LOCAL_IP": "127.0.0.1",
-            "PYSPARK_PYTHON": sys.executable, "SPARK_LOG_DIR": str(logs),
-            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
-
-
-@contextmanager
-def cluster(workers: int, logs: Path, memory: str) -> Iterator[str]:
-    """spark://127.0.0.1:<port> with ``workers`` registered workers of one core each; stopped on exit."""
-    env, port = environment(logs), free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    master_log = logs / "master.log"
-    try:
-        with open(master_log, "wb") as log:
-            procs.append(subprocess.Popen(
-                [str(spark_class()), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
-                 str(port), "--webui-port", str(free_port())], stdout=log, stderr=subprocess.STDOUT, env=env))
-        wait_for(master_log, "I have been elected leader", 1, 90)
-        for n in range(workers):
-            with open(logs / f"worker{n}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [str(spark_class()), "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
-                     "--host", "127.0.0.1", "--cores", "1", "--memory", memory, "--webui-port", str(free_port()),
-                     "--work-dir", str(logs / f"work{n}")], stdout=log, stderr=subprocess.STDOUT, env=env))
-        wait_for(master_log, "Registering worker", workers, 90)
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 def run(workers: int, args: argparse.Namespace, logs: Path) -> tuple[str, Path]:
     """offline.py's spark-raw on a cluster of ``workers``: its summary line and the saved training set."""
-    with cluster(workers, logs, args.worker_memory) as master:
+    with standalone(workers, logs, args.worker_memory) as master:
         cmd = [sys.executable, str(HERE / "offline.py"), "--size", args.size, "--engine", "spark", "--methods",
                "spark-raw", "--repeat", str(args.repeat), "--out-dir", args.out_dir, "--spark-master", master]
         print("$", " ".join(cmd), flush=True)

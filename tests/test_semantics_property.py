@@ -337,10 +337,11 @@ class SharedRepo:
     from one example to the next; it only saves opening a new store for each example.
     """
 
-    def __init__(self):
+    def __init__(self, engine="duckdb"):
         self.dir = tempfile.mkdtemp(prefix="semantics_property_")
         self.store = None
         self.examples = 0
+        self.engine = engine
 
     def run(self, views, entity_df, refs, materialize_ends=()):
         """Engine results before and after each materialize(end=...), and the renamed views and refs."""
@@ -348,7 +349,7 @@ class SharedRepo:
         renamed = [replace(v, name=f"{v.name}_{self.examples}") for v in views]
         names = {v.name: r.name for v, r in zip(views, renamed, strict=True)}
         refs = [f"{names[r.split(':')[0]]}:{r.split(':')[1]}" for r in refs]
-        self.store = ref.open_store(self.dir, renamed, store=self.store)
+        self.store = ref.open_store(self.dir, renamed, store=self.store, engine=self.engine)
         results = [ref.engine_query(self.store, entity_df, refs)]
         for end in materialize_ends:
             self.store.materialize(end=end)

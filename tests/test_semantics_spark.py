@@ -11,7 +11,6 @@ import itertools
 import os
 import shutil
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -35,19 +34,9 @@ SPARK_SETTINGS = settings(SETTINGS, max_examples=int(os.environ.get("SPARK_EXAMP
 _projects = itertools.count()
 
 
-class SparkRepo(SharedRepo):
-    def run(self, views, entity_df, refs, materialize_ends=()):
-        self.examples += 1
-        renamed = [replace(v, name=f"{v.name}_{self.examples}") for v in views]
-        names = {v.name: r.name for v, r in zip(views, renamed, strict=True)}
-        refs = [f"{names[r.split(':')[0]]}:{r.split(':')[1]}" for r in refs]
-        self.store = ref.open_store(self.dir, renamed, store=self.store, engine="spark")
-        return [ref.engine_query(self.store, entity_df, refs)], renamed, refs
-
-
 @pytest.fixture(scope="module")
 def spark_repo():
-    shared = SparkRepo()
+    shared = SharedRepo(engine="spark")
     yield shared
     shutil.rmtree(shared.dir, ignore_errors=True)
 

@@ -7,10 +7,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -18,8 +16,9 @@ import pandas as pd
 import pytest
 
 from feature_store import FeatureStore
-from tests.server_fixtures import free_port, make_repo
+from tests.server_fixtures import make_repo
 from tests.spark_fixtures import spark_available
+from tests.spark_standalone import standalone
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,56 +43,14 @@ with FeatureStore(repo) as store:
 """
 
 
-def spark_class() -> Path:
-    import pyspark
-
-    return Path(pyspark.__file__).parent / "bin" / "spark-class"
-
-
-def wait_for(path: Path, text: str, count: int, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if path.exists() and path.read_text(errors="replace").count(text) >= count:
-            return
-        time.sleep(0.2)
-    raise RuntimeError(f"{text!r} x{count} not in {path} within {timeout} s:\n{path.read_text(errors='replace')}")
-
-
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[str]:
     """spark://127.0.0.1:<port> with two registered workers of one core each."""
     reason = spark_available()
     if reason:
         pytest.skip(reason)
-    home = spark_class().parent.parent
-    env = {**os.environ, "SPARK_HOME": str(home), "SPARK_LOCAL_IP": "127.0.0.1", "PYSPARK_PYTHON": sys.executable,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
-           "SPARK_LOG_DIR": str(tmp_path), "SPARK_WORKER_DIR": str(tmp_path / "work")}
-    port = free_port()
-    procs: list[subprocess.Popen[bytes]] = []
-    master_log = tmp_path / "master.log"
-    try:
-        with open(master_log, "wb") as log:
-            procs.append(subprocess.Popen(
-                [str(spark_class()), "org.apache.spark.deploy.master.Master", "--host", "127.0.0.1", "--port",
-                 str(port), "--webui-port", str(free_port())], stdout=log, stderr=subprocess.STDOUT, env=env))
-        wait_for(master_log, "I have been elected leader", 1, 90)
-        for n in range(2):
-            with open(tmp_path / f"worker{n}.log", "wb") as log:
-                procs.append(subprocess.Popen(
-                    [str(spark_class()), "org.apache.spark.deploy.worker.Worker", f"spark://127.0.0.1:{port}",
-                     "--host", "127.0.0.1", "--cores", "1", "--memory", "1g", "--webui-port", str(free_port()),
-                     "--work-dir", str(tmp_path / f"work{n}")], stdout=log, stderr=subprocess.STDOUT, env=env))
-        wait_for(master_log, "Registering worker", 2, 90)
-        yield f"spark://127.0.0.1:{port}"
-    finally:
-        for proc in reversed(procs):
-            proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+    with standalone(2, tmp_path) as master:
+        yield master
 
 
 def test_a_training_set_and_a_materialization_on_a_standalone_cluster(cluster: str, tmp_path: Path) -> None:

@@ -18,10 +18,11 @@ import pyarrow.parquet as pq
 
 from feature_store import types
 from feature_store.errors import EntityDataFrameError
-from feature_store.frames import is_polars, polars_to_arrow
+from feature_store.frames import arrow_to_polars, is_polars, polars_to_arrow
 
 if TYPE_CHECKING:
     import pandas as pd
+    import polars as pl
 
     from feature_store.query import ViewQuery
 
@@ -143,3 +144,18 @@ def to_pandas(table: pa.Table) -> pd.DataFrame:
         if column.null_count and column.type in nullable:
             df[name] = column.to_pandas(types_mapper=nullable.get)
     return df
+
+
+class ArrowResult:
+    """``to_df`` and ``to_polars`` of a training-set job, from its ``to_arrow``."""
+
+    def to_arrow(self) -> pa.Table:
+        raise NotImplementedError
+
+    def to_df(self) -> pd.DataFrame:
+        """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
+        return to_pandas(self.to_arrow())
+
+    def to_polars(self) -> pl.DataFrame:
+        """polars (the optional extra ``feature-store[polars]``); nullable integers stay integers."""
+        return arrow_to_polars(self.to_arrow())

@@ -13,7 +13,6 @@ import numpy as np
 import pyarrow as pa
 
 from feature_store.errors import OfflineStoreError
-from feature_store.frames import arrow_to_polars
 from feature_store.identifiers import quote_literal
 from feature_store.kernel.snapshot import evaluate_snapshot
 from feature_store.kernel.window import evaluate_group
@@ -32,19 +31,17 @@ from feature_store.offline.duckdb.sql import (
     queries_sql,
 )
 from feature_store.offline.duckdb.types import neutral
-from feature_store.offline.entity_rows import to_pandas
+from feature_store.offline.entity_rows import ArrowResult
 from feature_store.query import FeatureRequest
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import polars as pl
 
     from feature_store.offline.duckdb.engine import DuckDBOfflineEngine
 
 EVENTS_PER_CHUNK = 2_000_000
 
 
-class DuckDBRetrievalJob:
+class DuckDBRetrievalJob(ArrowResult):
     """A training-set query that runs when a result is asked for (each call runs it again)."""
 
     def __init__(self, engine: DuckDBOfflineEngine, entities: pa.Table, views: Sequence[Compiled],
@@ -74,14 +71,6 @@ class DuckDBRetrievalJob:
     def to_arrow(self) -> pa.Table:
         table: pa.Table = self._run(lambda cur, sql: fetch_arrow(cur.sql(sql)))
         return table
-
-    def to_df(self) -> pd.DataFrame:
-        """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
-        return to_pandas(self.to_arrow())
-
-    def to_polars(self) -> pl.DataFrame:
-        """polars (the optional extra ``feature-store[polars]``); nullable integers stay integers."""
-        return arrow_to_polars(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> None:
         self._run(lambda cur, sql: cur.execute(f"COPY ({sql}) TO {quote_literal(str(path))} (FORMAT parquet)"))

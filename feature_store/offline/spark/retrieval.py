@@ -16,8 +16,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from feature_store.errors import EntityDataFrameError
-from feature_store.frames import arrow_to_polars
-from feature_store.offline.entity_rows import ROW_ID, TIMESTAMP_COLUMN, prepare, to_pandas
+from feature_store.offline.entity_rows import ROW_ID, TIMESTAMP_COLUMN, ArrowResult, prepare
 from feature_store.offline.entity_rows import to_arrow as entity_arrow
 from feature_store.offline.spark import kernel
 from feature_store.offline.spark.sources import all_of
@@ -26,11 +25,10 @@ from feature_store.offline.spark.types import spark as spark_type
 from feature_store.query import FeatureRequest, ViewQuery
 
 if TYPE_CHECKING:
-    import pandas as pd
-    import polars as pl
+    pass
 
 
-class SparkRetrievalJob:
+class SparkRetrievalJob(ArrowResult):
     """A training set as a Spark DataFrame: built lazily, computed by the executors when a result is asked for."""
 
     def __init__(self, frame: DataFrame, given: pa.Schema | None = None) -> None:
@@ -50,13 +48,6 @@ class SparkRetrievalJob:
             if index >= 0 and table.schema.field(index).type != field.type:
                 table = table.set_column(index, field.name, table.column(index).cast(field.type))
         return table
-
-    def to_df(self) -> pd.DataFrame:
-        """pandas; an int or bool column with nulls becomes nullable (Int64, boolean) instead of float/object."""
-        return to_pandas(self.to_arrow())
-
-    def to_polars(self) -> pl.DataFrame:
-        return arrow_to_polars(self.to_arrow())
 
     def to_parquet(self, path: str | Path) -> None:
         """Written by the executors: a folder of parquet files (Spark's layout), replaced if it exists."""
