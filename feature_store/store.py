@@ -206,7 +206,8 @@ class FeatureStore:
         end = end or datetime.now(UTC)
         # Compacting first keeps the log materialization reads small; its values do not change by it
         pushed = {catalog.source_of(catalog.view(n)).name for n in names} & self._push_source_names(catalog)
-        self.compact(sorted(pushed))
+        for source in sorted(pushed):  # checked push sources of the catalog in hand: no second registry read
+            self.push_log.compact(source)
         results: list[MaterializeResult] = []
         if self.offline.capabilities.materialized_tiles:  # an engine without offline tiles computes from events
             results.extend(self.offline.materialize(catalog, names, end, full, progress))
@@ -216,7 +217,7 @@ class FeatureStore:
         return results
 
     def compact(self, sources: Sequence[str] | None = None) -> list[CompactResult]:
-        """Fold the push log's sealed tail into parquet parts partitioned by day (docs/push.md, "Compaction"), for
+        """Fold the push log's sealed tail into parquet parts partitioned by day (docs/push.md, "The push log"), for
         these push sources (default: every registered one, and any with a log left behind). Safe to kill at any
         point and to run beside pushes, materializations and other compactions."""
         if sources is None:

@@ -246,3 +246,20 @@ def test_config_without_types_keeps_the_defaults() -> None:
     assert isinstance(config.offline_store, DuckDBOfflineConfig)
     assert isinstance(config.offline_store.push_log, FilePushLogConfig)
     assert config.offline_store.push_log.rotate_seconds == 5
+
+
+def test_the_manifest_forgets_deleted_tail_files_a_grace_after_their_deletion(tmp_path: Path) -> None:
+    """It does not grow with every file ever folded in, and never drops a name a reader may still need."""
+    log = FilePushLog(tmp_path / "log", fsync=False, rotate_seconds=0.0, delete_grace_seconds=0.5)
+    log.seal_margin_seconds = 0.0
+    for n in range(3):
+        log.append("src", lines_of([(n, 1.5)]))
+    named = lambda: json.loads((tmp_path / "log/src/compacted/manifest.json").read_text())["compacted"]  # noqa: E731
+    log.compact("src")
+    assert len(named()) == 3 and len(log.files("src")) == 3  # folded in, kept for readers that listed them
+    time.sleep(0.6)
+    log.compact("src")
+    assert len(named()) == 3 and not log.files("src")  # deleted, still named
+    time.sleep(0.6)
+    log.compact("src")
+    assert named() == {} and [r[0] for r in read(log, "src")] == [0, 1, 2]

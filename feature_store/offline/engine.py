@@ -9,6 +9,7 @@ engine's own package imports its library (DuckDB's lives in offline/duckdb).
 
 from __future__ import annotations
 
+import glob
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -16,6 +17,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from feature_store.catalog import BatchSource, Catalog
+from feature_store.definitions import FileSource
+from feature_store.errors import SourceNotFoundError
 from feature_store.references import ResolvedFeature
 
 if TYPE_CHECKING:  # annotations only: importing pandas costs the CLI's start-up a tenth of a second or more
@@ -133,6 +136,35 @@ class OfflineEngine(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+def source_files(source: FileSource, repo: Path) -> list[str]:
+    """The local files a FileSource's path or glob (relative to the repo) matches; at least one."""
+    from feature_store.config import resolve_path
+
+    pattern = str(resolve_path(repo, source.path))
+    files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
+        [pattern] if Path(pattern).is_file() else []
+    )
+    if not files:
+        raise SourceNotFoundError(
+            f"source {source.name!r}: path {source.path!r} matches no file (looked for {pattern}). "
+            "Check the path (relative paths are relative to the repo) or generate the data first.",
+            source=source.name, path=source.path,
+        )
+    return files
+
+
+def source_fingerprint(source: BatchSource, repo: Path) -> dict[str, list[int]]:
+    """Size and modification time of each file a source reads ({} for tables and queries).
+
+    Materialized data remembers the fingerprint it was computed from; a file changed or removed
+    since makes it stale (new files matching a glob are fine: materialization is incremental).
+    """
+    if not isinstance(source, FileSource):
+        return {}
+    stats = {name: Path(name).stat() for name in source_files(source, repo)}
+    return {name: [stat.st_size, stat.st_mtime_ns] for name, stat in stats.items()}
 
 
 def check_recorded(plan: ViewQuery, live: dict[str, str]) -> None:

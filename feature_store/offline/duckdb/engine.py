@@ -22,7 +22,7 @@ from feature_store.offline.duckdb.materialize import Materializer, table_columns
 from feature_store.offline.duckdb.online_tiles import DuckDBOnlineTiles
 from feature_store.offline.duckdb.push_log import pushed_sql
 from feature_store.offline.duckdb.retrieval import DuckDBRetrievalJob
-from feature_store.offline.duckdb.sources import relation_sql, source_fingerprint
+from feature_store.offline.duckdb.sources import relation_sql
 from feature_store.offline.duckdb.sql import Compiled, TileTable, epoch_sql, events_sql, keys_sql
 from feature_store.offline.duckdb.types import neutral
 from feature_store.offline.engine import (
@@ -31,6 +31,7 @@ from feature_store.offline.engine import (
     ProgressCallback,
     check_recorded,
     from_us,
+    source_fingerprint,
     to_us,
 )
 from feature_store.offline.entity_rows import check_key_types

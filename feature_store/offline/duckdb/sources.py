@@ -2,29 +2,14 @@
 
 from __future__ import annotations
 
-import glob
 from pathlib import Path
 
-from feature_store.config import resolve_path
 from feature_store.definitions import DuckDBSource, FileSource, SparkSource
-from feature_store.errors import DefinitionError, SourceNotFoundError
+from feature_store.errors import DefinitionError
 from feature_store.identifiers import quote, quote_literal
+from feature_store.offline.engine import source_files
 
 SourceDef = FileSource | DuckDBSource | SparkSource
-
-
-def source_files(source: FileSource, repo: Path) -> list[str]:
-    pattern = str(resolve_path(repo, source.path))
-    files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
-        [pattern] if Path(pattern).is_file() else []
-    )
-    if not files:
-        raise SourceNotFoundError(
-            f"source {source.name!r}: path {source.path!r} matches no file (looked for {pattern}). "
-            "Check the path (relative paths are relative to the repo) or generate the data first.",
-            source=source.name, path=source.path,
-        )
-    return files
 
 
 def relation_sql(source: SourceDef, repo: Path) -> str:
@@ -69,18 +54,3 @@ def checked_select(source: DuckDBSource) -> str:
             "table= for a table.", source=source.name, statements=kinds,
         )
     return str(statements[0].query).strip().rstrip(";")
-
-
-def source_fingerprint(source: SourceDef, repo: Path) -> dict[str, list[int]]:
-    """Size and modification time of each file a source reads ({} for DuckDB tables and queries).
-
-    Materialized data remembers the fingerprint it was computed from; a file changed or removed
-    since makes it stale (new files matching a glob are fine: materialization is incremental).
-    """
-    if not isinstance(source, FileSource):
-        return {}
-    fingerprint = {}
-    for name in source_files(source, repo):
-        stat = Path(name).stat()
-        fingerprint[name] = [stat.st_size, stat.st_mtime_ns]
-    return fingerprint

@@ -42,7 +42,8 @@ class Manifest:
     """Which parquet parts count, and which tail is folded into them."""
 
     parts: dict[str, dict[str, int]] = field(default_factory=dict)  # relative path: {"rows", "max_pushed_at"}
-    compacted: dict[str, int] = field(default_factory=dict)  # tail file name: when it was folded in (us)
+    # tail file name: when it was folded in (us), or minus when it was deleted (files.py: _retire_tail)
+    compacted: dict[str, int] = field(default_factory=dict)
     upto: int = 0  # PostgreSQL log: rows with an id up to this are folded in
     retired: dict[str, int] = field(default_factory=dict)  # parts merged away: when (us)
 

@@ -164,9 +164,11 @@ class FilePushLog(Availability):
         grace_us = int(self.delete_grace_seconds * 1e6)
         rows = written = removed = 0
         with store.locked():
-            manifest = store.load()
-            removed = self._delete_folded(source, manifest, grace_us)
-            manifest = compaction.delete_unlisted(folder, manifest, grace_us)
+            loaded = store.load()
+            manifest, doomed = self._retire_tail(source, compaction.delete_unlisted(folder, loaded, grace_us), grace_us)
+            if manifest != loaded:
+                store.commit(manifest)  # before any file goes: a killed run leaves them marked, and the next deletes
+            removed = _unlink(doomed)
             for batch in _batches(self.sealed(source, manifest)):
                 table = compaction.concat([compaction.parse_lines(_read(f)) for f in batch])
                 parts = compaction.write_parts(folder, table)
@@ -182,16 +184,29 @@ class FilePushLog(Availability):
                 manifest = merged
         return CompactResult(source, rows, written, removed, len(manifest.parts))
 
-    def _delete_folded(self, source: str, manifest: compaction.Manifest, grace_us: int) -> int:
-        """Delete tail files a manifest folded in more than the grace ago; they stay listed (harmless once gone)."""
-        now, removed = compaction.now_us(), 0
-        for path in self.files(source):
-            at = manifest.compacted.get(os.path.basename(path))
-            if at is not None and now - at >= grace_us:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
-                    removed += 1
-        return removed
+    def _retire_tail(self, source: str, manifest: compaction.Manifest,
+                     grace_us: int) -> tuple[compaction.Manifest, list[str]]:
+        """The manifest with the tail files to delete now marked deleted, and those files. A folded-in file goes a
+        grace after it was folded in (a reader that listed it just before still reads it); its entry, marked by
+        the negative time of its deletion, goes a grace after that (a reader that listed the file before it went
+        still finds it named), so the manifest does not grow with every file ever folded in."""
+        present = {os.path.basename(f): f for f in self.files(source)}
+        now = compaction.now_us()
+        compacted: dict[str, int] = {}
+        doomed: list[str] = []
+        for name, at in manifest.compacted.items():
+            if name in present and (at < 0 or now - at >= grace_us):
+                compacted[name] = at if at < 0 else -now
+                doomed.append(present[name])
+            elif name in present or (at > 0 and now - at < grace_us):
+                compacted[name] = at
+            elif at > 0:  # gone without being marked (removed by hand): marked now, forgotten a grace later
+                compacted[name] = -now
+            elif now + at < grace_us:
+                compacted[name] = at
+        if compacted == manifest.compacted:
+            return manifest, doomed
+        return compaction.Manifest(manifest.parts, compacted, manifest.upto, manifest.retired), doomed
 
     # --- housekeeping ------------------------------------------------------------------------------------------
 
@@ -262,3 +277,12 @@ def _row_of(line: bytes, push_id: str, pushed_at: int, rows: int) -> int | None:
         return None
     index = row.get(PUSH_ROW)
     return index if isinstance(index, int) else None
+
+
+def _unlink(paths: list[str]) -> int:
+    removed = 0
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+            removed += 1
+    return removed

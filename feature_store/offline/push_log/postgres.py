@@ -52,10 +52,13 @@ class PostgresManifest:
     def __init__(self, log: PostgresPushLog, source: str) -> None:
         self.log, self.source = log, source
 
-    def load(self) -> compaction.Manifest:
-        with self.log.connect() as con:
-            row = con.execute(f"SELECT manifest FROM {self.log.table}_manifest WHERE source = %s",
-                              (self.source,)).fetchone()
+    def load(self, con: Any = None) -> compaction.Manifest:
+        """The manifest, on ``con`` when a caller already holds a connection (else on one of its own)."""
+        if con is None:
+            with self.log.connect() as own:
+                return self.load(own)
+        row = con.execute(f"SELECT manifest FROM {self.log.table}_manifest WHERE source = %s",
+                          (self.source,)).fetchone()
         return compaction.Manifest.from_json(row[0]) if row else compaction.Manifest()
 
     def commit(self, manifest: compaction.Manifest) -> None:
@@ -201,9 +204,9 @@ class PostgresPushLog(Availability):
 
     def snapshot(self, source: str) -> LogSnapshot:
         """The compacted parts, and the rows not folded into them written to a scratch JSON-lines file."""
-        with self.connect() as con:
+        with self.connect() as con:  # autocommit: each statement sees what was committed when it ran
             tail = self._tail(con, source)  # rows first, manifest second (module docstring)
-        manifest = PostgresManifest(self, source).load()
+            manifest = PostgresManifest(self, source).load(con)
         lines = [line for row_id, line in tail if row_id > manifest.upto]
         parts = tuple(str(self.folder / source / r) for r in sorted(manifest.parts))
         if not lines:
@@ -224,8 +227,8 @@ class PostgresPushLog(Availability):
         with self.connect() as con:
             lines = con.execute(f"SELECT line FROM {self.table} WHERE source = %s AND pushed_at = %s",
                                 (source, pushed_at)).fetchall()
-        seen = compaction.has_rows_of(self.folder / source, PostgresManifest(self, source).load(), push_id,
-                                      pushed_at, rows)
+            manifest = PostgresManifest(self, source).load(con)
+        seen = compaction.has_rows_of(self.folder / source, manifest, push_id, pushed_at, rows)
         for (line,) in lines:
             if (row := _row_of(f"{line}\n".encode(), push_id, pushed_at, rows)) is not None:
                 seen.add(row)
@@ -234,7 +237,7 @@ class PostgresPushLog(Availability):
     def last_push(self, source: str) -> int | None:
         with self.connect() as con:
             row = con.execute(f"SELECT max(pushed_at) FROM {self.table} WHERE source = %s", (source,)).fetchone()
-        last = PostgresManifest(self, source).load().last_pushed_at()
+            last = PostgresManifest(self, source).load(con).last_pushed_at()
         return max([v for v in (row[0] if row else None, last) if v is not None], default=None)
 
     # --- compaction --------------------------------------------------------------------------------------------

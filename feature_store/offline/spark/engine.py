@@ -20,13 +20,14 @@ from pyspark.sql import functions as F
 
 from feature_store.catalog import BatchSource, Catalog
 from feature_store.definitions import FileSource
-from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError
+from feature_store.errors import EntityDataFrameError, FeatureStoreError, SchemaError
 from feature_store.offline.engine import (
     Capabilities,
     MaterializeResult,
     OnlineTiles,
     ProgressCallback,
     check_recorded,
+    source_fingerprint,
     to_us,
 )
 from feature_store.offline.entity_rows import check_key_types
@@ -80,9 +81,9 @@ class SparkOfflineEngine:
         if key not in self._schemas:
             try:
                 frame = sources.read_source(self.spark, source, self.repo)
-            except Exception as exc:
-                if isinstance(exc, SchemaError | OfflineStoreError) or type(exc).__module__.startswith("feature_store"):
-                    raise
+            except FeatureStoreError:
+                raise
+            except Exception as exc:  # Spark's own (analysis, py4j): the source cannot be read
                 raise SchemaError(f"source {source.name!r} cannot be read by Spark: {_first_line(exc)}",
                                   source=source.name) from exc
             self._schemas[key] = {f.name: neutral(f.dataType) for f in frame.schema.fields}
@@ -91,8 +92,7 @@ class SparkOfflineEngine:
     def fingerprint(self, source: BatchSource) -> dict[str, list[int]]:
         if not isinstance(source, FileSource) or "://" in source.path:
             return {}
-        return {name: [Path(name).stat().st_size, Path(name).stat().st_mtime_ns]
-                for name in sources.source_paths(source, self.repo)}
+        return source_fingerprint(source, self.repo)
 
     def _rows(self, source: BatchSource) -> DataFrame:
         return sources.read_source(self.spark, source, self.repo)

@@ -53,7 +53,7 @@ def compute_col(compute: Compute) -> Column:
     if op == "m2":
         return F.var_pop(c) * F.count(c)
     latest = F.when(c.isNotNull(), F.struct(F.col("__ts").alias("t"), F.col("__cr").alias("c"), c.alias("v")))
-    part = {"v": "v", "t": "t", "c": "c"}.get(compute.part or "v", "v")
+    part = compute.part or "v"
     if op == "latest":  # ties on (ts, created) go to the greatest value, as struct order has it
         return F.max(latest).getField(part)
     if op == "distinct":  # sorted: the same list whatever order the events came in; NULL when none

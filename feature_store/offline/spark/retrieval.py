@@ -106,15 +106,11 @@ def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partiti
     fields.append(T.StructField("__t", T.LongType()))
     fields += [T.StructField(r.output, spark_type(r.output_type)) for r in plan.features]
     schema = T.StructType(fields)
-    arrow_schema = pa.schema([pa.field(k, _key_arrow(t)) for k, t in zip(keys, plan.key_types, strict=True)]
+    arrow_schema = pa.schema([pa.field(k, arrow_type(t)) for k, t in zip(keys, plan.key_types, strict=True)]
                              + [pa.field("__t", pa.int64())]
                              + [pa.field(r.output, arrow_type(r.output_type)) for r in plan.features])
     run = functools.partial(kernel.evaluate_partition, plan=plan, schema=arrow_schema, chunk_rows=chunk_rows)
     return rows.repartition(partitions, *keys).sortWithinPartitions(*keys).mapInArrow(run, schema)
-
-
-def _key_arrow(kind: str) -> pa.DataType:
-    return arrow_type(kind)
 
 
 def final_frame(entities: DataFrame, results: Sequence[tuple[ViewQuery, DataFrame]],

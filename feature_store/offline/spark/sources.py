@@ -6,7 +6,6 @@ and the columns its features read."""
 from __future__ import annotations
 
 import functools
-import glob
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,9 +18,9 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from feature_store import types
-from feature_store.config import resolve_path
 from feature_store.definitions import FileSource, SparkSource
-from feature_store.errors import DefinitionError, SourceNotFoundError
+from feature_store.errors import DefinitionError
+from feature_store.offline.engine import source_files
 from feature_store.offline.spark.types import spark as spark_type
 from feature_store.query import CREATED, PUSH_ID, PUSH_ROW, PUSH_ROWS, PUSHED_AT, PUSHED_ROW
 
@@ -37,15 +36,7 @@ def source_paths(source: FileSource, repo: Path) -> list[str]:
     """A URI as it is (Spark lists it); a local path or glob resolved against the repo, which must match a file."""
     if "://" in source.path:
         return [source.path]
-    pattern = str(resolve_path(repo, source.path))
-    files = sorted(glob.glob(pattern, recursive=True)) if glob.has_magic(pattern) else (
-        [pattern] if Path(pattern).is_file() else [])
-    if not files:
-        raise SourceNotFoundError(
-            f"source {source.name!r}: path {source.path!r} matches no file (looked for {pattern}). Check the path "
-            "(relative paths are relative to the repo) or generate the data first.",
-            source=source.name, path=source.path)
-    return files
+    return source_files(source, repo)
 
 
 def read_source(spark: SparkSession, source: BatchSource, repo: Path) -> DataFrame:
@@ -109,9 +100,7 @@ def epoch(column: str, kind: str) -> Column:
     """Microseconds since the epoch, UTC (the session's time zone is UTC: naive timestamps are UTC)."""
     if kind == "int64":  # only the push sources' availability column: already epoch us
         return F.col(column)
-    if kind == "date":
-        return F.unix_micros(F.col(column).cast("timestamp"))
-    return F.unix_micros(F.col(column).cast("timestamp"))
+    return F.unix_micros(F.col(column).cast("timestamp"))  # dates and naive timestamps as UTC, instants as they are
 
 
 def pushed_rows(spark: SparkSession, log: PushLog, source: str, columns: Mapping[str, str]) -> DataFrame | None:

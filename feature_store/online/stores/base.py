@@ -84,3 +84,21 @@ class OnlineStore(Protocol):
     def ping(self) -> None: ...
 
     def close(self) -> None: ...
+
+
+class SingleNode:
+    """What a store whose one transaction may span any keys (SQLite, one Redis node) answers for the methods a
+    Redis Cluster needs: every update is one group, a key is colocated with any other, updates run one by one."""
+
+    def update(self, keys: Sequence[bytes], compute: Compute) -> None:
+        raise NotImplementedError
+
+    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
+        for keys, compute in updates:
+            self.update(keys, compute)
+
+    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
+        return [list(range(len(keys)))] if keys else []  # an update may span any keys
+
+    def colocated(self, key: bytes, near: bytes) -> bytes:
+        return key

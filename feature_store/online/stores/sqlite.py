@@ -25,6 +25,7 @@ from typing import ClassVar
 from feature_store.config import SqliteOnlineConfig, resolve_path
 from feature_store.errors import OnlineStoreUnavailable
 from feature_store.online.keys import SEP, split_key, split_prefix
+from feature_store.online.stores.base import SingleNode
 from feature_store.online.stores.writes import Batch, Compute, Writes
 from feature_store.online.tiles.packing import join, lit
 
@@ -39,7 +40,7 @@ LEGACY_TABLE = "fs_online"  # one row per key, before the layout by entity (read
 Row = tuple[bytes, bytes, bytes, "int | None"]  # entity, field, value, expire at
 
 
-class SqliteOnlineStore:
+class SqliteOnlineStore(SingleNode):
     """Values in one SQLite table keyed by (entity, field); a read is one SELECT of the entities' rows."""
 
     name: ClassVar[str] = "sqlite"
@@ -137,16 +138,6 @@ class SqliteOnlineStore:
                 time.sleep(random.uniform(0.0002, 0.002))
         finally:
             con.execute(f"PRAGMA busy_timeout = {int(SQLITE_TIMEOUT_SECONDS * 1000)}")
-
-    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
-        for keys, compute in updates:
-            self.update(keys, compute)
-
-    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
-        return [list(range(len(keys)))] if keys else []  # an update may span any keys
-
-    def colocated(self, key: bytes, near: bytes) -> bytes:
-        return key
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         return self._read([_split(key) for key in keys])

@@ -43,7 +43,7 @@ from feature_store.config import RedisOnlineConfig, cluster_urls
 from feature_store.errors import OnlineStoreUnavailable
 from feature_store.online.keys import split_key, split_prefix
 from feature_store.online.stores.redis.aio import AsyncReads, first_error
-from feature_store.online.stores.redis.resp import batch_rows, joined, resp_units
+from feature_store.online.stores.redis.resp import batch_rows, hdel_units, joined, resp_units
 from feature_store.online.stores.redis.slots import SLOTS, slot_of, slot_tag, slots_of
 from feature_store.online.stores.redis.store import RedisOnlineStore, _Reads, read_replies, safe_url
 from feature_store.online.stores.redis.transactions import update_each
@@ -476,12 +476,7 @@ class RedisClusterOnlineStore(RedisOnlineStore):
     def delete(self, keys: Sequence[bytes]) -> int:
         if not keys:
             return 0
-        fields: dict[bytes, list[bytes]] = {}
-        for key in keys:
-            name, field = split_key(key)
-            fields.setdefault(name, []).append(field)
-        units = [(name, b"*%d\r\n$4\r\nHDEL\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own))), 1)
-                 for name, own in fields.items()]
+        units = [(name, command, 1) for name, command in hdel_units(keys)]
         return sum(self._route(units))
 
     def ping(self) -> None:

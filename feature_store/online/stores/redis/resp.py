@@ -73,6 +73,16 @@ def resp_units(writes: Writes, scripted: bool = False) -> tuple[list[bytes], lis
     return names, commands, per_value
 
 
+def hdel_units(keys: Sequence[bytes]) -> list[tuple[bytes, bytes]]:
+    """(hash name, one HDEL of its fields) per hash the keys are fields of."""
+    fields: dict[bytes, list[bytes]] = {}
+    for key in keys:
+        name, field = split_key(key)
+        fields.setdefault(name, []).append(field)
+    return [(name, b"*%d\r\n$4\r\nHDEL\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own))))
+            for name, own in fields.items()]
+
+
 def _bulk(data: bytes) -> bytes:
     return b"$%d\r\n%b\r\n" % (len(data), data)
 

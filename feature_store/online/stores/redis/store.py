@@ -30,8 +30,9 @@ from redis.retry import Retry
 from feature_store.config import RedisOnlineConfig
 from feature_store.errors import OnlineStoreConflict, OnlineStoreUnavailable
 from feature_store.online.keys import SEP, field_matches, split_key, split_prefix
+from feature_store.online.stores.base import SingleNode
 from feature_store.online.stores.redis.aio import HANDED_OVER, AsyncReads, first_error, reply_reader
-from feature_store.online.stores.redis.resp import resp_hsets
+from feature_store.online.stores.redis.resp import hdel_units, resp_hsets
 from feature_store.online.stores.writes import Compute, Writes
 
 SEP_BYTES = SEP
@@ -39,7 +40,7 @@ UPDATE_ATTEMPTS = 100  # optimistic retries of an atomic update that concurrent 
 SCAN_COUNT = 10_000
 
 
-class RedisOnlineStore:
+class RedisOnlineStore(SingleNode):
     """Values in Redis hashes: a read is pipelined HMGETs (one round trip) whatever the number of keys."""
 
     name: ClassVar[str] = "redis"
@@ -167,16 +168,6 @@ class RedisOnlineStore:
             f"updating {len(keys)} key(s) in the Redis online store at {self.url} lost to concurrent writers "
             f"{UPDATE_ATTEMPTS} times in a row; retry later.", url=self.url,
         )
-
-    def update_each(self, updates: Sequence[tuple[Sequence[bytes], Compute]]) -> None:
-        for keys, compute in updates:
-            self.update(keys, compute)
-
-    def transaction_groups(self, keys: Sequence[bytes]) -> list[list[int]]:
-        return [list(range(len(keys)))] if keys else []  # an update may span any keys
-
-    def colocated(self, key: bytes, near: bytes) -> bytes:
-        return key
 
     def read(self, keys: Sequence[bytes]) -> list[bytes | None]:
         if not keys:
@@ -308,13 +299,8 @@ class RedisOnlineStore:
         """Delete these keys (their fields: a hash whose last field goes is gone); return how many were there."""
         if not keys:
             return 0
-        fields: dict[bytes, list[bytes]] = {}
-        for key in keys:
-            name, field = split_key(key)
-            fields.setdefault(name, []).append(field)
         with self._connection() as connection:
-            commands = [b"*%d\r\n$4\r\nHDEL\r\n%b%b" % (2 + len(own), _bulk(name), b"".join(map(_bulk, own)))
-                        for name, own in fields.items()]
+            commands = [command for _, command in hdel_units(keys)]
             connection.send_packed_command([b"".join(commands)])
             return sum(_replies(connection, len(commands), every=True))
 
