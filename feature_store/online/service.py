@@ -13,7 +13,6 @@ import math
 import os
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -77,7 +76,7 @@ class OnlineService:
         self._store: OnlineStore | None = None
         self._state: State | None = None
         # Compiled per request shape; bounded, since clients choose the feature lists (least recently used go).
-        self._plans: OrderedDict[tuple[Any, ...], list[ViewPlan]] = OrderedDict()
+        self._plans: dict[tuple[Any, ...], list[ViewPlan]] = {}
         self._live_plans: dict[tuple[str, str], ViewQuery] = {}
         self._targets: dict[tuple[Any, ...], list[PushTarget]] = {}
         self._lock = threading.Lock()
@@ -280,16 +279,14 @@ class OnlineService:
         state = self.state()
         cache_key = (version, state.token, features if isinstance(features, str) else
                      getattr(features, "name", None) or tuple(features), full_feature_names)
-        with self._lock:
-            plans = self._plans.get(cache_key)
-            if plans is not None:
-                self._plans.move_to_end(cache_key)
-                return plans
+        plans = self._plans.get(cache_key)  # no lock on a hit (a dict read is atomic): the hit is every read
+        if plans is not None:
+            return plans
         plans = self._compile(catalog, state, features, full_feature_names)
         with self._lock:
             self._plans[cache_key] = plans
-            while len(self._plans) > PLAN_CACHE_SIZE:
-                self._plans.popitem(last=False)
+            while len(self._plans) > PLAN_CACHE_SIZE:  # the oldest compiled goes first; a hot one comes back
+                del self._plans[next(iter(self._plans))]
         return plans
 
     def _compile(self, catalog: Catalog, state: State, features: FeatureRefs,

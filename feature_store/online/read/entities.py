@@ -16,6 +16,8 @@ from feature_store.frames import is_polars, polars_columns
 def entity_columns(entity_rows: Any) -> dict[str, list[Any]]:
     """[{"customer_id": 1}, ...], {"customer_id": [1, 2]}, or a pandas or polars DataFrame, as columns of equal
     length."""
+    if type(entity_rows) is list and len(entity_rows) == 1 and type(entity_rows[0]) is dict:
+        return {k: [v] for k, v in entity_rows[0].items()}  # one entity row: the commonest online read
     if is_polars(entity_rows):
         return polars_columns(entity_rows)
     if isinstance(entity_rows, Mapping):

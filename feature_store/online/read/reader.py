@@ -117,7 +117,7 @@ def _respond(plans: Sequence[ViewPlan], columns: dict[str, list[Any]], raw: list
         if plan.target is not None:
             deltas = raw[at:at + n]
             at += n
-            if any(d is not None for d in deltas):  # pushed since materialized: a value may lack what they hold
+            if any(deltas):  # pushed since materialized (a delta is never empty): a value may lack what they hold
                 values = [v if d is None else plan.target.fold(v, d, now_us) for v, d in zip(values, deltas,
                                                                                         strict=True)]
         decoded = [None if b is None else _unpack(b, use_list=False) for b in values]
