@@ -5,10 +5,10 @@
 two FeatureStore objects on it in this process: A without logging, B with ``monitoring.log_served`` at a 100 %
 sample rate. Rounds alternate A and B (A first in even rounds, B first in odd ones); each round times
 ``--reads`` calls of ``get_online_features`` (1 entity x 10 features from 3 views, and 100 entities x the same
-10) per store. B's writer thread runs as in production (it converts queued responses to Arrow every 0.2 s and
-writes a file every 5 s), competing with the reads for the GIL; after each B round the rest is written, outside
-the timed reads. Quoted: the median over rounds of each round's p50 and p99, the overhead B/A - 1, and the
-writer thread's CPU time per logged read.
+10) per store. B's writer thread runs as in production (it appends the queued JSON lines to a compressed spool
+file every 0.2 s and renames it every 5 s), competing with the reads for the CPUs; after each B round the rest
+is written, outside the timed reads. Quoted: the median over rounds of each round's p50 and p99, the overhead
+B/A - 1, and the writer thread's CPU time per logged read.
 
 ``server``: the same A/B over HTTP against two ``feature-store serve`` processes (one worker each), 1x10
 requests sent one at a time, alternating servers by round.

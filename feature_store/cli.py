@@ -241,7 +241,7 @@ def _describe_feature(item: dict[str, Any]) -> str:
 @click.option("--sources", help="Comma-separated push source names (default: all).")
 @click.pass_context
 def compact(ctx: click.Context, sources: str | None) -> None:
-    """Fold the push log into parquet files partitioned by day.
+    """Fold the push log (and the served-value log) into parquet files partitioned by day.
 
     Each process's push log files are sealed a minute or so after it starts a new one; compaction folds sealed
     files (or, with a PostgreSQL push log, committed rows) into parquet, and deletes what an earlier run folded in
@@ -250,12 +250,16 @@ def compact(ctx: click.Context, sources: str | None) -> None:
     """
     with _errors(), console.status("compacting the push log"):
         names = [s.strip() for s in sources.split(",")] if sources else None
-        results = _store(ctx).compact(names)
+        store = _store(ctx)
+        results = store.compact(names)
+        spooled = store.compact_served_log() if names is None else 0
     table = Grid("Compacted", "push source", Col("rows folded", right=True), Col("parts written", right=True),
                  Col("tail removed", right=True), Col("parts", right=True))
     for r in results:
         table.add_row(r.source, f"{r.rows:,}", str(r.parts_written), str(r.tail_removed), str(r.parts))
     table.show(console)
+    if spooled:
+        console.print(f"served-value log: {spooled:,} spool file(s) compacted into parquet")
 
 
 @main.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -247,7 +247,7 @@ class FeatureStore:
         if self.served_log is not None and now is None:  # the log's request time is the read's own
             now = datetime.now(UTC)
         response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
-        if self.served_log is not None:  # a reference to the response on a deque; the writer thread converts
+        if self.served_log is not None:  # a JSON line on a deque; a writer thread appends it to the log
             self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
         return response
 
@@ -264,6 +264,31 @@ class FeatureStore:
         if self.served_log is not None:
             self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
         return response
+
+    def online_body(self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool,
+                    now: datetime | None, encode: Callable[[OnlineResponse], bytes]) -> bytes:
+        """For servers: ``get_online_features`` encoded by ``encode``; the served-value log keeps the encoded
+        body itself, so a logged read costs the serving process no second encoding."""
+        version, catalog = self._serving_catalog()
+        if self.served_log is not None and now is None:
+            now = datetime.now(UTC)
+        response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
+        body = encode(response)
+        if self.served_log is not None:
+            self.served_log.record_body(features, full_feature_names, response, body, now, self.online.current_state)
+        return body
+
+    async def online_body_async(self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool,
+                                now: datetime | None, encode: Callable[[OnlineResponse], bytes]) -> bytes:
+        """``online_body`` on an event loop."""
+        version, catalog = self._serving_catalog()
+        if self.served_log is not None and now is None:
+            now = datetime.now(UTC)
+        response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
+        body = encode(response)
+        if self.served_log is not None:
+            self.served_log.record_body(features, full_feature_names, response, body, now, self.online.current_state)
+        return body
 
     def _serving_catalog(self) -> tuple[int, Catalog]:
         if self._serving is None or time.monotonic() - self._serving[0] > self.registry_refresh_seconds:
@@ -335,13 +360,22 @@ class FeatureStore:
     def served_features(self, start: datetime, end: datetime) -> pd.DataFrame:
         """The logged online reads served in [start, end) (``monitoring.log_served``): one row per entity row,
         with request_time, the entity keys, ``view__feature`` values and ``view__feature__status``."""
+        return self.served_value_log().read(start, end)
+
+    def compact_served_log(self) -> int:
+        """Replace the served-value log's spool files (what serving processes write) by parquet files; returns
+        how many. Reading the log does it too, for the days it reads."""
+        return self.served_value_log().compact()
+
+    def served_value_log(self) -> ServedLog:
+        """The project's served-value log, for reading (this process's queued reads written first)."""
         from feature_store.config import served_log_dir
         from feature_store.monitoring.served_log import ServedLog
 
         log = self.served_log or ServedLog(served_log_dir(self.config, self.repo_path))
         if self.served_log is not None:
             log.flush()  # what this process served so far counts too
-        return log.read(start, end)
+        return log
 
     def monitor(self, reference: str, current: str, record: bool = True) -> MonitorResult:
         """Drift of ``current`` against ``reference`` (each a parquet path, a saved profile name or

@@ -129,22 +129,59 @@ def test_skew_is_zero_across_pushes_and_a_materialization(example_repo: Path) ->
     assert report.ok, {n: f.examples for n, f in report.features.items() if f.mismatches}
 
 
-def test_converters_restore_the_switch_interval(example_repo: Path) -> None:
-    import sys
+def test_writers_of_two_logs_append_at_once_and_flush_counts_each_read_once(example_repo: Path) -> None:
     import threading
 
     repo = logging_repo(example_repo, flush_seconds=3600)
-    before = sys.getswitchinterval()
     with FeatureStore(repo) as store, FeatureStore(repo) as other:
         for _ in range(300):
             store.get_online_features(REFS, {"customer_id": [1, 2]})
             other.get_online_features(REFS, {"customer_id": [3]})
         assert store.served_log is not None and other.served_log is not None
-        threads = [threading.Thread(target=log.convert) for log in (store.served_log, other.served_log,
-                                                                     store.served_log)]
+        threads = [threading.Thread(target=log.append) for log in (store.served_log, other.served_log,
+                                                                    store.served_log)]
         for thread in threads:
             thread.start()
         for thread in threads:
             thread.join()
-        assert sys.getswitchinterval() == before
         assert store.served_log.flush() == 600 and other.served_log.flush() == 300
+        logged = store.served_features(datetime.now(UTC) - timedelta(minutes=5), datetime.now(UTC))
+    assert len(logged) == 900 and sorted(set(logged["customer_id"])) == [1, 2, 3]
+
+
+def test_spool_files_are_compacted_into_parquet_with_the_same_rows(example_repo: Path) -> None:
+    repo = logging_repo(example_repo)
+    start = datetime.now(UTC)
+    with FeatureStore(repo) as store:
+        for customer in range(1, 40):
+            store.get_online_features(REFS, {"customer_id": [customer, customer + 1]})
+        assert store.served_log is not None
+        store.served_log.flush()
+        folder = next((repo / "data" / "served_log" / "demo").glob("date=*"))
+        assert [p.suffixes[-2:] for p in folder.iterdir()] == [[".jsonl", ".zst"]]
+        (folder / ".leftover-of-a-killed-process.jsonl.zst.part").write_bytes(b"\x28\xb5\x2f")  # cut short
+        end = datetime.now(UTC)
+        from_spool = store.served_value_log().read(start, end, internal=True)
+        assert sorted(p.suffix for p in folder.iterdir() if not p.name.startswith(".")) == [".parquet"]
+        from_parquet = store.served_value_log().read(start, end, internal=True)
+        assert store.compact_served_log() == 0  # nothing left to compact
+    pd.testing.assert_frame_equal(from_spool, from_parquet)
+    assert len(from_spool) == 78 and from_spool["customer_id"].tolist()[:4] == [1, 2, 2, 3]
+    assert from_spool["_fs_request"].nunique() == 39  # the rows of one read share its number
+
+
+def test_compact_cli_compacts_the_served_log(example_repo: Path) -> None:
+    from click.testing import CliRunner
+
+    from feature_store.cli import main
+
+    repo = logging_repo(example_repo)
+    with FeatureStore(repo) as store:
+        store.get_online_features(REFS, {"customer_id": [1]})
+    result = CliRunner().invoke(main, ["--repo", str(repo), "compact"])
+    assert result.exit_code == 0, result.output
+    assert "1 spool file(s) compacted" in result.output
+    folder = next((repo / "data" / "served_log" / "demo").glob("date=*"))
+    assert [p.suffix for p in folder.iterdir()] == [".parquet"]
+
+

@@ -1,5 +1,5 @@
-"""The online service: its caches (compiled read plans are bounded, whatever feature lists clients send, oldest out first), and
-its asyncio reads."""
+"""The online service: its caches (compiled read plans are bounded, whatever feature lists clients send, oldest
+out first), and its asyncio reads."""
 
 from __future__ import annotations
 
@@ -13,7 +13,8 @@ from feature_store.online import service
 from feature_store.store import FeatureStore
 
 
-def test_plan_cache_is_bounded_and_a_plan_in_use_stays_served(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_plan_cache_is_bounded_and_a_plan_in_use_stays_served(example_repo: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(service, "PLAN_CACHE_SIZE", 3)
     with FeatureStore(example_repo) as store:
         store.apply()

@@ -1,15 +1,20 @@
 """The served-value log: what online reads answered (entity keys, request time, each feature's value and status),
-as parquet files partitioned by day, readable back as a feature table.
+as files partitioned by day, readable back as a feature table.
 
-A read only appends a reference to its already-built response to a deque (and draws the sample): no copy, no
-conversion, no lock, no I/O. A writer thread turns what has queued into Arrow columns and writes one file per day
-every ``flush_seconds``. The queue is bounded: when the writer falls behind, reads are dropped from the log (and
-counted), never delayed. Files are written under a temporary name and renamed, so a killed process leaves whole
-files only (it loses at most what was queued).
+A read encodes what it answered as one JSON line (the feature server's already-encoded response body as it is;
+an SDK response through orjson, in C: served_spool.py) and appends it to a deque (after drawing the sample): no
+conversion to columns, no lock, no I/O. A writer thread appends what has queued to a zstd-compressed spool file
+per day every 0.2 s and renames the file into view every ``flush_seconds``. Turning lines into typed columns
+costs Python work, which on a serving host competed with reads for the GIL (p99 +30-240 %, docs/monitoring.md):
+it is done where the log is read or compacted (``served_features``, ``feature-store monitor``,
+``feature-store compact``), which replace each spool file by a parquet file of the same name. The queue is
+bounded: when the writer falls behind, reads are dropped from the log (and counted), never delayed. A file is
+hidden (``.name.part``) until renamed, so readers see whole files only; a killed process loses what it had not
+renamed yet, at most ``flush_seconds`` of reads.
 
-Layout: ``<dir>/date=YYYY-MM-DD/<host>-<pid>-<seq>.parquet``; columns ``request_time`` (UTC), the entity keys,
-``<view>__<feature>`` and ``<view>__<feature>__status`` for each feature read, and internal columns (``_fs_``:
-the read's number, each view's online watermark then) that skew uses.
+Layout: ``<dir>/date=YYYY-MM-DD/<host>-<pid>-<us>-<seq>.jsonl.zst`` (spool) or ``.parquet``; the columns read
+back are ``request_time`` (UTC), the entity keys, ``<view>__<feature>`` and ``<view>__<feature>__status`` for each
+feature read, and internal columns (``_fs_``: the read's number, each view's online watermark then) that skew uses.
 """
 
 from __future__ import annotations
@@ -18,19 +23,27 @@ import contextlib
 import os
 import random
 import socket
-import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from datetime import UTC, date, datetime, timedelta
-from itertools import chain, count, repeat
-from operator import itemgetter
+from datetime import UTC, datetime, timedelta
+from itertools import count
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from feature_store.definitions import FeatureService
+from feature_store.monitoring.served_spool import (
+    COLUMNS,
+    FEAST_BODY,
+    REQUEST_ID,
+    REQUEST_TIME,
+    SPOOL_SUFFIX,
+    STATUS_SUFFIX,
+    WATERMARK_PREFIX,
+    LineEncoder,
+    feature_pairs,
+    spool_table,
+)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -40,17 +53,11 @@ if TYPE_CHECKING:
     from feature_store.online.read.reader import OnlineResponse
     from feature_store.online.service import State
 
-REQUEST_TIME = "request_time"
-REQUEST_ID = "_fs_request"
-WATERMARK_PREFIX = "_fs_watermark__"  # + view: the view's online watermark (epoch us) when the read was served
-STATUS_SUFFIX = "__status"
+__all__ = ["REQUEST_ID", "REQUEST_TIME", "STATUS_SUFFIX", "WATERMARK_PREFIX", "ServedLog", "feature_pairs"]
+
 INTERNAL_PREFIX = "_fs_"
-CONVERT_SECONDS = 0.2
-CONVERT_CHUNK = 64  # reads converted into one Arrow table: each C call (pa.array) holds the GIL briefly
-SWITCH_SECONDS = 0.00002
-
-Item = tuple[float, Any, bool, "OnlineResponse", "datetime | None", "State | None"]
-
+CONVERT_SECONDS = 0.2  # the writer appends what is queued this often (files are renamed every flush_seconds)
+PART_SUFFIX = ".part"
 
 class ServedLog:
     """A project's served-value log: ``record`` on the read path, a writer thread, ``read`` for time ranges."""
@@ -65,14 +72,15 @@ class ServedLog:
         self.logged_rows = 0
         self.on_drop: Callable[[], None] | None = None  # the server counts drops in /metrics
         self.on_write: Callable[[int], None] | None = None
-        self._queue: deque[Item] = deque()
+        self._queue: deque[tuple[int, bytes, int]] = deque()  # (day since 1970, line, entity rows)
+        self._encoder = LineEncoder()
         self._pid = -1  # the writer thread belongs to this process (a forked worker starts its own)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
         self._seq = count()
-        self._ids = count()
-        self._pending: dict[date, list[pa.Table]] = {}  # converted, not yet written
+        self._parts: dict[int, Path] = {}  # per day, the file being appended to (renamed at each flush)
+        self._part_rows = 0
         self.writer_seconds = 0.0  # CPU time of the writer thread (benchmarks/monitoring.py)
 
     @classmethod
@@ -83,6 +91,19 @@ class ServedLog:
 
     def record(self, features: Any, full_feature_names: bool, response: OnlineResponse, now: datetime | None,
                state: State | None) -> None:
+        """An SDK read: its columns, encoded now by orjson (a microsecond for one entity, in C)."""
+        self._queue_line(COLUMNS, features, full_feature_names, response, response, now, state)
+
+    def record_body(self, features: Any, full_feature_names: bool, response: OnlineResponse, body: bytes,
+                    now: datetime | None, state: State | None) -> None:
+        """A feature server's read: the body it encoded for its client (Feast's format), logged as it is."""
+        self._queue_line(FEAST_BODY, features, full_feature_names, response, body, now, state)
+
+    def _queue_line(self, kind: str, features: Any, full: bool, response: OnlineResponse, payload: Any,
+                    now: datetime | None, state: State | None) -> None:
+        # Encoded here, on the read path, rather than by the writer thread: a thread converting in bursts took
+        # the GIL from reads (p99 +30-240 %, docs/monitoring.md), and queued Python containers cost the garbage
+        # collector; a line is bytes, and the writer thread only compresses and appends them.
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         if len(self._queue) >= self.queue_size:
@@ -90,7 +111,10 @@ class ServedLog:
             if self.on_drop is not None:
                 self.on_drop()
             return
-        self._queue.append((time.time(), features, full_feature_names, response, now, state))
+        columns = response.entity_columns
+        request_us = round((time.time() if now is None else _timestamp(now)) * 1_000_000)
+        line = self._encoder.line(kind, request_us, features, full, len(columns), payload, state)
+        self._queue.append((request_us // _DAY_US, line, len(next(iter(columns.values()))) if columns else 0))
         if self._pid != os.getpid():
             self._start()
 
@@ -101,15 +125,12 @@ class ServedLog:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self._pending = {}  # a forked child does not write its parent's pending rows
+            self._parts, self._part_rows = {}, 0  # a forked child does not append to its parent's files
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="served-log-writer", daemon=True)
             self._thread.start()
 
     def _run(self) -> None:
-        # Queued responses are Python containers, which the garbage collector traverses again and again while
-        # they live (p99 of reads rose 30-50 % with seconds of them queued): they become Arrow columns, which it
-        # does not see, every CONVERT_SECONDS; files are written every flush_seconds.
         interval = min(CONVERT_SECONDS, self.flush_seconds)
         last_write = time.monotonic()
         while not self._stop.wait(interval):
@@ -118,53 +139,49 @@ class ServedLog:
                 self.flush()
                 last_write = time.monotonic()
             else:
-                self.convert()
+                self.append()
             self.writer_seconds += time.thread_time() - started
 
-    def convert(self) -> int:
-        """Turn what is queued into Arrow tables (kept until the next write); returns the rows.
-
-        Conversion holds the GIL; a read that wants it back (after a store round trip) would wait for the
-        interpreter's switch interval (5 ms), which put a read in every hundred 2 ms behind. While converting,
-        the interval is lowered so that a waiting read gets the GIL within SWITCH_SECONDS."""
-
-        rows = 0
-        with _short_switches():
-            while self._queue:
-                with self._write_lock:
-                    items: list[Item] = []
-                    while self._queue and len(items) < CONVERT_CHUNK:
-                        items.append(self._queue.popleft())
-                    for day, tables in _tables(items, self._ids).items():
-                        self._pending.setdefault(day, []).extend(tables)
-                        rows += sum(t.num_rows for t in tables)
-        return rows
-
-    def flush(self) -> int:
-        """Write what is queued or converted now, one file per day; returns the rows written."""
+    def append(self) -> int:
+        """Append what is queued to each day's open file, a zstd frame per day; returns the entity rows."""
         import pyarrow as pa
 
-        self.convert()
         with self._write_lock:
-            pending, self._pending = self._pending, {}
-            written = 0
-            for day, tables in pending.items():
-                written += self._write(day, pa.concat_tables(tables, promote_options="permissive"))
+            days: dict[int, list[bytes]] = {}
+            rows = 0
+            for _ in range(len(self._queue)):
+                day, line, n = self._queue.popleft()
+                days.setdefault(day, []).append(line)
+                rows += n
+            for day, lines in days.items():
+                part = self._parts.get(day)
+                if part is None:
+                    part = self._parts[day] = self._part_path(day)
+                frame = pa.compress(b"\n".join(lines) + b"\n", codec="zstd", asbytes=True)  # frames concatenate
+                with part.open("ab") as out:
+                    out.write(frame)
+            self._part_rows += rows
+            return rows
+
+    def flush(self) -> int:
+        """Write what is queued now and close the open files (renamed: readers see whole files); returns the
+        entity rows written since the last flush."""
+        self.append()
+        with self._write_lock:
+            parts, self._parts = self._parts, {}
+            written, self._part_rows = self._part_rows, 0
+            for part in parts.values():
+                os.replace(part, part.with_name(part.name[1:-len(PART_SUFFIX)]))
             self.logged_rows += written
             if written and self.on_write is not None:
                 self.on_write(written)
             return written
 
-    def _write(self, day: date, table: pa.Table) -> int:
-        import pyarrow.parquet as pq
-
-        folder = self.directory / f"date={day.isoformat()}"
+    def _part_path(self, day: int) -> Path:
+        folder = self.directory / f"date={(_EPOCH + timedelta(days=day)).date().isoformat()}"
         folder.mkdir(parents=True, exist_ok=True)
-        name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1e6)}-{next(self._seq)}.parquet"
-        temporary = folder / f".{name}.tmp"
-        pq.write_table(table, temporary)
-        os.replace(temporary, folder / name)  # readers see a whole file or none
-        return int(table.num_rows)
+        name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1e6)}-{next(self._seq)}{SPOOL_SUFFIX}"
+        return folder / f".{name}{PART_SUFFIX}"  # hidden until whole
 
     def close(self) -> None:
         self._stop.set()
@@ -175,22 +192,27 @@ class ServedLog:
     # --- reading ---------------------------------------------------------------------------------
 
     def files(self, start: datetime, end: datetime) -> Iterator[Path]:
-        """The files of the days from ``start`` to ``end`` (their rows may still lie outside the range)."""
+        """The files of the days from ``start`` to ``end`` (their rows may still lie outside the range): parquet
+        files, and spool files not yet compacted into one."""
         day = start.astimezone(UTC).date()
         while day <= end.astimezone(UTC).date():
             folder = self.directory / f"date={day.isoformat()}"
             if folder.is_dir():
-                yield from sorted(p for p in folder.glob("*.parquet") if not p.name.startswith("."))
+                names = {p.name for p in folder.iterdir() if not p.name.startswith(".")}
+                for name in sorted(names):
+                    if name.endswith(".parquet") or (name.endswith(SPOOL_SUFFIX) and
+                                                     _compacted_name(name) not in names):
+                        yield folder / name
             day += timedelta(days=1)
 
     def read(self, start: datetime, end: datetime, internal: bool = False) -> pd.DataFrame:
-        """The reads served in [start, end), one row per entity row, in request-time order."""
+        """The reads served in [start, end), one row per entity row, in request-time order. Spool files read are
+        compacted into parquet on the way (so the next read is quicker)."""
         import pandas as pd
         import pyarrow as pa
         import pyarrow.compute as pc
-        import pyarrow.parquet as pq
 
-        tables = [pq.read_table(path) for path in self.files(start, end)]
+        tables = [self._table(path) for path in self.files(start, end)]
         if not tables:
             return pd.DataFrame({REQUEST_TIME: pd.Series([], dtype="datetime64[us, UTC]")})
         table = pa.concat_tables(tables, promote_options="permissive")  # reads of other features: other columns
@@ -201,6 +223,37 @@ class ServedLog:
         if not internal:
             table = table.drop_columns([c for c in table.column_names if c.startswith(INTERNAL_PREFIX)])
         return table.to_pandas()
+
+    def compact(self, start: datetime | None = None, end: datetime | None = None) -> int:
+        """Replace the spool files of [start, end] (default: every day) by parquet files; returns how many."""
+        days = sorted(p.name[5:] for p in self.directory.glob("date=*")) if self.directory.is_dir() else []
+        if not days:
+            return 0
+        first = start or datetime.fromisoformat(days[0]).replace(tzinfo=UTC)
+        last = end or datetime.fromisoformat(days[-1]).replace(tzinfo=UTC)
+        spools = [p for p in self.files(first, last) if p.name.endswith(SPOOL_SUFFIX)]
+        for path in spools:
+            self._table(path)
+        return len(spools)
+
+    @staticmethod
+    def _table(path: Path) -> pa.Table:
+        """A file's rows; a spool file is compacted into its parquet twin first (whole, by rename), then deleted.
+        Two readers may compact one spool at once: both write the same rows, and the later rename wins."""
+        import pyarrow.parquet as pq
+
+        if path.name.endswith(".parquet"):
+            return pq.read_table(path)
+        twin = path.with_name(_compacted_name(path.name))
+        try:
+            table = spool_table(path)
+        except FileNotFoundError:  # another reader compacted it meanwhile
+            return pq.read_table(twin)
+        temporary = path.with_name(f".{twin.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+        pq.write_table(table, temporary)
+        os.replace(temporary, twin)
+        path.unlink(missing_ok=True)
+        return table
 
     def remove(self) -> int:
         """Delete every file of the log (teardown); return how many."""
@@ -218,97 +271,15 @@ class ServedLog:
         return removed
 
 
-_switch_lock = threading.Lock()
-_switch_state = {"depth": 0, "saved": 0.0}  # converters running (of every log in the process), the interval before
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_DAY_US = 86_400_000_000
 
 
-@contextmanager
-def _short_switches() -> Iterator[None]:
-    """The interpreter's switch interval at most SWITCH_SECONDS while any converter runs, then as it was (the
-    interval is the process's: nested and concurrent converters restore it once, when the last ends)."""
-    with _switch_lock:
-        if _switch_state["depth"] == 0:
-            _switch_state["saved"] = sys.getswitchinterval()
-            sys.setswitchinterval(min(_switch_state["saved"], SWITCH_SECONDS))
-        _switch_state["depth"] += 1
-    try:
-        yield
-    finally:
-        with _switch_lock:
-            _switch_state["depth"] -= 1
-            if _switch_state["depth"] == 0:
-                sys.setswitchinterval(_switch_state["saved"])
+def _timestamp(value: datetime) -> float:
+    """Seconds since the epoch (a naive time is UTC, as everywhere in the store); microseconds survive the float
+    for dates before 2255."""
+    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
 
 
-def feature_pairs(features: Any) -> list[tuple[str, str]]:
-    """(view, feature) of each requested feature, as the read resolved them (references were checked)."""
-    if isinstance(features, FeatureService):
-        return [(p.view, f) for p in features.projections for f in p.features]
-    refs = [features] if isinstance(features, str) else list(features)
-    return [(ref.split(":", 1)[0], ref.split(":", 1)[1]) for ref in refs]
-
-
-def _tables(items: list[Item], ids: Iterator[int]) -> dict[date, list[pa.Table]]:
-    """The queued reads as Arrow tables by day of their request time: one table per request shape (the same
-    features and entity columns), built a column at a time (chain runs in C: ~4 us a read of 10 features)."""
-    import pyarrow as pa
-
-    groups: dict[tuple[Any, ...], list[Item]] = {}
-    for item in items:
-        arrived, features, full, response, now, _ = item
-        request_time = now.astimezone(UTC) if now is not None else datetime.fromtimestamp(arrived, UTC)
-        shape = (features.name if isinstance(features, FeatureService) else
-                 (features,) if isinstance(features, str) else tuple(features), full, tuple(response.entity_columns))
-        groups.setdefault((request_time.date(), shape), []).append(
-            (request_time.timestamp(), features, full, response, request_time, item[5]))
-    out: dict[date, list[pa.Table]] = {}
-    for (day, _), group in groups.items():
-        columns = _columns(group, ids)
-        out.setdefault(day, []).append(pa.table({name: _array(name, values) for name, values in columns.items()}))
-    return out
-
-
-def _columns(group: list[Item], ids: Iterator[int]) -> dict[str, list[Any]]:
-    _, features, full, first, _, _ = group[0]
-    responses = [item[3] for item in group]
-    sizes = [len(next(iter(r.entity_columns.values()), [])) for r in responses]
-    columns: dict[str, list[Any]] = {
-        REQUEST_TIME: list(chain.from_iterable(repeat(item[4], n) for item, n in zip(group, sizes, strict=True))),
-        REQUEST_ID: list(chain.from_iterable(repeat(next(ids), n) for n in sizes)),
-    }
-    # map/itemgetter/chain: the loops over reads run in C, not in Python frames
-    entities, values, statuses = ([getattr(r, part) for r in responses]
-                                  for part in ("entity_columns", "values", "statuses"))
-    for key in first.entity_columns:
-        columns[key] = list(chain.from_iterable(map(itemgetter(key), entities)))
-    views: set[str] = set()
-    for view, feature in feature_pairs(features):
-        output = f"{view}__{feature}" if full else feature
-        if output not in first.values:
-            continue
-        columns[f"{view}__{feature}"] = list(chain.from_iterable(map(itemgetter(output), values)))
-        columns[f"{view}__{feature}{STATUS_SUFFIX}"] = list(chain.from_iterable(map(itemgetter(output), statuses)))
-        views.add(view)
-    for view in sorted(views):
-        marks = [_watermark(item[5], view) for item in group]
-        columns[f"{WATERMARK_PREFIX}{view}"] = list(chain.from_iterable(repeat(m, n)
-                                                                        for m, n in zip(marks, sizes, strict=True)))
-    return columns
-
-
-def _watermark(state: State | None, view: str) -> int | None:
-    generation = state.live.get(view) if state is not None else None
-    return generation.watermark if generation is not None else None
-
-
-def _array(name: str, values: list[Any]) -> pa.Array:
-    import pyarrow as pa
-
-    if name == REQUEST_TIME:
-        return pa.array(values, pa.timestamp("us", tz="UTC"))
-    if name.startswith(WATERMARK_PREFIX) or name == REQUEST_ID:
-        return pa.array(values, pa.int64())
-    try:
-        return pa.array(values)
-    except (pa.ArrowInvalid, pa.ArrowTypeError):  # mixed kinds in one column (a key sent as int and as text)
-        return pa.array([None if v is None else str(v) for v in values], pa.string())
+def _compacted_name(spool: str) -> str:
+    return spool[:-len(SPOOL_SUFFIX)] + ".parquet"

@@ -57,9 +57,7 @@ class SkewReport:
 
 def skew(store: FeatureStore, start: datetime, end: datetime, sample: int | None = None) -> SkewReport:
     """Recompute the reads logged in [start, end) (at most ``sample`` rows per view, the latest) offline."""
-    if store.served_log is not None:
-        store.served_log.flush()
-    logged = _log(store).read(start, end, internal=True)
+    logged = store.served_value_log().read(start, end, internal=True)
     if logged.empty:
         raise MonitoringError(f"no logged reads between {start:%Y-%m-%d %H:%M} and {end:%Y-%m-%d %H:%M} UTC: "
                               "is monitoring.log_served on, and did anything serve then?")
@@ -83,13 +81,6 @@ def skew(store: FeatureStore, start: datetime, end: datetime, sample: int | None
         for name, check in _view_skew(store, catalog, view_name, names, rows).items():
             features[name] = check
     return SkewReport(start, end, features, missing)
-
-
-def _log(store: FeatureStore) -> Any:
-    from feature_store.config import served_log_dir
-    from feature_store.monitoring.served_log import ServedLog
-
-    return store.served_log or ServedLog(served_log_dir(store.config, store.repo_path))
 
 
 def _view_skew(store: FeatureStore, catalog: Any, view: str, features: list[str],

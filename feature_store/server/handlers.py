@@ -54,14 +54,12 @@ class OnlineFeatures:
         # event loop unless configured otherwise (server.threadpool).
         if self.threadpool:
             return await run_in_threadpool(self.read, request)
-        response = await self.store.get_online_features_async(self._features(request), request.entities,
-                                                               request.full_feature_names, request.now)
-        return online_body(response)
+        return await self.store.online_body_async(self._features(request), request.entities,
+                                                  request.full_feature_names, request.now, online_body)
 
     def read(self, request: GetOnlineFeaturesRequest) -> bytes:
-        response = self.store.get_online_features(self._features(request), request.entities,
-                                                  request.full_feature_names, request.now)
-        return online_body(response)
+        return self.store.online_body(self._features(request), request.entities, request.full_feature_names,
+                                      request.now, online_body)
 
     def _features(self, request: GetOnlineFeaturesRequest) -> Any:
         if request.feature_service is not None:

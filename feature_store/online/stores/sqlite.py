@@ -146,9 +146,9 @@ class SqliteOnlineStore(SingleNode):
     def read_views(self, views: Sequence[tuple[bytes, Sequence[bytes]]]) -> list[bytes | None]:
         split = [self._view_field(prefix) for prefix, _ in views]
         if all(len(entities) == 1 for _, entities in views):  # one entity row: the commonest read, kept short
-            entities = {namespace + ids[0] for (namespace, _), (_, ids) in zip(split, views, strict=True)}
-            if len(entities) == 1:
-                entity = entities.pop()
+            wanted = {namespace + ids[0] for (namespace, _), (_, ids) in zip(split, views, strict=True)}
+            if len(wanted) == 1:
+                entity = wanted.pop()
                 try:
                     rows = self._connection().execute(SELECT_FIELDS, (entity, int(time.time() * 1000))).fetchall()
                 except sqlite3.Error as exc:
