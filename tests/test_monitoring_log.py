@@ -185,3 +185,24 @@ def test_compact_cli_compacts_the_served_log(example_repo: Path) -> None:
     assert [p.suffix for p in folder.iterdir()] == [".parquet"]
 
 
+
+
+def test_a_forked_child_logs_its_own_reads_not_its_parents(example_repo: Path) -> None:
+    import os
+
+    repo = logging_repo(example_repo, flush_seconds=3600)
+    start = datetime.now(UTC)
+    with FeatureStore(repo) as store:
+        assert store.served_log is not None
+        for customer in (1, 2, 3):
+            store.get_online_features(REFS, {"customer_id": [customer]})  # queued, not written yet
+        pid = os.fork()
+        if pid == 0:  # the child: one read of its own, written, then gone
+            try:
+                store.get_online_features(REFS, {"customer_id": [7]})
+                store.served_log.flush()
+            finally:
+                os._exit(0)
+        os.waitpid(pid, 0)
+        logged = store.served_features(start, datetime.now(UTC) + timedelta(seconds=1))
+    assert sorted(logged["customer_id"].tolist()) == [1, 2, 3, 7]

@@ -114,9 +114,9 @@ class ServedLog:
         columns = response.entity_columns
         request_us = round((time.time() if now is None else _timestamp(now)) * 1_000_000)
         line = self._encoder.line(kind, request_us, features, full, len(columns), payload, state)
-        self._queue.append((request_us // _DAY_US, line, len(next(iter(columns.values()))) if columns else 0))
         if self._pid != os.getpid():
             self._start()
+        self._queue.append((request_us // _DAY_US, line, len(next(iter(columns.values()))) if columns else 0))
 
     # --- the writer ------------------------------------------------------------------------------
 
@@ -125,7 +125,9 @@ class ServedLog:
             if self._pid == os.getpid():
                 return
             self._pid = os.getpid()
-            self._parts, self._part_rows = {}, 0  # a forked child does not append to its parent's files
+            # A forked child neither writes its parent's queued reads (the parent does) nor appends to its files.
+            self._queue.clear()
+            self._parts, self._part_rows = {}, 0
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="served-log-writer", daemon=True)
             self._thread.start()
