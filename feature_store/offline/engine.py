@@ -3,7 +3,9 @@
 
 An engine reads sources and the push log; it computes training sets and offline tiles from the compiled plans
 (feature_store/query.py), and hands online materialization each view's per-entity tiles as Arrow tables
-(:class:`OnlineTiles`), which the online side encodes and writes without knowing the engine. Nothing outside an
+(:class:`OnlineTiles`), which the online side encodes and writes without knowing the engine. An engine with
+workers of its own (``capabilities.writes_online``: Spark) may instead encode and write them there, with the same
+encoding code, into a store those workers can reach (``write_online``); only counts come back. Nothing outside an
 engine's own package imports its library (DuckDB's lives in offline/duckdb).
 """
 
@@ -26,7 +28,7 @@ if TYPE_CHECKING:  # annotations only: importing pandas costs the CLI's start-up
     import polars as pl
     import pyarrow as pa
 
-    from feature_store.config import OfflineConfig
+    from feature_store.config import OfflineConfig, RedisOnlineConfig, SqliteOnlineConfig
     from feature_store.offline.push_log import PushLog
     from feature_store.query import ViewQuery
 
@@ -62,12 +64,23 @@ class MaterializeResult:
 
 
 @dataclass(frozen=True)
+class OnlineWritten:
+    """What an engine's workers wrote of one view's online values (write_online): counts only."""
+
+    entities: int
+    tiles: int
+
+
+@dataclass(frozen=True)
 class Capabilities:
     """What an engine can do, read by the code that depends on it (not only by tests)."""
 
     sql_entity_rows: bool  # entity rows may be given as a SQL query the engine runs
     materialized_tiles: bool  # keeps offline tiles, so training sets and online values reuse them
     sample_keys: bool  # can draw a sample of a view's entity keys (verify)
+    # Encodes and writes online values from its own workers (write_online), never through this process, when the
+    # online store takes writes from other hosts (OnlineStore.remote_writes); else they come here (online_tiles).
+    writes_online: bool = False
 
 
 class RetrievalJob(Protocol):
@@ -117,6 +130,13 @@ class OfflineEngine(Protocol):
     def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> OnlineTiles:
         """The view's online values as of ``end``: of every entity, or (``since``) of those with rows available in
         [since, end). Computed lazily, bucket by bucket, as they are asked for."""
+        ...
+
+    def write_online(self, catalog: Catalog, view: str, end: int, since: int | None,
+                     store: RedisOnlineConfig | SqliteOnlineConfig, prefix: bytes) -> OnlineWritten:
+        """The values ``online_tiles`` would hand over, encoded (tiles/columnar.py) and written under ``prefix`` by
+        the engine's workers into the store ``store`` configures, each opening its own; returns once every write
+        landed (an error otherwise: nothing is known to be written). Only when ``capabilities.writes_online``."""
         ...
 
     def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:

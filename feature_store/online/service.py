@@ -154,7 +154,7 @@ class OnlineService:
             raise OnlineStoreUnavailable("the online store gave no identity")
         switch_after = max(self.config.server.registry_refresh_seconds, SDK_REFRESH_SECONDS) + 1.0
         runner = Runner(self.store, Generations(self.registry, store_id), self.push_log, self.prefix,
-                        switch_after, self.registry.applied_at())
+                        switch_after, self.registry.applied_at(), self.config.online_store)
         results = runner.run(engine, catalog, views, end, full, progress)
         self.refresh()
         return results

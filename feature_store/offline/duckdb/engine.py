@@ -12,7 +12,7 @@ import duckdb
 import pyarrow as pa
 
 from feature_store.catalog import BatchSource, Catalog
-from feature_store.config import DuckDBOfflineConfig, resolve_path
+from feature_store.config import DuckDBOfflineConfig, RedisOnlineConfig, SqliteOnlineConfig, resolve_path
 from feature_store.definitions import DuckDBSource, FeatureView
 from feature_store.errors import EntityDataFrameError, OfflineStoreError, SchemaError
 from feature_store.identifiers import quote, quote_literal
@@ -28,6 +28,7 @@ from feature_store.offline.duckdb.types import neutral
 from feature_store.offline.engine import (
     Capabilities,
     MaterializeResult,
+    OnlineWritten,
     ProgressCallback,
     check_recorded,
     from_us,
@@ -44,7 +45,7 @@ from feature_store.references import ResolvedFeature
 class DuckDBOfflineEngine:
     name: ClassVar[str] = "duckdb"
     capabilities: ClassVar[Capabilities] = Capabilities(sql_entity_rows=True, materialized_tiles=True,
-                                                        sample_keys=True)
+                                                        sample_keys=True, writes_online=False)
 
     def __init__(self, config: DuckDBOfflineConfig, repo: Path, push_log: PushLog) -> None:
         self.config, self.repo, self.push_log = config, repo, push_log
@@ -224,6 +225,12 @@ class DuckDBOfflineEngine:
                                                     for f in definition.feature_names])
         con = self.cursor()
         return DuckDBOnlineTiles(con, query, end, since, lambda table: table_columns(con, table))
+
+    def write_online(self, catalog: Catalog, view: str, end: int, since: int | None,
+                     store: RedisOnlineConfig | SqliteOnlineConfig, prefix: bytes) -> OnlineWritten:
+        """DuckDB runs in this process: its values are written here, by the online side (online_tiles)."""
+        raise OfflineStoreError("the DuckDB engine has no workers to write online values from "
+                                "(capabilities.writes_online is false): use online_tiles")
 
     def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:
         definition = catalog.view(view)

@@ -1,7 +1,8 @@
 """The Spark offline engine: training sets and online values from the same compiled plans as DuckDB
 (feature_store/query.py), computed by Spark's executors: training sets with the numpy kernel per key partition
 (retrieval.py, kernel.py), online values as Spark aggregates of each partial's engine-neutral description
-(online_tiles.py).
+(online_tiles.py), encoded and written by the executors into a store they reach (online_writes.py), else handed to
+the driver.
 
 It keeps no offline tiles yet (``materialized_tiles=False``): ``materialize`` writes nothing offline, and every
 training set reads raw events (docs/spark.md).
@@ -25,6 +26,7 @@ from feature_store.offline.engine import (
     Capabilities,
     MaterializeResult,
     OnlineTiles,
+    OnlineWritten,
     ProgressCallback,
     check_recorded,
     source_fingerprint,
@@ -34,6 +36,7 @@ from feature_store.offline.entity_rows import check_key_types
 from feature_store.offline.spark import sources
 from feature_store.offline.spark.kernel import CHUNK_CONF, CHUNK_ROWS
 from feature_store.offline.spark.online_tiles import SparkOnlineTiles
+from feature_store.offline.spark.online_writes import write_view
 from feature_store.offline.spark.retrieval import SparkRetrievalJob, entity_frame, final_frame, view_result
 from feature_store.offline.spark.session import adopt_session, build_session
 from feature_store.offline.spark.types import neutral
@@ -41,14 +44,14 @@ from feature_store.query import ViewQuery, compile_view
 from feature_store.references import ResolvedFeature
 
 if TYPE_CHECKING:
-    from feature_store.config import SparkOfflineConfig
+    from feature_store.config import RedisOnlineConfig, SparkOfflineConfig, SqliteOnlineConfig
     from feature_store.offline.push_log import PushLog
 
 
 class SparkOfflineEngine:
     name: ClassVar[str] = "spark"
     capabilities: ClassVar[Capabilities] = Capabilities(sql_entity_rows=True, materialized_tiles=False,
-                                                        sample_keys=True)
+                                                        sample_keys=True, writes_online=True)
 
     def __init__(self, config: SparkOfflineConfig, repo: Path, push_log: PushLog,
                  spark: SparkSession | None = None) -> None:
@@ -151,6 +154,13 @@ class SparkOfflineEngine:
         definition = catalog.view(view)
         plan = self.plan(catalog, view, [ResolvedFeature(definition, f, f) for f in definition.feature_names])
         return SparkOnlineTiles(self, plan, end, since)
+
+    def write_online(self, catalog: Catalog, view: str, end: int, since: int | None,
+                     store: RedisOnlineConfig | SqliteOnlineConfig, prefix: bytes) -> OnlineWritten:
+        """Encoded and written by the executors (online_writes.py); only counts come back."""
+        definition = catalog.view(view)
+        plan = self.plan(catalog, view, [ResolvedFeature(definition, f, f) for f in definition.feature_names])
+        return write_view(self, plan, end, since, store, prefix)
 
     def sample_keys(self, catalog: Catalog, view: str, sample: int, seed: int) -> pa.Table:
         definition = catalog.view(view)

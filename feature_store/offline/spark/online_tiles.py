@@ -80,16 +80,51 @@ def field_cols(group: Group) -> list[Column]:
     return out
 
 
+def online_events(engine: SparkOfflineEngine, plan: ViewQuery, end: int, since: int | None) -> DataFrame:
+    """The view's events available before ``end``: of every entity, or (``since``) of the entities with rows that
+    became available in [since, end)."""
+    events = engine.events(plan).where((F.col("__cr") < end) & (F.col("__ts") < end))
+    if since is not None:  # the entities with rows that became available since the last run
+        changed = events.where(F.greatest("__ts", "__cr") >= since).select(*plan.keys).distinct()
+        events = events.join(changed, list(plan.keys), "left_semi")
+    return events
+
+
+def group_events(events: DataFrame, group: Group, end: int) -> DataFrame:
+    """The events a group's tiles hold at ``end``: a bounded group's those some window still reaches, each with its
+    tile's position ``__pos``; the cumulative group's all."""
+    if not group.hop:
+        return events
+    reach = end - group.window
+    reach -= reach % group.hop
+    return events.where(F.col("__ts") >= reach).withColumn("__pos", floor_col(F.col("__ts"), group.hop))
+
+
+def tile_frame(events: DataFrame, group: Group, keys: list[str]) -> DataFrame:
+    """One row per (keys, ``__pos``) tile (per key, for the cumulative group) of ``group_events``: the fields Spark
+    computes (not the kernel's, which come from the tile's events: kernel/tile_fields.py)."""
+    by = [*keys, *(["__pos"] if group.hop else [])]
+    return events.groupBy(*by).agg(*field_cols(group))
+
+
+def kernel_columns(group: Group) -> list[str]:
+    """The event columns the group's kernel partials read (none: the group has no kernel partials)."""
+    return sorted({p.column for p in kernel_partials(group) if p.column})
+
+
+def latest_frame(events: DataFrame, plan: ViewQuery, end: int) -> DataFrame:
+    """A snapshot view's latest row per key available before ``end`` (keys, ``__ts``, ``__cr``, columns)."""
+    order = [F.col("__ts").desc(), F.col("__cr").desc(), *(F.col(c).desc_nulls_last() for c in plan.field_order)]
+    ranked = events.where(F.greatest("__ts", "__cr") < end).withColumn(
+        "__rank", F.row_number().over(Window.partitionBy(*plan.keys).orderBy(*order)))
+    return ranked.where(F.col("__rank") == 1).select(*plan.keys, "__ts", "__cr", *plan.columns)
+
+
 class SparkOnlineTiles:
     def __init__(self, engine: SparkOfflineEngine, plan: ViewQuery, end: int, since: int | None) -> None:
         self.plan, self.end = plan, end
-        keys = list(plan.keys)
-        events = engine.events(plan).where((F.col("__cr") < end) & (F.col("__ts") < end))
-        if since is not None:  # the entities with rows that became available since the last run
-            changed = events.where(F.greatest("__ts", "__cr") >= since).select(*keys).distinct()
-            events = events.join(changed, keys, "left_semi")
-        self.events = events.persist()
-        self.entities = self.events.select(*keys).distinct().count()
+        self.events = online_events(engine, plan, end, since).persist()
+        self.entities = self.events.select(*plan.keys).distinct().count()
 
     def buckets(self) -> Iterator[list[pa.Table]]:
         keys = list(self.plan.keys)
@@ -99,7 +134,7 @@ class SparkOnlineTiles:
                 part = self.events if count == 1 else self.events.where(
                     F.pmod(F.hash(*keys), F.lit(count)) == bucket)
                 if not self.plan.is_aggregation:
-                    yield [self._latest(part)]
+                    yield [latest_frame(part, self.plan, self.end).orderBy(*keys).toArrow()]
                 else:
                     yield [self._group(part, group) for group in self.plan.groups]
         finally:
@@ -107,26 +142,10 @@ class SparkOnlineTiles:
 
     def _group(self, events: DataFrame, group: Group) -> pa.Table:
         keys = list(self.plan.keys)
-        by = [F.col(k) for k in keys]
-        if group.hop:
-            reach = self.end - group.window
-            reach -= reach % group.hop
-            events = events.where(F.col("__ts") >= reach).withColumn("__pos", floor_col(F.col("__ts"), group.hop))
-            by.append(F.col("__pos"))
         names = [*keys, *(["__pos"] if group.hop else [])]
-        table = events.groupBy(*by).agg(*field_cols(group)).orderBy(*names).toArrow()
-        partials = kernel_partials(group)
-        if partials:
-            columns = sorted({p.column for p in partials if p.column})
-            rows = events.select(*names, "__ts", "__cr", *columns).orderBy(*names, "__ts", "__cr").toArrow()
-            table = with_kernel_fields(table, rows, group, keys)
+        events = group_events(events, group, self.end)
+        table = tile_frame(events, group, keys).orderBy(*names).toArrow()
+        if kernel_partials(group):
+            rows = events.select(*names, "__ts", "__cr", *kernel_columns(group)).orderBy(*names, "__ts", "__cr")
+            table = with_kernel_fields(table, rows.toArrow(), group, keys)
         return table.select([*names, *(f for f in group.fields if f in table.column_names)])
-
-    def _latest(self, events: DataFrame) -> pa.Table:
-        keys = list(self.plan.keys)
-        order = [F.col("__ts").desc(), F.col("__cr").desc(),
-                 *(F.col(c).desc_nulls_last() for c in self.plan.field_order)]
-        ranked = events.where(F.greatest("__ts", "__cr") < self.end).withColumn(
-            "__rank", F.row_number().over(Window.partitionBy(*keys).orderBy(*order)))
-        return ranked.where(F.col("__rank") == 1).select(*keys, "__ts", "__cr", *self.plan.columns) \
-            .orderBy(*keys).toArrow()

@@ -12,12 +12,17 @@ generation beside the live one), the pipeline that writes them, then the switch.
   both generations (``server.registry_refresh_seconds`` after apply), so no acknowledged push is missing.
 
 Retired generations' values are deleted by a later run, once no reader can still be serving them.
+
+Who writes: this process, through the pipeline (pipeline.py), from the tiles the engine hands over; or, for an
+engine whose workers write (``capabilities.writes_online``: Spark) into a store they can reach (``remote_writes``:
+Redis), the workers themselves, with the same encoding, and only counts come back. Either way a view's watermark
+moves only once all its writes landed; generations, sweeps and watermarks are the same.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -25,6 +30,7 @@ from typing import Any
 import msgpack
 
 from feature_store.catalog import Catalog
+from feature_store.config import RedisOnlineConfig, SqliteOnlineConfig
 from feature_store.definitions import PushSource
 from feature_store.offline.engine import (
     MaterializeResult,
@@ -57,8 +63,10 @@ class Job:
 
 class Runner:
     def __init__(self, store: OnlineStore, generations: Generations, push_log: PushLog, prefix: Any,
-                 switch_after: float, applied_at: datetime | None) -> None:
+                 switch_after: float, applied_at: datetime | None,
+                 store_config: RedisOnlineConfig | SqliteOnlineConfig | None = None) -> None:
         self.store, self.generations, self.push_log, self.prefix = store, generations, push_log, prefix
+        self.store_config = store_config  # what an engine's workers open the store from (None: write here)
         # readers and pushers reload definitions at most this long after an apply (feature servers and the SDK)
         self.switch_after = switch_after
         self.applied_at = applied_at
@@ -83,9 +91,7 @@ class Runner:
                 current = live.get(job.view)
                 self.generations.start(job.view, job.signature, job.spec,
                                        in_place=current is not None and current.signature == job.signature)
-        tasks = [ViewTask(engine.online_tiles(catalog, job.view, job.end, job.previous), self.store,
-                          self.prefix(job.view, job.signature)) for job in jobs]
-        for index, entities, _tiles in materialize_views(tasks, progress):
+        for index, entities in self._write(engine, catalog, jobs, progress):
             job = jobs[index]
             if job.sweep:
                 self._sweep(self.prefix(job.view, job.signature), job.end)
@@ -95,6 +101,25 @@ class Runner:
                                              from_us(job.end), entities, job.previous is None))
         self._delete_retired(existing)
         return sorted(results, key=lambda result: list(views).index(result.view))
+
+    def _write(self, engine: OfflineEngine, catalog: Catalog, jobs: Sequence[Job],
+               progress: ProgressCallback | None) -> Iterator[tuple[int, int]]:
+        """Write the jobs' values; yield (job index, entities written) as each job's writes have all landed, and
+        only then (the caller moves its watermark)."""
+        if self.store_config is not None and engine.capabilities.writes_online and self.store.remote_writes:
+            # The engine's workers encode and write (each opens the store from its config); counts come back
+            for index, job in enumerate(jobs):
+                written = engine.write_online(catalog, job.view, job.end, job.previous, self.store_config,
+                                              self.prefix(job.view, job.signature))
+                if progress:
+                    progress(f"{job.view} online", written.entities, written.entities)
+                yield index, written.entities
+            return
+        # Here: the engine hands each view's tiles over, bucket by bucket, to the pipeline (encode, write)
+        tasks = [ViewTask(engine.online_tiles(catalog, job.view, job.end, job.previous), self.store,
+                          self.prefix(job.view, job.signature)) for job in jobs]
+        for index, entities, _tiles in materialize_views(tasks, progress):
+            yield index, entities
 
     def _job(self, engine: OfflineEngine, catalog: Catalog, name: str, current: Generation | None,
              building: set[tuple[str, str]], end_us: int, now_us: int, full: bool,

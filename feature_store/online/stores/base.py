@@ -23,6 +23,10 @@ class OnlineStore(Protocol):
     # changed its keys meanwhile, so pushes update in small chunks (a retry redoes little). False (SQLite): an
     # update holds the store's write lock, so a push updates in one transaction.
     optimistic_updates: ClassVar[bool]
+    # True (Redis): any host that reaches its URL writes the same store, so an engine's workers can write values
+    # themselves (Capabilities.writes_online). False (SQLite): a file on this host's disk; a worker elsewhere
+    # opening the same path would write a file of its own, so materialization writes here.
+    remote_writes: ClassVar[bool]
 
     def write(self, writes: Writes) -> None: ...
 

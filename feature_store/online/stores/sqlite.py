@@ -46,6 +46,7 @@ class SqliteOnlineStore(SingleNode):
     name: ClassVar[str] = "sqlite"
     exact_expiry: ClassVar[bool] = True
     optimistic_updates: ClassVar[bool] = False
+    remote_writes: ClassVar[bool] = False  # a file of the driver's disk (base.py)
 
     def __init__(self, config: SqliteOnlineConfig, repo: Path) -> None:
         self.path = resolve_path(repo, config.path)

@@ -46,6 +46,7 @@ class RedisOnlineStore(SingleNode):
     name: ClassVar[str] = "redis"
     exact_expiry: ClassVar[bool] = False  # a hash expires with the last of its values (redis/resp.py)
     optimistic_updates: ClassVar[bool] = True  # WATCH, read, MULTI/EXEC
+    remote_writes: ClassVar[bool] = True  # every host reaching the URL writes the same server
 
     def __init__(self, config: RedisOnlineConfig) -> None:
         self.config = config

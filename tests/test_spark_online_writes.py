@@ -1,0 +1,115 @@
+"""Online materialization from Spark's executors (offline/spark/online_writes.py): values the executors write into
+Redis and a Redis Cluster serve exactly what DuckDB's materialization serves, for every function (LastK and the
+sketches included), full and incremental; no tile reaches the driver; an SQLite store is still written by the
+driver."""
+
+from __future__ import annotations
+
+import math
+import shutil
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pyspark.sql import DataFrame
+
+from feature_store import FeatureStore
+from feature_store.config import RepoConfig, SparkOfflineConfig, load_config
+from feature_store.offline.spark.online_tiles import SparkOnlineTiles
+from feature_store.online.materialize import runner
+from tests.server_fixtures import make_repo
+from tests.spark_fixtures import spark_session
+from tests.test_spark_engine import EXTRA_PY, VIEWS
+
+pytestmark = pytest.mark.spark
+FEATURES = [f"{view}:{feature}" for view, names in VIEWS.items() for feature in names]
+CUSTOMERS = {"customer_id": list(range(1, 45))}
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = make_repo(tmp_path_factory.mktemp("spark_writes") / "repo", "", "", customers=40,
+                     online_store={"type": "sqlite", "path": "data/online.db"})
+    (path / "extra.py").write_text(EXTRA_PY)
+    return path
+
+
+def copy_store(repo: Path, to: Path, engine: str, online: dict[str, Any] | None = None) -> FeatureStore:
+    """A copy of the repo with a fresh online store (``online``, default its SQLite file), applied, on ``engine``."""
+    shutil.copytree(repo, to)
+    (to / "data" / "online.db").unlink(missing_ok=True)
+    config = load_config(to).model_dump()
+    if online is not None:
+        config["online_store"] = online
+    if engine == "spark":
+        config["offline_store"] = SparkOfflineConfig(type="spark", master="local[2]", warehouse="data/spark")
+    store = FeatureStore(to, RepoConfig(**config), spark=spark_session() if engine == "spark" else None)
+    store.push_log.settle_seconds = 0.0  # the copy's online store is new: a materialization passes every push
+    store.push_log.bucket_seconds = 1e-6
+    store.apply()
+    return store
+
+
+def assert_same_values(expected: dict[str, list[Any]], got: dict[str, list[Any]]) -> None:
+    for name, values in expected.items():
+        for a, b in zip(values, got[name], strict=True):
+            close = isinstance(a, float) and isinstance(b, float) and math.isclose(a, b, rel_tol=1e-12)
+            assert a == b or close, (name, values, got[name])
+
+
+def materialize(store: FeatureStore, end: datetime, full: bool = False) -> dict[str, int]:
+    return {r.view: r.rows_written for r in store.materialize(end=end, full=full) if r.part == "online"}
+
+
+@pytest.mark.parametrize("online_store", ["redis", "redis-cluster"], indirect=True)
+def test_values_written_by_executors_equal_duckdbs(repo: Path, tmp_path: Path, online_store: dict[str, Any],
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Spark's executors write into Redis (one server, a cluster) what DuckDB's driver pipeline writes, counted the
+    same, at a first end and after an incremental run to a later one, and again after --full; the tiles never come
+    to the driver."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    first, second = now - timedelta(days=3), now
+    with copy_store(repo, tmp_path / "duck", "duckdb") as duck, \
+            copy_store(repo, tmp_path / "spark", "spark", online_store) as spark:
+        assert type(spark.online.store).remote_writes and spark.offline.capabilities.writes_online
+        for end, full in ((first, False), (second, False), (second, True)):
+            expected_counts = materialize(duck, end, full)
+            with monkeypatch.context() as patch:
+                refuse_driver_tiles(patch)
+                counts = materialize(spark, end, full)
+            assert counts == expected_counts and sum(counts.values()) > 0
+            for read_at in (end, end + timedelta(hours=5)):
+                assert_same_values(duck.get_online_features(FEATURES, CUSTOMERS, now=read_at).to_dict(),
+                                   spark.get_online_features(FEATURES, CUSTOMERS, now=read_at).to_dict())
+        report = spark.verify(sample=40)
+        assert report.ok, ([c for c in report.checks if not c.ok], report.not_materialized)
+
+
+def refuse_driver_tiles(patch: pytest.MonkeyPatch) -> None:
+    """The seams through which tiles would come to the driver, each made to fail the test."""
+
+    def refused(*_args: Any, **_kwargs: Any) -> Any:
+        raise AssertionError("tiles were brought to the driver")
+
+    patch.setattr(runner, "materialize_views", refused)
+    patch.setattr(SparkOnlineTiles, "buckets", refused)
+    patch.setattr(DataFrame, "toArrow", refused)
+    patch.setattr(DataFrame, "toPandas", refused)
+
+
+def test_an_sqlite_store_is_written_by_the_driver(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """SQLite is a file of the driver's (remote_writes is false): Spark hands the tiles to the driver's pipeline."""
+    called: list[int] = []
+    pipeline = runner.materialize_views
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        called.append(1)
+        return pipeline(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "materialize_views", counted)
+    with copy_store(repo, tmp_path / "spark", "spark") as spark:
+        assert not type(spark.online.store).remote_writes
+        counts = materialize(spark, datetime.now(UTC))
+        assert called and sum(counts.values()) > 0
+        assert spark.get_online_features(FEATURES, CUSTOMERS).to_dict()["txn_count_30d"][0] is not None
