@@ -7,16 +7,20 @@ from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
 import pytest
 from pyspark.sql import DataFrame
 
 from feature_store import FeatureStore
 from feature_store.config import RepoConfig, SparkOfflineConfig, load_config
+from feature_store.offline.spark.kernel import CHUNK_CONF
 from feature_store.offline.spark.online_tiles import SparkOnlineTiles
+from feature_store.offline.spark.online_writes import BATCH_CONF, key_chunks
 from feature_store.online.materialize import runner
 from tests.server_fixtures import make_repo
 from tests.spark_fixtures import spark_session
@@ -58,13 +62,34 @@ def assert_same_values(expected: dict[str, list[Any]], got: dict[str, list[Any]]
             assert a == b or close, (name, values, got[name])
 
 
+def stored(store: FeatureStore) -> dict[tuple[str, bytes], bytes]:
+    """Every value the store holds of its live generations, by (view, packed entity key), as stored."""
+    values = {}
+    for view, generation in store.online.state().live.items():
+        prefix = store.online.prefix(view, generation.signature)
+        for batch in store.online.store.scan(prefix):
+            values.update({(view, key[len(prefix):]): value for key, value in batch})
+    return values
+
+
+@pytest.fixture
+def small_chunks() -> Iterator[None]:
+    """Partitions cut into chunks of ~50 rows (between entities) and written 7 entities per pipelined write."""
+    session = spark_session()
+    session.conf.set(CHUNK_CONF, "50")
+    session.conf.set(BATCH_CONF, "7")
+    yield
+    session.conf.unset(CHUNK_CONF)
+    session.conf.unset(BATCH_CONF)
+
+
 def materialize(store: FeatureStore, end: datetime, full: bool = False) -> dict[str, int]:
     return {r.view: r.rows_written for r in store.materialize(end=end, full=full) if r.part == "online"}
 
 
 @pytest.mark.parametrize("online_store", ["redis", "redis-cluster"], indirect=True)
 def test_values_written_by_executors_equal_duckdbs(repo: Path, tmp_path: Path, online_store: dict[str, Any],
-                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+                                                   monkeypatch: pytest.MonkeyPatch, small_chunks: None) -> None:
     """Spark's executors write into Redis (one server, a cluster) what DuckDB's driver pipeline writes, counted the
     same, at a first end and after an incremental run to a later one, and again after --full; the tiles never come
     to the driver."""
@@ -113,3 +138,41 @@ def test_an_sqlite_store_is_written_by_the_driver(repo: Path, tmp_path: Path, mo
         counts = materialize(spark, datetime.now(UTC))
         assert called and sum(counts.values()) > 0
         assert spark.get_online_features(FEATURES, CUSTOMERS).to_dict()["txn_count_30d"][0] is not None
+
+
+@pytest.mark.parametrize("online_store", ["redis"], indirect=True)
+def test_executors_store_the_bytes_the_driver_pipeline_stores(repo: Path, tmp_path: Path,
+                                                              online_store: dict[str, Any]) -> None:
+    """The same Spark tiles, encoded and written by the driver's pipeline (SQLite) or by the executors (Redis, in
+    small chunks and batches), are stored as the same bytes, entity by entity."""
+    end = datetime.now(UTC).replace(microsecond=0)
+    with copy_store(repo, tmp_path / "driver", "spark") as driver, \
+            copy_store(repo, tmp_path / "executors", "spark", online_store) as executors:
+        materialize(driver, end)
+        session = spark_session()
+        session.conf.set(CHUNK_CONF, "30")
+        session.conf.set(BATCH_CONF, "4")
+        try:
+            materialize(executors, end)
+        finally:
+            session.conf.unset(CHUNK_CONF)
+            session.conf.unset(BATCH_CONF)
+        want, got = stored(driver), stored(executors)
+        assert len(want) > 100 and {view for view, _ in want} == set(VIEWS)
+        assert got == want
+
+
+def test_chunks_are_cut_between_keys_only() -> None:
+    """key_chunks: about chunk_rows rows a chunk, never a key cut in two (a hot key gathered whole), nothing lost."""
+    keys = [1] * 3 + [2] * 40 + [3] + [4] * 7 + [5] * 2 + [6] * 25
+    names = [f"k{k % 2}" for k in keys]
+    table = pa.table({"a": keys, "b": names, "row": list(range(len(keys)))})
+    for size in (1, 4, 10):
+        for chunk_rows in (1, 5, 12, 1000):
+            chunks = list(key_chunks(iter(table.to_batches(max_chunksize=size)), ["a", "b"], chunk_rows))
+            assert pa.concat_tables(chunks).column("row").to_pylist() == list(range(len(keys)))
+            ends = [chunk.column("a")[-1].as_py() for chunk in chunks]
+            starts = [chunk.column("a")[0].as_py() for chunk in chunks]
+            assert all(a != b for a, b in zip(ends, starts[1:], strict=False)), (size, chunk_rows, ends, starts)
+            if chunk_rows == 1 and size == 1:
+                assert len(chunks) == 6  # one per key
