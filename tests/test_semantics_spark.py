@@ -11,6 +11,7 @@ import itertools
 import os
 import shutil
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,8 @@ from test_semantics_property import (
     assert_identical,
     scenarios,
 )
+
+from tests.conftest import delete_under, own_database
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
 SPARK_SETTINGS = settings(SETTINGS, max_examples=int(os.environ.get("SPARK_EXAMPLES", "12")))
@@ -69,17 +72,24 @@ def test_snapshots_and_aggregations_on_spark_match_the_reference(spark_repo, sce
 # --- online values materialized by Spark: the online consistency harness ---------------------------------------
 
 
+@pytest.mark.parametrize("online_kind", ["redis", "sqlite"])
 @settings(SETTINGS, max_examples=max(1, int(os.environ.get("SPARK_EXAMPLES", "12")) // 4))
 @given(scenario=online.scenarios(), data=st.data())
-def test_online_values_materialized_by_spark_equal_offline(scenario, data):
-    """tests/test_online_consistency.py's harness with the Spark engine computing the online values (SQLite online
-    store): every online read at N after a materialization to E equals Spark's training set at N over the data
-    available at E, and the reference; after a last materialization, the plain training set."""
+def test_online_values_materialized_by_spark_equal_offline(online_kind, redis_url, scenario, data):
+    """tests/test_online_consistency.py's harness with the Spark engine computing the online values: every online
+    read at N after a materialization to E equals Spark's training set at N over the data available at E, and the
+    reference; after a last materialization, the plain training set. Into Redis the executors encode and write the
+    values (offline/spark/online_writes.py); into SQLite, a file of the driver's, the driver does."""
     spend, profile = scenario
     repo = online.scratch_dir("online_spark_")
     store = None
+    project = f"s{next(_projects)}"
+    key_prefix = f"fstest-{uuid.uuid4().hex[:12]}"
+    url = own_database(redis_url)
+    config = {"type": "sqlite", "path": "data/online.db"} if online_kind == "sqlite" else {
+        "type": "redis", "url": url, "key_prefix": key_prefix}
     try:
-        online.write_config(Path(repo), f"s{next(_projects)}", {"type": "sqlite", "path": "data/online.db"})
+        online.write_config(Path(repo), project, config)
         with open(Path(repo) / "feature_store.yaml", "a") as config:
             config.write(SPARK_YAML)
         store = ref.open_store(repo, [spend, profile], engine="spark")
@@ -106,3 +116,5 @@ def test_online_values_materialized_by_spark_equal_offline(scenario, data):
         if store is not None:
             store.close()
         shutil.rmtree(repo, ignore_errors=True)
+        if online_kind == "redis":
+            delete_under(url, key_prefix)
