@@ -83,13 +83,20 @@ def materialize(repo: Path, end: datetime, full: bool = False) -> None:
         store.materialize(end=end, full=full)
 
 
-def cli_duration(repo: Path, end: datetime) -> float:
-    """How long ``feature-store materialize`` takes from start to end (the range of the timed kill points)."""
+def clean_cli_run(repo: Path, end: datetime, client: redis.Redis, key_prefix: str) -> tuple[float, float]:
+    """``feature-store materialize`` run to completion: how long it took, and how long its writes took (from its
+    first value landed to its end): the ranges the kill points are drawn from."""
     began = time.monotonic()
-    proc = start(repo, end, full=True)
-    out, err = proc.communicate(timeout=600)
-    assert proc.returncode == 0, (out.decode()[-2000:], err.decode()[-4000:])
-    return time.monotonic() - began
+    proc = start(repo, end, full=True, output=subprocess.DEVNULL)
+    landed = None
+    while proc.poll() is None:
+        if landed is None and values_landed(client, key_prefix):
+            landed = time.monotonic()
+        time.sleep(0.02)
+    assert proc.returncode == 0, "the clean run failed"
+    done = time.monotonic()
+    assert landed is not None, "no value landed while the run ran"
+    return done - began, done - landed
 
 
 def session_processes(session: int) -> list[int]:
@@ -177,7 +184,7 @@ def test_materialize_killed_while_executors_write_then_rerun_equals_a_clean_run(
     client = redis.Redis.from_url(redis_db)
     try:
         clean = make_repo(tmp_path / "clean", data, redis_db, clean_prefix)
-        took = cli_duration(clean, END)  # the CLI's clean run
+        took, writing = clean_cli_run(clean, END, client, clean_prefix)
         rebuilt = snapshot(clean)
         materialize(clean, EARLIER, full=True)
         materialize(clean, END)
@@ -193,7 +200,7 @@ def test_materialize_killed_while_executors_write_then_rerun_equals_a_clean_run(
             else:
                 materialize(repo, END if state == "complete" else EARLIER, full=True)
             accepted = [continued] if state == "earlier" else [rebuilt]
-            delay = rng.uniform(0, 1.5) if when == "writes" else rng.uniform(0.4 * took, 1.05 * took)
+            delay = rng.uniform(0, 0.8 * writing) if when == "writes" else rng.uniform(0.4 * took, took)
             killed += killed_run(repo, END, full, when, delay, client, trial_prefix)
             materialize(repo, END)
             got = snapshot(repo)

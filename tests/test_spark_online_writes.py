@@ -17,11 +17,15 @@ import pytest
 from pyspark.sql import DataFrame
 
 from feature_store import FeatureStore
-from feature_store.config import RepoConfig, SparkOfflineConfig, load_config
+from feature_store.config import RedisOnlineConfig, RepoConfig, SparkOfflineConfig, SqliteOnlineConfig, load_config
+from feature_store.errors import FeatureStoreError, OnlineStoreUnavailable
+from feature_store.offline.engine import to_us
 from feature_store.offline.spark.kernel import CHUNK_CONF
 from feature_store.offline.spark.online_tiles import SparkOnlineTiles
 from feature_store.offline.spark.online_writes import BATCH_CONF, key_chunks
+from feature_store.online.keys import key_prefix
 from feature_store.online.materialize import runner
+from tests.conftest import _free_port
 from tests.server_fixtures import make_repo
 from tests.spark_fixtures import spark_session
 from tests.test_spark_engine import EXTRA_PY, VIEWS
@@ -176,3 +180,17 @@ def test_chunks_are_cut_between_keys_only() -> None:
             assert all(a != b for a, b in zip(ends, starts[1:], strict=False)), (size, chunk_rows, ends, starts)
             if chunk_rows == 1 and size == 1:
                 assert len(chunks) == 6  # one per key
+
+
+def test_executors_that_cannot_reach_the_store_fail_the_write(repo: Path, tmp_path: Path) -> None:
+    """A store the executors cannot reach fails the write with OnlineStoreUnavailable (the runner then moves no
+    watermark); an SQLite store, a file of the driver's, is refused."""
+    with copy_store(repo, tmp_path / "spark", "spark") as spark:
+        catalog = spark.offline_catalog()
+        end = to_us(datetime.now(UTC))
+        prefix = key_prefix("fstest-unreachable", "p", "customer_profile", "x")
+        closed = RedisOnlineConfig(url=f"redis://127.0.0.1:{_free_port()}/0", timeout_seconds=0.5)
+        with pytest.raises(OnlineStoreUnavailable, match="executors"):
+            spark.offline.write_online(catalog, "customer_profile", end, None, closed, prefix)
+        with pytest.raises(FeatureStoreError, match="SQLite"):
+            spark.offline.write_online(catalog, "customer_profile", end, None, SqliteOnlineConfig(), prefix)

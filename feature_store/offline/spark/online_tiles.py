@@ -7,8 +7,11 @@ aggregates are the engine-neutral ``Compute`` descriptions of each partial (aggr
 Spark aggregate expressions here; fields no SQL computes (sketches) come from each tile's events through the same
 numpy code as on DuckDB (kernel/tile_fields.py).
 
-Entities are hashed into buckets of about ENTITIES_PER_BUCKET; each bucket's tables are computed by the executors
-and brought to the driver, where the online side encodes and writes them.
+The Spark frames (``online_events``, ``group_events``, ``tile_frame``, ``latest_frame``) serve both ways of writing
+them. Into a store the executors reach (Redis), online_writes.py brings them together per entity and the executors
+encode and write them. Into SQLite, a file of the driver's, ``SparkOnlineTiles`` hashes entities into buckets of
+about ENTITIES_PER_BUCKET; each bucket's tables are computed by the executors and brought to the driver, where the
+online side encodes and writes them.
 """
 
 from __future__ import annotations

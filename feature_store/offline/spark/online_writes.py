@@ -117,8 +117,9 @@ def _failure(exc: Exception, view: str) -> FeatureStoreError:
     """The error of a failed write job, as the store's own error when a task could not reach the store."""
     text = str(exc)
     lines = [line.strip() for line in text.splitlines() if "Error" in line or "Exception" in line]
-    reason = next((line for line in lines if "feature_store.errors." in line), lines[-1] if lines else text[:500])
-    message = f"writing {view!r}'s online values from Spark's executors failed: {reason}"
+    ours = [line.partition(": ")[2] for line in lines if line.startswith("feature_store.errors.")]
+    reason = ours[-1] if ours else lines[-1] if lines else text[:500]
+    message = f"writing the online values of view {view!r} from Spark's executors failed: {reason}"
     if "OnlineStoreUnavailable" in text or "OnlineStoreConflict" in text:
         return OnlineStoreUnavailable(message + " (every executor must reach online_store.url)", view=view)
     return OfflineStoreError(message, view=view)

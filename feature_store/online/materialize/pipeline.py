@@ -11,6 +11,10 @@ tiles/columnar.py packs the values column by column (no Python object per value 
 written in batches that Redis receives as one buffer of commands. The engine computes the next buckets (of the
 view or of the next views) in a thread while this one is encoded and a writer thread writes the one before;
 values are written in key order (SQLite inserts into its B-tree in order).
+
+An engine whose own workers write (``Capabilities.writes_online``: Spark) does not come through here when the store
+takes writes from other hosts (Redis): each of its partitions runs the same ``encode_values`` and writes in batches
+of the same size itself (offline/spark/online_writes.py; runner.py chooses).
 """
 
 from __future__ import annotations
