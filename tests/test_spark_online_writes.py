@@ -5,8 +5,12 @@ driver."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,14 +29,16 @@ from feature_store.offline.spark.online_tiles import SparkOnlineTiles
 from feature_store.offline.spark.online_writes import BATCH_CONF, key_chunks
 from feature_store.online.keys import key_prefix
 from feature_store.online.materialize import runner
-from tests.conftest import _free_port
+from tests.conftest import _free_port, delete_under, own_database
 from tests.server_fixtures import make_repo
-from tests.spark_fixtures import spark_session
+from tests.spark_fixtures import spark_available, spark_session
+from tests.spark_standalone import standalone
 from tests.test_spark_engine import EXTRA_PY, VIEWS
 
 pytestmark = pytest.mark.spark
 FEATURES = [f"{view}:{feature}" for view, names in VIEWS.items() for feature in names]
 CUSTOMERS = {"customer_id": list(range(1, 45))}
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
@@ -194,3 +200,66 @@ def test_executors_that_cannot_reach_the_store_fail_the_write(repo: Path, tmp_pa
             spark.offline.write_online(catalog, "customer_profile", end, None, closed, prefix)
         with pytest.raises(FeatureStoreError, match="SQLite"):
             spark.offline.write_online(catalog, "customer_profile", end, None, SqliteOnlineConfig(), prefix)
+
+
+CLUSTER_DRIVER = """
+import json, sys
+from feature_store import FeatureStore
+from feature_store.online.materialize import runner
+from feature_store.offline.spark.online_tiles import SparkOnlineTiles
+
+def refused(*args, **kwargs):
+    raise AssertionError("tiles were brought to the driver")
+
+runner.materialize_views = refused
+SparkOnlineTiles.buckets = refused
+with FeatureStore(sys.argv[1]) as store:
+    counts = {r.view: r.rows_written for r in store.materialize() if r.part == "online"}
+    values = store.get_online_features(json.loads(sys.argv[3]), {"customer_id": list(range(1, 31))}).to_dict()
+    executors = store.offline.spark.sparkContext._jsc.sc().getExecutorMemoryStatus().size()
+    json.dump({"counts": counts, "values": values, "executors": executors}, open(sys.argv[2], "w"), default=str)
+"""
+
+
+@pytest.mark.slow
+def test_the_executors_of_a_standalone_cluster_write_redis(tmp_path: Path, redis_url: str, key_prefix: str) -> None:
+    """Two worker processes of a standalone cluster (tests/spark_standalone.py) write Redis what DuckDB's driver
+    pipeline writes; the driver never gets the tiles."""
+    reason = spark_available()
+    if reason:
+        pytest.skip(reason)
+    duck_repo = make_repo(tmp_path / "duck", "", "", customers=30, push=False,
+                          online_store={"type": "sqlite", "path": "data/online.db"})
+    (duck_repo / "extra.py").write_text(EXTRA_PY)
+    features = [f"{view}:{feature}" for view, names in VIEWS.items() if view != "customer_live" for feature in names]
+    url = own_database(redis_url)
+    with FeatureStore(duck_repo) as duck:
+        duck.apply()
+        expected_counts = {r.view: r.rows_written for r in duck.materialize(full=True) if r.part == "online"}
+        expected = duck.get_online_features(features, {"customer_id": list(range(1, 31))}).to_dict()
+    spark_repo = tmp_path / "spark"
+    shutil.copytree(duck_repo, spark_repo)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+           "PYSPARK_PYTHON": sys.executable, "SPARK_LOCAL_IP": "127.0.0.1"}
+    with standalone(2, tmp_path) as master:
+        config = spark_repo / "feature_store.yaml"
+        config.write_text(config.read_text().replace(
+            "offline_store: {type: duckdb, path: data/offline.duckdb}",
+            f'offline_store: {{type: spark, master: "{master}", conf: {{spark.cores.max: "2", '
+            f'spark.executor.cores: "1", spark.executor.memory: 512m, spark.driver.host: 127.0.0.1, '
+            f'spark.sql.shuffle.partitions: "4"}}}}').replace(
+            'online_store: {"type": "sqlite", "path": "data/online.db"}',
+            f'online_store: {{type: redis, url: "{url}", key_prefix: {key_prefix}}}'))
+        assert "type: spark" in config.read_text() and "type: redis" in config.read_text()
+        try:
+            run = subprocess.run([sys.executable, "-c", CLUSTER_DRIVER, str(spark_repo), str(tmp_path / "out.json"),
+                                  json.dumps(features)], env=env, capture_output=True, text=True, timeout=600)
+            assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+        finally:
+            delete_under(url, key_prefix)
+    got = json.loads((tmp_path / "out.json").read_text())
+    assert got["executors"] == 3, "the driver and two executors"
+    assert got["counts"] == expected_counts
+    for name, values in expected.items():
+        assert [v if not isinstance(v, float) else round(v, 9) for v in values] == \
+            [v if not isinstance(v, float) else round(v, 9) for v in got["values"][name]], name
