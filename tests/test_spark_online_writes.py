@@ -263,3 +263,57 @@ def test_the_executors_of_a_standalone_cluster_write_redis(tmp_path: Path, redis
     for name, values in expected.items():
         assert [v if not isinstance(v, float) else round(v, 9) for v in values] == \
             [v if not isinstance(v, float) else round(v, 9) for v in got["values"][name]], name
+
+
+MULTI_KEY_PY = """
+from feature_store import ApproxCountDistinct, Count, Entity, FeatureView, FileSource, Last, Sum
+
+shop = Entity(name="shop", join_keys=["country", "shop_id"], description="A shop in a country.")
+sales = FeatureView(
+    name="sales",
+    entities=[shop],
+    source=FileSource(name="sales", path="data/sales.parquet", timestamp_field="ts"),
+    features=[Sum("amount", window="1d", name="amount_1d"), Count(window=None, name="sales"),
+              ApproxCountDistinct("item", window="7d", name="items_7d"), Last("item", window="3d", name="last_item")],
+)
+"""
+
+
+@pytest.mark.parametrize("online_store", ["redis"], indirect=True)
+def test_entities_of_several_keys(tmp_path: Path, online_store: dict[str, Any], small_chunks: None) -> None:
+    """A view keyed by (country, shop_id), a string and an integer, with a sketch: the executors write what DuckDB
+    writes, entity for entity."""
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(7)
+    now = datetime.now(UTC).replace(microsecond=0)
+    rows = 3000
+    frame = pd.DataFrame({
+        "country": rng.choice(["fr", "de", "it", "es"], rows), "shop_id": rng.integers(1, 40, rows),
+        "ts": [now - timedelta(seconds=int(s)) for s in rng.integers(60, 10 * 86400, rows)],
+        "amount": rng.integers(-400, 4000, rows) / 4, "item": rng.choice(list("abcdefghij"), rows)})
+    stores = []
+    for name, engine, online in (("duck", "duckdb", None), ("spark", "spark", online_store)):
+        repo = tmp_path / name
+        (repo / "data").mkdir(parents=True)
+        frame.to_parquet(repo / "data" / "sales.parquet")
+        (repo / "features.py").write_text(MULTI_KEY_PY)
+        (repo / "feature_store.yaml").write_text("project: multikey\nregistry: data/registry.db\n"
+                                                 "online_store: {type: sqlite, path: data/online.db}\n")
+        stores.append(copy_store(repo, tmp_path / f"{name}_copy", engine, online))
+    duck, spark = stores
+    try:
+        counts = materialize(duck, now)
+        with pytest.MonkeyPatch.context() as patch:
+            refuse_driver_tiles(patch)
+            assert materialize(spark, now) == counts
+        keys = {"country": [c for c in ("fr", "de", "it", "es", "nl") for _ in range(41)],
+                "shop_id": [i for _ in range(5) for i in range(41)]}
+        features = ["sales:amount_1d", "sales:sales", "sales:items_7d", "sales:last_item"]
+        for read_at in (now, now + timedelta(hours=30)):
+            assert_same_values(duck.get_online_features(features, keys, now=read_at).to_dict(),
+                               spark.get_online_features(features, keys, now=read_at).to_dict())
+    finally:
+        duck.close()
+        spark.close()
