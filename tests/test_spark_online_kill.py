@@ -169,7 +169,15 @@ def same(got: dict[str, list[Any]], want: dict[str, list[Any]]) -> bool:
 
 @pytest.fixture
 def redis_db(redis_url: str) -> Iterator[str]:
+    """The tests' Redis database; afterwards, this process's Spark session (built or adopted by the repos here)
+    goes back to the default chunks and write batches, for the tests that share it."""
     yield own_database(redis_url)
+    from pyspark.sql import SparkSession
+
+    session = SparkSession.getActiveSession()
+    if session is not None:
+        session.conf.unset("spark.featurestore.kernel.chunkRows")
+        session.conf.unset("spark.featurestore.online.writeBatch")
 
 
 def test_materialize_killed_while_executors_write_then_rerun_equals_a_clean_run(tmp_path: Path,
