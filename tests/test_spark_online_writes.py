@@ -123,18 +123,26 @@ def test_values_written_by_executors_equal_duckdbs(repo: Path, tmp_path: Path, o
 
 def refuse_driver_tiles(patch: pytest.MonkeyPatch) -> None:
     """The seams through which tiles would come to the driver, each made to fail the test."""
-
-    def refused(*_args: Any, **_kwargs: Any) -> Any:
-        raise AssertionError("tiles were brought to the driver")
-
     patch.setattr(runner, "materialize_views", refused)
     patch.setattr(SparkOnlineTiles, "buckets", refused)
-    patch.setattr(DataFrame, "toArrow", refused)
-    patch.setattr(DataFrame, "toPandas", refused)
+    refuse_collecting(patch)
+
+
+def refuse_collecting(patch: pytest.MonkeyPatch) -> None:
+    """A DataFrame's rows brought to the driver as Arrow or pandas fail the test (on the class Spark's DataFrames
+    are of: Spark Classic overrides the base class's methods)."""
+    for cls in {DataFrame, type(spark_session().range(1))}:
+        patch.setattr(cls, "toArrow", refused)
+        patch.setattr(cls, "toPandas", refused)
+
+
+def refused(*_args: Any, **_kwargs: Any) -> Any:
+    raise AssertionError("tiles were brought to the driver")
 
 
 def test_an_sqlite_store_is_written_by_the_driver(repo: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """SQLite is a file of the driver's (remote_writes is false): Spark hands the tiles to the driver's pipeline."""
+    """SQLite is a file of the driver's (remote_writes is false): Spark hands the tiles to the driver's pipeline
+    (which the collecting seam of the tests above catches)."""
     called: list[int] = []
     pipeline = runner.materialize_views
 
@@ -145,7 +153,11 @@ def test_an_sqlite_store_is_written_by_the_driver(repo: Path, tmp_path: Path, mo
     monkeypatch.setattr(runner, "materialize_views", counted)
     with copy_store(repo, tmp_path / "spark", "spark") as spark:
         assert not type(spark.online.store).remote_writes
-        counts = materialize(spark, datetime.now(UTC))
+        with monkeypatch.context() as patch:  # the seam the executor tests rely on sees the driver path collect
+            refuse_collecting(patch)
+            with pytest.raises(AssertionError, match="brought to the driver"):
+                materialize(spark, datetime.now(UTC))
+        counts = materialize(spark, datetime.now(UTC), full=True)
         assert called and sum(counts.values()) > 0
         assert spark.get_online_features(FEATURES, CUSTOMERS).to_dict()["txn_count_30d"][0] is not None
 
