@@ -13,14 +13,14 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from feature_store.config import RepoConfig, SparkOfflineConfig, load_config
+from feature_store.config import RepoConfig, load_config
 from feature_store.store import FeatureStore
 from tests.spark_fixtures import spark_session
 from tests.test_materialize import START, definitions, queries, write_events

@@ -5,7 +5,9 @@ partition by key, so one key's rows are together. A partition's Arrow batches ar
 CHUNK_ROWS rows (the session's ``spark.featurestore.kernel.chunkRows``), cut only between keys, so memory stays
 bounded by the chunk size plus the largest key (a hot key is gathered whole). Each chunk is evaluated exactly as
 DuckDB's engine evaluates a chunk of key ids (offline/duckdb/retrieval.py): dense key ids, events sorted by (key,
-ts, created), queries by (key, t).
+ts, created), queries by (key, t). Stored offline tiles (offline/spark/tiles.py) come in the same partition as rows
+with ``__tile`` (their hop), ``__pos`` and their fields prefixed ``__f_``, and are handed to the kernel as DuckDB
+hands its materialized tiles.
 
 This module runs on executors: it imports numpy and pyarrow only, never pyspark.
 """
