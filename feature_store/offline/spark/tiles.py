@@ -146,10 +146,12 @@ class SparkTiles:
             manifest = self.manifest(plan.name, tiles.hop)
             if manifest is None or not manifest.usable(signature, files) or not manifest.buckets:
                 continue
+            fields = tuple(name for name, _ in tile_fields(tiles))
+            if not all(f"{name}:" in manifest.schema for name in fields):  # written by another version of the code
+                continue
             folder = self.folder(plan.name, tiles.hop)
             paths = tuple(f"{folder}/{run}/bucket={bucket}" for bucket, run in sorted(manifest.buckets.items()))
-            out[tiles.hop] = StoredTiles(tiles.hop, manifest.watermark, paths,
-                                         tuple(name for name, _ in tile_fields(tiles)))
+            out[tiles.hop] = StoredTiles(tiles.hop, manifest.watermark, paths, fields)
         return out
 
     def read(self, stored: StoredTiles) -> DataFrame:
