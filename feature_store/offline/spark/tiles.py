@@ -116,7 +116,7 @@ class SparkTiles:
         self.engine = engine
         root = engine.config.warehouse
         root = root if "://" in root else str(resolve_path(engine.repo, root))
-        self.store = Warehouse(root, engine.spark)
+        self.store = Warehouse(root, lambda: engine.spark)
 
     def folder(self, view: str, hop: int) -> str:
         return self.store.join("tiles", view, f"hop={hop}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,9 +15,14 @@ if TYPE_CHECKING:
 
 
 class Warehouse:
-    def __init__(self, root: str, spark: SparkSession) -> None:
-        self.root, self._spark = root.rstrip("/"), spark
+    def __init__(self, root: str, spark: Callable[[], SparkSession]) -> None:
+        """``spark`` gives the session, asked for only by a URI's operations (a local teardown starts no JVM)."""
+        self.root, self._session = root.rstrip("/"), spark
         self.remote = "://" in root and not root.startswith("file://")
+
+    @property
+    def _spark(self) -> SparkSession:
+        return self._session()
 
     def join(self, *parts: str) -> str:
         return "/".join([self.root, *parts])
