@@ -1,12 +1,13 @@
 """Example-based tests: one per clause of the point-in-time contract.
 
-Every test states its expected values by hand and runs in three modes:
+Every test states its expected values by hand and runs in these modes:
 
 * ``reference``           - the pure-Python reference in ``tests/reference.py``
                             (so these tests also pin the reference down);
 * ``engine``              - the library's public API;
 * ``engine_materialized`` - the same after ``store.materialize(end=...)``, which
-                            must not change any result.
+                            must not change any result;
+* ``spark``, ``spark_materialized`` - the same on the Spark engine, without and with its offline tiles.
 
 Each test is built so that it fails if its rule is broken (e.g. an event placed
 exactly on the boundary the rule talks about, next to one just across it).
@@ -35,7 +36,8 @@ DAY = timedelta(days=1)
 HOUR = timedelta(hours=1)
 MINUTE = timedelta(minutes=1)
 
-MODES = ("reference", "engine", "engine_materialized", pytest.param("spark", marks=pytest.mark.spark))
+MODES = ("reference", "engine", "engine_materialized", pytest.param("spark", marks=pytest.mark.spark),
+         pytest.param("spark_materialized", marks=pytest.mark.spark))
 REFERENCE_ONLY = os.environ.get("SEMANTICS_REFERENCE_ONLY") == "1"
 
 
@@ -83,19 +85,20 @@ def run(request, tmp_path):
     if REFERENCE_ONLY and mode != "reference":
         pytest.skip("SEMANTICS_REFERENCE_ONLY=1")
     gap = request.node.get_closest_marker("gap")  # @pytest.mark.gap("spark", "why"): a declared engine gap
-    if gap is not None and mode == gap.args[0]:
+    if gap is not None and mode in (gap.args[0], f"{gap.args[0]}_materialized"):
         pytest.skip(f"{mode} gap: {gap.args[1]}")
 
     def _run(views, entity_df, refs, full_feature_names=False, materialize_end=None):
         entity_rows = ref.entity_rows_of(entity_df)
         if mode == "reference":
             return ref.get_historical_features(entity_rows, views, refs, full_feature_names)
-        store = ref.open_store(tmp_path / "repo", views, engine="spark" if mode == "spark" else "duckdb")
-        if mode == "engine_materialized":
+        store = ref.open_store(tmp_path / "repo", views, engine="spark" if mode.startswith("spark") else "duckdb")
+        if mode.endswith("_materialized"):
             if materialize_end is None:
                 latest = max(ref.to_micros(r["event_timestamp"]) for r in entity_rows)
                 materialize_end = ref.from_micros(latest) + 2 * DAY
-            store.materialize(end=materialize_end)
+            # Spark: its offline tiles (its online values are checked by test_semantics_spark.py)
+            store.materialize(end=materialize_end, online=not mode.startswith("spark"))
         out = ref.engine_query(store, entity_df, refs, full_feature_names)
         assert len(out) == len(entity_df), out
         rows = []

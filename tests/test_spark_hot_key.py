@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -89,4 +90,31 @@ def test_a_hot_key_with_30_percent_of_events_equals_duckdb(repo: Path, small_chu
         got = store.get_historical_features(queries(), REFS).to_df()
     hot = expected["user_id"] == HOT
     assert expected.loc[hot, "total"].gt(0).mean() > 0.9 and expected["n"].sum() > 0
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)
+
+
+def test_with_offline_tiles_the_hot_keys_old_events_come_as_tiles(repo: Path, small_chunks: None) -> None:
+    """Materialized tiles (offline/spark/tiles.py): below the watermark the hot key's partition gets one row per
+    tile and only the events of the tiles its queries fall in; values still equal DuckDB's."""
+    from feature_store.offline.spark.retrieval import _events_needed, entity_frame
+    from feature_store.references import resolve_features
+
+    with FeatureStore(repo) as duck:
+        duck.apply(definitions())
+        expected = duck.get_historical_features(queries(), REFS).to_df()
+    config = load_config(repo)
+    spark_config = RepoConfig(**{**config.model_dump(), "offline_store": SparkOfflineConfig(type="spark")})
+    with FeatureStore(repo, spark_config, spark=spark_session()) as store:
+        store.materialize(end=(START + pd.Timedelta(days=20)).to_pydatetime(), online=False)
+        got = store.get_historical_features(queries(), REFS).to_df()
+        engine: Any = store.offline
+        catalog = store.offline_catalog()
+        # the windows of hop 5 min and 1 h (a daily hop's current tile is a whole day: all of a queried day's
+        # events are read one by one), for 30 of the hot key's queries
+        plan = engine.plan(catalog, "buys", resolve_features(catalog, REFS[:4], False))
+        stored = [tiles for tiles, _ in engine.stored_tiles(catalog, plan)]
+        rows = entity_frame(spark_session(), queries()[:30], ["user_id"])[0].select("user_id", "__t").distinct()
+        events = engine.events(plan).where("user_id = 0")
+        needed = _events_needed(events, rows, plan, stored).count()
+        assert len(stored) == 2 and needed < 0.5 * events.count(), (needed, events.count())
     pd.testing.assert_frame_equal(got, expected, check_dtype=False, rtol=1e-9)

@@ -19,7 +19,7 @@ class _Plan:
 
 
 def _chunks(monkeypatch: pytest.MonkeyPatch, batches: list[pa.RecordBatch], chunk_rows: int) -> list[pa.Table]:
-    def whole(table: pa.Table, plan: Any, schema: Any) -> Iterator[pa.Table]:
+    def whole(table: pa.Table, plan: Any, schema: Any, *_: Any) -> Iterator[pa.Table]:
         yield table
 
     monkeypatch.setattr(kernel, "_evaluate", whole)

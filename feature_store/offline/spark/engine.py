@@ -4,14 +4,19 @@
 (online_tiles.py), encoded and written by the executors into a store they reach (online_writes.py), else handed to
 the driver.
 
-It keeps no offline tiles yet (``materialized_tiles=False``): ``materialize`` writes nothing offline, and every
-training set reads raw events (docs/spark.md).
+Offline tiles (``materialized_tiles=True``, tiles.py): ``materialize`` writes per view and hop the partial aggregates
+of each (keys, tile) as parquet under ``warehouse`` (``tiles/<view>/hop=<us>/``, partitioned by buckets of at least a
+day), incrementally from the previous watermark, committing a new manifest (watermark, definition signature, source
+fingerprint) only once the data is in place, so a killed run leaves the previous state and the rerun continues
+from it. Training sets read those tiles below the watermark and of the raw events only those after it (and the
+few the kernel still reads one by one), with the values of the raw path; a changed definition or source file, or
+``--full``, rebuilds them (docs/spark.md).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -29,6 +34,7 @@ from feature_store.offline.engine import (
     OnlineWritten,
     ProgressCallback,
     check_recorded,
+    from_us,
     source_fingerprint,
     to_us,
 )
@@ -39,7 +45,9 @@ from feature_store.offline.spark.online_tiles import SparkOnlineTiles
 from feature_store.offline.spark.online_writes import write_view
 from feature_store.offline.spark.retrieval import SparkRetrievalJob, entity_frame, final_frame, view_result
 from feature_store.offline.spark.session import adopt_session, build_session
+from feature_store.offline.spark.tiles import SparkTiles, StoredTiles
 from feature_store.offline.spark.types import neutral
+from feature_store.plan import view_signature
 from feature_store.query import ViewQuery, compile_view
 from feature_store.references import ResolvedFeature
 
@@ -50,7 +58,7 @@ if TYPE_CHECKING:
 
 class SparkOfflineEngine:
     name: ClassVar[str] = "spark"
-    capabilities: ClassVar[Capabilities] = Capabilities(sql_entity_rows=True, materialized_tiles=False,
+    capabilities: ClassVar[Capabilities] = Capabilities(sql_entity_rows=True, materialized_tiles=True,
                                                         sample_keys=True, writes_online=True)
 
     def __init__(self, config: SparkOfflineConfig, repo: Path, push_log: PushLog,
@@ -58,6 +66,7 @@ class SparkOfflineEngine:
         self.config, self.repo, self.push_log = config, repo, push_log
         self._spark = adopt_session(spark) if spark is not None else None
         self._schemas: dict[str, dict[str, str]] = {}
+        self._tiles: SparkTiles | None = None
 
     @property
     def spark(self) -> SparkSession:
@@ -141,14 +150,43 @@ class SparkOfflineEngine:
             check_key_types(plan, {k: entities.schema[k].dataType.simpleString() for k in plan.keys})
             pushed = to_us(pushed_before) if pushed_before is not None and plan.source.push_source else None
             events = self.events(plan, cutoff, pushed)
-            results.append((plan, view_result(events, entities, plan, self.partitions, self.chunk_rows)))
+            # Stored tiles hold everything available at their watermark: unusable for an earlier cutoff
+            tiles = self.stored_tiles(catalog, plan) if cutoff is None else []
+            results.append((plan, view_result(events, entities, plan, self.partitions, self.chunk_rows, tiles)))
         return SparkRetrievalJob(final_frame(entities, results, passthrough), given)
 
     # --- materialization ----------------------------------------------------------------------------------------
 
+    @property
+    def tiles(self) -> SparkTiles:
+        if self._tiles is None:
+            self._tiles = SparkTiles(self)
+        return self._tiles
+
+    def stored_tiles(self, catalog: Catalog, plan: ViewQuery) -> list[tuple[StoredTiles, DataFrame]]:
+        """The view's usable stored tiles (same definition, same source files) of the requested hops."""
+        if not plan.is_aggregation:
+            return []
+        files = self.fingerprint(plan.source.batch)
+        stored = self.tiles.stored(plan, view_signature(catalog, plan.name), files)
+        return [(tiles, self.tiles.read(tiles)) for tiles in stored.values()]
+
     def materialize(self, catalog: Catalog, views: Sequence[str], end: datetime, full: bool,
                     progress: ProgressCallback | None = None) -> list[MaterializeResult]:
-        return []  # no offline tiles (capabilities.materialized_tiles is False): the store does not call this
+        """Offline tiles of each aggregation view up to ``end`` (snapshot views keep none on Spark: their training
+        sets read the latest rows from events)."""
+        results: list[MaterializeResult] = []
+        for name in views:
+            definition = catalog.view(name)
+            if not definition.is_aggregation:
+                continue
+            plan = self.plan(catalog, name, [ResolvedFeature(definition, f, f) for f in definition.feature_names])
+            view_end = end
+            if plan.source.push_source:  # never pass an event about to land in the log
+                view_end = from_us(self.push_log.materialize_end(to_us(end), to_us(datetime.now(UTC))))
+            files = self.fingerprint(plan.source.batch)
+            results.extend(self.tiles.run(plan, view_signature(catalog, name), files, view_end, full, progress))
+        return results
 
     def online_tiles(self, catalog: Catalog, view: str, end: int, since: int | None) -> OnlineTiles:
         definition = catalog.view(view)
@@ -170,7 +208,8 @@ class SparkOfflineEngine:
         return keys.orderBy(F.rand(seed)).limit(sample).orderBy(*plan.keys).toArrow()
 
     def drop_materialized(self) -> list[str]:
-        return []
+        """Remove the offline tiles under ``warehouse`` (teardown); nothing else there is the engine's."""
+        return self.tiles.drop()
 
 
 def _first_line(exc: BaseException) -> str:

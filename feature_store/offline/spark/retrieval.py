@@ -19,13 +19,14 @@ from feature_store.errors import EntityDataFrameError
 from feature_store.offline.entity_rows import ROW_ID, TIMESTAMP_COLUMN, ArrowResult, prepare
 from feature_store.offline.entity_rows import to_arrow as entity_arrow
 from feature_store.offline.spark import kernel
+from feature_store.offline.spark.online_tiles import floor_col
 from feature_store.offline.spark.sources import all_of
 from feature_store.offline.spark.types import arrow as arrow_type
 from feature_store.offline.spark.types import spark as spark_type
 from feature_store.query import FeatureRequest, ViewQuery
 
 if TYPE_CHECKING:
-    pass
+    from feature_store.offline.spark.tiles import StoredTiles
 
 
 class SparkRetrievalJob(ArrowResult):
@@ -95,13 +96,24 @@ def _spark_entities(frame: DataFrame, join_keys: Sequence[str]) -> tuple[DataFra
 
 
 def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partitions: int,
-                chunk_rows: int = kernel.CHUNK_ROWS) -> DataFrame:
+                chunk_rows: int = kernel.CHUNK_ROWS, tiles: Sequence[tuple[StoredTiles, DataFrame]] = ()) -> DataFrame:
     """Feature values of one view for the distinct (keys, t) of the entity rows: events and queries of a key in one
-    partition, evaluated by the kernel."""
+    partition, evaluated by the kernel. With stored tiles (offline/spark/tiles.py) a key's partition holds its
+    tiles below each watermark, and of the events below them only those the kernel still reads (see
+    ``_events_needed``)."""
     keys = list(plan.keys)
     queries = (entities.where(all_of([F.col(k).isNotNull() for k in keys])).select(*keys, "__t").distinct()
                .withColumn(kernel.QUERY, F.lit(True)))
+    if tiles:
+        events = _events_needed(events, queries, plan, [stored for stored, _ in tiles])
     rows = events.withColumn(kernel.QUERY, F.lit(False)).unionByName(queries, allowMissingColumns=True)
+    for stored, frame in tiles:
+        hop = stored.hop
+        kept = frame.where(F.col("__pos") + hop <= stored.watermark).join(queries.select(*keys).distinct(), keys,
+                                                                           "left_semi")
+        rows = rows.unionByName(kept.select(*keys, "__pos", *(F.col(f).alias(kernel.FIELD + f) for f in stored.fields),
+                                            F.lit(hop).alias(kernel.TILE), F.lit(False).alias(kernel.QUERY)),
+                                allowMissingColumns=True)
     fields = [T.StructField(k, spark_type(t)) for k, t in zip(keys, plan.key_types, strict=True)]
     fields.append(T.StructField("__t", T.LongType()))
     fields += [T.StructField(r.output, spark_type(r.output_type)) for r in plan.features]
@@ -109,8 +121,36 @@ def view_result(events: DataFrame, entities: DataFrame, plan: ViewQuery, partiti
     arrow_schema = pa.schema([pa.field(k, arrow_type(t)) for k, t in zip(keys, plan.key_types, strict=True)]
                              + [pa.field("__t", pa.int64())]
                              + [pa.field(r.output, arrow_type(r.output_type)) for r in plan.features])
-    run = functools.partial(kernel.evaluate_partition, plan=plan, schema=arrow_schema, chunk_rows=chunk_rows)
+    stored_tiles = {stored.hop: (stored.watermark, stored.fields) for stored, _ in tiles}
+    run = functools.partial(kernel.evaluate_partition, plan=plan, schema=arrow_schema, chunk_rows=chunk_rows,
+                            tiles=stored_tiles)
     return rows.repartition(partitions, *keys).sortWithinPartitions(*keys).mapInArrow(run, schema)
+
+
+def _events_needed(events: DataFrame, queries: DataFrame, plan: ViewQuery,
+                   tiles: Sequence[StoredTiles]) -> DataFrame:
+    """The events the kernel reads beside stored tiles: those from the lowest watermark on, late ones (never in a
+    tile), and those in the tile a query falls in (its partial current tile). Every other event below the
+    watermarks is in a stored tile already, so a key's old events reach its partition pre-aggregated (a hot key's
+    events no longer gather in one task). All of them when a requested hop has no stored tiles or a function reads
+    events rather than tiles (distinct counts, sketches, LastK)."""
+    hops = sorted({r.hop for r in plan.features})
+    covered = {t.hop for t in tiles}
+    if any(h not in covered for h in hops) or not all(r.function.offline_tiles for r in plan.features):
+        return events
+    keys = list(plan.keys)
+    below = F.col("__ts") < min(t.watermark for t in tiles)
+    late = functools.reduce(Column.__or__, [F.col("__cr") >= floor_col(F.col("__ts"), h) + h for h in hops])
+    newer = events.where(~below | late)
+    older = events.where(below & ~late)
+    seen = []
+    for i, hop in enumerate(hops):  # left joins on distinct (keys, tile): no event twice
+        at = queries.select(*keys, floor_col(F.col("__t"), hop).alias(f"__qp{i}")).distinct() \
+            .withColumn(f"__m{i}", F.lit(True))
+        older = older.withColumn(f"__qp{i}", floor_col(F.col("__ts"), hop)).join(at, [*keys, f"__qp{i}"], "left")
+        seen.append(F.col(f"__m{i}").isNotNull())
+    older = older.where(functools.reduce(Column.__or__, seen)).select(*events.columns)
+    return newer.unionByName(older)
 
 
 def final_frame(entities: DataFrame, results: Sequence[tuple[ViewQuery, DataFrame]],
