@@ -244,11 +244,9 @@ class FeatureStore:
         The registry is consulted at most every ``REGISTRY_REFRESH_SECONDS``, not per request.
         """
         version, catalog = self._serving_catalog()
-        if self.served_log is not None and now is None:  # the log's request time is the read's own
-            now = datetime.now(UTC)
         response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
-        if self.served_log is not None:  # a JSON line on a deque; a writer thread appends it to the log
-            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+        if self.served_log is not None:  # a JSON line on a deque (its request time: the response's)
+            self.served_log.record(features, full_feature_names, response, self.online.current_state)
         return response
 
     async def get_online_features_async(
@@ -258,11 +256,9 @@ class FeatureStore:
         """``get_online_features`` for asyncio code: the event loop runs other tasks while Redis answers,
         and concurrent calls share one pipelined connection per loop. Same values, statuses and errors."""
         version, catalog = self._serving_catalog()
-        if self.served_log is not None and now is None:
-            now = datetime.now(UTC)
         response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
         if self.served_log is not None:
-            self.served_log.record(features, full_feature_names, response, now, self.online.current_state)
+            self.served_log.record(features, full_feature_names, response, self.online.current_state)
         return response
 
     def online_body(self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool,
@@ -270,24 +266,20 @@ class FeatureStore:
         """For servers: ``get_online_features`` encoded by ``encode``; the served-value log keeps the encoded
         body itself, so a logged read costs the serving process no second encoding."""
         version, catalog = self._serving_catalog()
-        if self.served_log is not None and now is None:
-            now = datetime.now(UTC)
         response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
         body = encode(response)
         if self.served_log is not None:
-            self.served_log.record_body(features, full_feature_names, response, body, now, self.online.current_state)
+            self.served_log.record_body(features, full_feature_names, response, body, self.online.current_state)
         return body
 
     async def online_body_async(self, features: FeatureRefs, entity_rows: Any, full_feature_names: bool,
                                 now: datetime | None, encode: Callable[[OnlineResponse], bytes]) -> bytes:
         """``online_body`` on an event loop."""
         version, catalog = self._serving_catalog()
-        if self.served_log is not None and now is None:
-            now = datetime.now(UTC)
         response = await self.online.get_async(catalog, version, features, entity_rows, full_feature_names, now)
         body = encode(response)
         if self.served_log is not None:
-            self.served_log.record_body(features, full_feature_names, response, body, now, self.online.current_state)
+            self.served_log.record_body(features, full_feature_names, response, body, self.online.current_state)
         return body
 
     def _serving_catalog(self) -> tuple[int, Catalog]:

@@ -4,7 +4,7 @@ out first), and its asyncio reads."""
 from __future__ import annotations
 
 import re
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -158,3 +158,32 @@ def test_switching_online_stores_rebuilds_the_new_one_and_keeps_the_old_one_righ
             assert store.verify().ok
     finally:
         delete_under(url, key_prefix)
+
+
+def test_a_naive_now_is_utc_whatever_the_hosts_time_zone(example_repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A naive ``now`` means UTC, as everywhere in the store: not the serving host's local time, which would
+    move every window by the host's offset. The response carries the instant its values are for."""
+    import time
+
+    with FeatureStore(example_repo) as store:
+        import pandas as pd
+
+        store.apply()
+
+        events = pd.read_parquet(example_repo / "data" / "transactions.parquet")
+        last = events.sort_values("created").iloc[-1]  # read a minute after it landed: its 1-hour count is >= 1
+        aware = (last["created"].to_pydatetime() + timedelta(minutes=1)).replace(microsecond=0)
+        customers = {"customer_id": [int(last["customer_id"]), 1, 2]}
+        store.materialize(end=aware)  # the 1-hour window's tiles kept for reads at `aware`
+        refs = ["customer_habits:txn_count_1h", "customer_spend:spend_7d", "customer_profile:age"]
+        want = store.get_online_features(refs, customers, now=aware)
+        assert want.values["txn_count_1h"][0] >= 1  # five hours later (New York's reading) it would be 0
+        monkeypatch.setenv("TZ", "America/New_York")
+        time.tzset()
+        try:
+            got = store.get_online_features(refs, customers, now=aware.replace(tzinfo=None))
+        finally:
+            monkeypatch.delenv("TZ")
+            time.tzset()
+        assert got.values == want.values and got.statuses == want.statuses
+        assert got.request_us == want.request_us == int(aware.timestamp()) * 1_000_000

@@ -1,16 +1,16 @@
 """The served-value log: what online reads answered (entity keys, request time, each feature's value and status),
 as files partitioned by day, readable back as a feature table.
 
-A read encodes what it answered as one JSON line (the feature server's already-encoded response body as it is;
-an SDK response through orjson, in C: served_spool.py) and appends it to a deque (after drawing the sample): no
-conversion to columns, no lock, no I/O. A writer thread appends what has queued to a zstd-compressed spool file
-per day every 0.2 s and renames the file into view every ``flush_seconds``. Turning lines into typed columns
-costs Python work, which on a serving host competed with reads for the GIL (p99 +30-240 %, docs/monitoring.md):
-it is done where the log is read or compacted (``served_features``, ``feature-store monitor``,
-``feature-store compact``), which replace each spool file by a parquet file of the same name. The queue is
-bounded: when the writer falls behind, reads are dropped from the log (and counted), never delayed. A file is
-hidden (``.name.part``) until renamed, so readers see whole files only; a killed process loses what it had not
-renamed yet, at most ``flush_seconds`` of reads.
+A read encodes what it answered (the feature server's already-encoded response body as it is; an SDK response
+through orjson, in C: served_spool.py) and appends it to a deque with its cached shape and watermarks (after drawing
+the sample): no conversion to columns, no lock, no I/O, not even a line to copy. A writer thread joins what has
+queued into JSON lines and appends them to a zstd-compressed spool file per day every 0.2 s and renames the file
+into view every ``flush_seconds``. Turning lines into typed columns costs Python work, which on a serving host
+competed with reads for the GIL (p99 +30-240 %, docs/monitoring.md): it is done where the log is read or compacted
+(``served_features``, ``feature-store monitor``, ``feature-store compact``), which replace each spool file by a
+parquet file of the same name. The queue is bounded: when the writer falls behind, reads are dropped from the log
+(and counted), never delayed. A file is hidden (``.name.part``) until renamed, so readers see whole files only; a
+killed process loses what it had not renamed yet, at most ``flush_seconds`` of reads.
 
 Layout: ``<dir>/date=YYYY-MM-DD/<host>-<pid>-<us>-<seq>.jsonl.zst`` (spool) or ``.parquet``; the columns read
 back are ``request_time`` (UTC), the entity keys, ``<view>__<feature>`` and ``<view>__<feature>__status`` for each
@@ -25,6 +25,7 @@ import random
 import socket
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -72,7 +73,8 @@ class ServedLog:
         self.logged_rows = 0
         self.on_drop: Callable[[], None] | None = None  # the server counts drops in /metrics
         self.on_write: Callable[[int], None] | None = None
-        self._queue: deque[tuple[int, bytes, int]] = deque()  # (day since 1970, line, entity rows)
+        # (kind, request us, shape, watermarks, body, entity rows): a line's parts, joined by the writer
+        self._queue: deque[tuple[bytes, int, bytes, bytes, bytes, int]] = deque()
         self._encoder = LineEncoder()
         self._pid = -1  # the writer thread belongs to this process (a forked worker starts its own)
         self._thread: threading.Thread | None = None
@@ -82,6 +84,7 @@ class ServedLog:
         self._parts: dict[int, Path] = {}  # per day, the file being appended to (renamed at each flush)
         self._part_rows = 0
         self.writer_seconds = 0.0  # CPU time of the writer thread (benchmarks/monitoring.py)
+        _LOGS.add(self)
 
     @classmethod
     def from_config(cls, config: MonitoringConfig, directory: Path) -> ServedLog:
@@ -89,18 +92,19 @@ class ServedLog:
 
     # --- the read path: keep it this small -------------------------------------------------------
 
-    def record(self, features: Any, full_feature_names: bool, response: OnlineResponse, now: datetime | None,
+    def record(self, features: Any, full_feature_names: bool, response: OnlineResponse,
                state: State | None) -> None:
-        """An SDK read: its columns, encoded now by orjson (a microsecond for one entity, in C)."""
-        self._queue_line(COLUMNS, features, full_feature_names, response, response, now, state)
+        """An SDK read: its columns, encoded now by orjson (a microsecond for one entity, in C). Its request
+        time is the response's own (``response.request_us``: the ``now`` its values are for)."""
+        self._queue_line(COLUMNS, features, full_feature_names, response, response, state)
 
     def record_body(self, features: Any, full_feature_names: bool, response: OnlineResponse, body: bytes,
-                    now: datetime | None, state: State | None) -> None:
+                    state: State | None) -> None:
         """A feature server's read: the body it encoded for its client (Feast's format), logged as it is."""
-        self._queue_line(FEAST_BODY, features, full_feature_names, response, body, now, state)
+        self._queue_line(FEAST_BODY, features, full_feature_names, response, body, state)
 
-    def _queue_line(self, kind: str, features: Any, full: bool, response: OnlineResponse, payload: Any,
-                    now: datetime | None, state: State | None) -> None:
+    def _queue_line(self, kind: bytes, features: Any, full: bool, response: OnlineResponse, payload: Any,
+                    state: State | None) -> None:
         # Encoded here, on the read path, rather than by the writer thread: a thread converting in bursts took
         # the GIL from reads (p99 +30-240 %, docs/monitoring.md), and queued Python containers cost the garbage
         # collector; a line is bytes, and the writer thread only compresses and appends them.
@@ -112,22 +116,19 @@ class ServedLog:
                 self.on_drop()
             return
         columns = response.entity_columns
-        request_us = round((time.time() if now is None else _timestamp(now)) * 1_000_000)
-        line = self._encoder.line(kind, request_us, features, full, len(columns), payload, state)
-        if self._pid != os.getpid():
+        shape, marks, body = self._encoder.parts(kind, features, full, len(columns), payload, state)
+        if self._thread is None:  # the first read of this process (a forked child's too: _forked)
             self._start()
-        self._queue.append((request_us // _DAY_US, line, len(next(iter(columns.values()))) if columns else 0))
+        self._queue.append((kind, response.request_us, shape, marks, body,
+                            len(next(iter(columns.values()))) if columns else 0))
 
     # --- the writer ------------------------------------------------------------------------------
 
     def _start(self) -> None:
         with self._write_lock:
-            if self._pid == os.getpid():
+            if self._thread is not None:
                 return
             self._pid = os.getpid()
-            # A forked child neither writes its parent's queued reads (the parent does) nor appends to its files.
-            self._queue.clear()
-            self._parts, self._part_rows = {}, 0
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="served-log-writer", daemon=True)
             self._thread.start()
@@ -152,14 +153,17 @@ class ServedLog:
             days: dict[int, list[bytes]] = {}
             rows = 0
             for _ in range(len(self._queue)):
-                day, line, n = self._queue.popleft()
-                days.setdefault(day, []).append(line)
+                kind, request_us, shape, marks, body, n = self._queue.popleft()
+                # a line's pieces, joined once per frame: each body is copied once, not per line and again
+                days.setdefault(request_us // _DAY_US, []).extend(
+                    (b'["', kind, b'",%d,' % request_us, shape, b",", marks, b",", body, b"]\n"))
                 rows += n
-            for day, lines in days.items():
+            for day, pieces in days.items():
                 part = self._parts.get(day)
                 if part is None:
                     part = self._parts[day] = self._part_path(day)
-                frame = pa.compress(b"\n".join(lines) + b"\n", codec="zstd", asbytes=True)  # frames concatenate
+                # One frame per append: smaller frames (joined a bounded piece at a time) measured worse at p99
+                frame = pa.compress(b"".join(pieces), codec="zstd", asbytes=True)  # zstd frames concatenate
                 with part.open("ab") as out:
                     out.write(frame)
             self._part_rows += rows
@@ -184,6 +188,16 @@ class ServedLog:
         folder.mkdir(parents=True, exist_ok=True)
         name = f"{socket.gethostname()}-{os.getpid()}-{int(time.time() * 1e6)}-{next(self._seq)}{SPOOL_SUFFIX}"
         return folder / f".{name}{PART_SUFFIX}"  # hidden until whole
+
+    def _forked(self) -> None:
+        """In a forked child: the parent's writer thread did not come along. The child neither writes its
+        parent's queued reads (the parent does) nor appends to its files; its first read starts its own writer.
+        (A fork hook, not a pid check per read: os.getpid() is a system call on the read path.)"""
+        self._write_lock = threading.Lock()  # the parent's thread may have held it at the fork
+        self._queue.clear()
+        self._parts, self._part_rows = {}, 0
+        self._thread = None
+        self._pid = -1
 
     def close(self) -> None:
         self._stop.set()
@@ -273,14 +287,19 @@ class ServedLog:
         return removed
 
 
+_LOGS: weakref.WeakSet[ServedLog] = weakref.WeakSet()  # every log of this process, for the fork hook
+
+
+def _after_fork_in_child() -> None:
+    for log in list(_LOGS):
+        log._forked()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _DAY_US = 86_400_000_000
-
-
-def _timestamp(value: datetime) -> float:
-    """Seconds since the epoch (a naive time is UTC, as everywhere in the store); microseconds survive the float
-    for dates before 2255."""
-    return (value if value.tzinfo is not None else value.replace(tzinfo=UTC)).timestamp()
 
 
 def _compacted_name(spool: str) -> str:

@@ -1,8 +1,8 @@
 """The served-value log's spool: what the writer thread of a serving process writes, and how it becomes Arrow.
 
 A serving process does as little as it can: a logged read becomes one JSON line, ``[kind, request_us, shape,
-watermarks, body]``, appended zstd-compressed (a frame per append) to a file renamed into view every
-``flush_seconds``. ``kind`` "F" is the
+watermarks, body]`` (the read encodes only its body; the writer thread joins the parts), appended
+zstd-compressed (a frame per append) to a file renamed into view every ``flush_seconds``. ``kind`` "F" is the
 feature server's own response body (Feast's wire format, already encoded for the client: logged as it is, no
 second encoding); "C" is an SDK read's ``[entity columns, values, statuses]``, encoded by orjson in C. ``shape``
 says which features were read under which output names, and how many entity columns lead the body; both are
@@ -34,8 +34,9 @@ REQUEST_TIME = "request_time"
 REQUEST_ID = "_fs_request"
 WATERMARK_PREFIX = "_fs_watermark__"  # + view: the view's online watermark (epoch us) when the read was served
 STATUS_SUFFIX = "__status"
-FEAST_BODY, COLUMNS = "F", "C"
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+FEAST_BODY, COLUMNS = b"F", b"C"
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_ANY_KEYS = _OPTIONS | orjson.OPT_NON_STR_KEYS  # a third slower: only where a value is a dict with other keys
 _CACHE_LIMIT = 1024  # request shapes remembered (clients may send any feature lists)
 
 
@@ -64,15 +65,18 @@ class LineEncoder:
         self._states: dict[int, tuple[Any, bytes]] = {}  # id(state): (state, its watermarks as JSON)
         self._last: tuple[Any, bool, int, bytes] = (None, False, -1, b"")
 
-    def line(self, kind: str, request_us: int, features: Any, full: bool, keys: int, payload: Any,
-             state: State | None) -> bytes:
+    def parts(self, kind: bytes, features: Any, full: bool, keys: int, payload: Any,
+              state: State | None) -> tuple[bytes, bytes, bytes]:
+        """What the read path encodes of a read: its shape and watermarks (cached) and its body. The writer
+        thread joins them into lines (served_log.py), so a read copies nothing into a line."""
         if kind == FEAST_BODY:
-            return b'["F",%d,%b,%b,%b]' % (request_us, self._shape(features, full, keys), self._marks(state),
-                                           payload)
-        body = orjson.dumps([payload.entity_columns, payload.values, payload.statuses], default=_default,
-                            option=_OPTIONS)
-        # bytes formatting, not orjson.Fragment: half the time for a one-entity read
-        return b'["C",%d,%b,%b,%b]' % (request_us, self._shape(features, full, keys), self._marks(state), body)
+            return self._shape(features, full, keys), self._marks(state), payload
+        columns = [payload.entity_columns, payload.values, payload.statuses]
+        try:
+            body = orjson.dumps(columns, default=_default, option=_OPTIONS)
+        except orjson.JSONEncodeError:
+            body = orjson.dumps(columns, default=_default, option=_ANY_KEYS)
+        return self._shape(features, full, keys), self._marks(state), body
 
     def _shape(self, features: Any, full: bool, keys: int) -> bytes:
         last = self._last  # a client sending the same list object again: no tuple to build and hash
@@ -147,7 +151,7 @@ def _table(shape: dict[str, Any], reads: list[tuple[int, list[Any]]]) -> pa.Tabl
 def _parts(line: list[Any], keys: int) -> tuple[dict[str, list[Any]], dict[str, list[Any]], dict[str, list[Any]]]:
     """(entity columns, values, statuses) of one logged read, from either kind of line."""
     body = line[4]
-    if line[0] == COLUMNS:
+    if line[0] == "C":  # COLUMNS
         return body[0], body[1], body[2]
     names, results = body["metadata"]["feature_names"], body["results"]
     entities = {name: result["values"] for name, result in zip(names[:keys], results[:keys], strict=True)}

@@ -20,7 +20,8 @@ from feature_store.online.read.reader import OnlineResponse
 
 EPOCH_Z = "1970-01-01T00:00:00Z"  # what Feast answers where a value has no event time
 JSON = "application/json"
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
+_ANY_KEYS = _OPTIONS | orjson.OPT_NON_STR_KEYS  # a third slower: only where a value is a dict with other keys
 
 
 def _default(value: Any) -> Any:
@@ -34,7 +35,10 @@ def _default(value: Any) -> Any:
 
 
 def dumps(content: Any) -> bytes:
-    return orjson.dumps(content, default=_default, option=_OPTIONS)
+    try:
+        return orjson.dumps(content, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(content, default=_default, option=_ANY_KEYS)
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:

@@ -10,10 +10,11 @@ window's first tile once and run the finishers entity by entity.
 
 from __future__ import annotations
 
+import time
 from bisect import bisect_left
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import msgpack
@@ -27,6 +28,8 @@ from feature_store.online.tiles.columnar import pack_key_columns
 from feature_store.online.tiles.format import EntityTiles, Shape
 
 _unpack = msgpack.unpackb
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
 PRESENT, NOT_FOUND, NULL_VALUE, OUTSIDE_MAX_AGE = "PRESENT", "NOT_FOUND", "NULL_VALUE", "OUTSIDE_MAX_AGE"
 NOT_MATERIALIZED = "NOT_MATERIALIZED"  # the feature has no materialized values in this store yet
 SMALL_READ = 12  # entities up to which a group is finished in Python, not numpy
@@ -40,6 +43,8 @@ class OnlineResponse:
     values: dict[str, list[Any]] = field(default_factory=dict)
     statuses: dict[str, list[str]] = field(default_factory=dict)
     stamps_us: dict[str, list[int | None]] = field(default_factory=dict)  # latest event time, epoch us
+    # the instant the values are for (``now``), epoch us: the served-value log's request time
+    request_us: int = field(default=0, compare=False)
 
     @property
     def event_timestamps(self) -> dict[str, list[datetime | None]]:
@@ -76,7 +81,11 @@ async def read_async(store: OnlineStore, plans: Sequence[ViewPlan], columns: dic
 
 
 def _epoch_us(now: datetime | None) -> int:
-    return int(((now or datetime.now(UTC)).timestamp()) * 1_000_000)
+    if now is None:
+        return int(time.time() * 1_000_000)
+    if now.tzinfo is None:  # a naive time is UTC, as everywhere in the store (not the host's local time)
+        now = now.replace(tzinfo=UTC)
+    return (now - _EPOCH) // _MICROSECOND  # exact: a float of seconds loses microseconds
 
 
 def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[tuple[bytes, list[bytes]]]:
@@ -106,7 +115,7 @@ def _keys(plans: Sequence[ViewPlan], columns: dict[str, list[Any]]) -> list[tupl
 def _respond(plans: Sequence[ViewPlan], columns: dict[str, list[Any]], raw: list[bytes | None],
              now_us: int) -> OnlineResponse:
     n = len(next(iter(columns.values()))) if columns else 0
-    response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()})
+    response = OnlineResponse(entity_columns={k: list(v) for k, v in columns.items()}, request_us=now_us)
     at = 0
     for plan in plans:
         if not plan.live:
