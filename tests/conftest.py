@@ -234,3 +234,15 @@ def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pyte
     terminalreporter.section("capability gaps (tests a backend skips by design)")
     for nodeid, kind, capability, why in GAPS:
         terminalreporter.line(f"{kind}: lacks {capability}: {nodeid}" + (f" ({why})" if why else ""))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Modules with slow or Spark tests first, each module's tests kept together and in order: on two xdist
+    workers a minutes-long test collected last left one worker idle for minutes while the other finished it."""
+    rank: dict[str, int] = {}
+    for item in items:
+        module = item.nodeid.split("::", 1)[0]
+        slow, spark = item.get_closest_marker("slow") is not None, item.get_closest_marker("spark") is not None
+        here = 0 if slow and spark else 1 if slow else 2 if spark else 3  # a JVM and minutes first
+        rank[module] = min(rank.get(module, 3), here)
+    items.sort(key=lambda item: rank[item.nodeid.split("::", 1)[0]])  # stable: modules' own order kept
