@@ -26,13 +26,13 @@ demo: $(VENV)/.installed
 	$(BIN)/feature-store --repo $(REPO) training-set --entities data/entity_rows.parquet \
 		--service fraud_model_v1 --output $(REPO)/data/train.parquet
 
-## test: install with dev extras and run the whole suite on two processes (starts a throwaway Redis if none is reachable; 7 min 44 s on 2 cores on 2026-12-05, Spark included)
+## test: install with dev extras and run the whole suite on two processes (starts a throwaway Redis if none is reachable; 15 min 36 s on 2 quiet cores on 2026-12-05, Spark included, 27 min beside two busy loops)
 test: $(VENV)/.dev-installed
 	$(BIN)/python -m pytest -q -n 2
 
-## test-fast: the developers' tier (about a minute on 2 cores: 65 s on 2026-12-05): no server processes, kill -9 trials or deliberate waits, no Spark (a JVM and minutes of its tests: `make test` runs them), fewer hypothesis examples
+## test-fast: the developers' tier (80 s on 2 quiet cores on 2026-12-05): no server processes, kill -9 trials or deliberate waits, no Spark (a JVM and minutes of its tests: `make test` runs them), fewer hypothesis examples
 test-fast: $(VENV)/.dev-installed
-	ONLINE_EXAMPLES=4 SEMANTICS_EXAMPLES=12 $(BIN)/python -m pytest -q -n 2 -m "not slow and not spark"
+	ONLINE_EXAMPLES=2 SEMANTICS_EXAMPLES=8 COMPACTION_EXAMPLES=5 $(BIN)/python -m pytest -q -n 2 -m "not slow and not spark"
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check feature_store tests benchmarks

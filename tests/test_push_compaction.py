@@ -6,6 +6,7 @@ after compactions killed with SIGKILL at random points. On the local file log an
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import signal
@@ -95,7 +96,8 @@ ops = st.lists(st.one_of(
 ), min_size=1, max_size=12)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=int(os.environ.get("COMPACTION_EXAMPLES", "25")), deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(steps=ops)
 def test_compaction_never_changes_what_readers_count(log_pair: tuple[PushLog, FilePushLog], steps: list[Any]) -> None:
     log, twin = log_pair
