@@ -245,7 +245,7 @@ class FeatureStore:
         """
         version, catalog = self._serving_catalog()
         response = self.online.get(catalog, version, features, entity_rows, full_feature_names, now)
-        if self.served_log is not None:  # a JSON line on a deque (its request time: the response's)
+        if self.served_log is not None:  # its body on a deque (its request time: the response's)
             self.served_log.record(features, full_feature_names, response, self.online.current_state)
         return response
 

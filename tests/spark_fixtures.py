@@ -33,3 +33,12 @@ def spark_session() -> Any:
     return build_session(SparkOfflineConfig(type="spark", master="local[2]",
                                             conf={"spark.sql.shuffle.partitions": "2",
                                                   "spark.default.parallelism": "2"}))
+
+
+def kill_seed() -> int:
+    """The seed that picks a run's kill -9 trials: ``KILL_SEED``, else the day's number (so CI covers every trial
+    over days; a failure names its seed)."""
+    import os
+    from datetime import UTC, datetime
+
+    return int(os.environ.get("KILL_SEED", datetime.now(UTC).date().toordinal()))

@@ -31,7 +31,7 @@ import redis
 from feature_store import example
 from feature_store.store import FeatureStore
 from tests.conftest import delete_under, own_database
-from tests.spark_fixtures import spark_available
+from tests.spark_fixtures import kill_seed, spark_available
 from tests.test_spark_engine import EXTRA_PY, VIEWS
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -201,7 +201,7 @@ def test_materialize_killed_while_executors_write_then_rerun_equals_a_clean_run(
         # Each trial starts a JVM (about 50 s): a run takes KILL_TRIALS of the four (2 by default, so the suite
         # stays affordable), chosen by KILL_SEED, which changes daily so that CI runs cover all four over days
         # (`KILL_TRIALS=4 pytest tests/test_spark_online_kill.py` runs them all; failures name the seed)
-        seed = int(os.environ.get("KILL_SEED", datetime.now(UTC).date().toordinal()))
+        seed = kill_seed()
         rng = random.Random(seed)
         trials = rng.sample([("nothing", False, "writes"), ("complete", True, "start"), ("earlier", False, "start"),
                              ("nothing", True, "writes")], k=min(4, int(os.environ.get("KILL_TRIALS", "2"))))

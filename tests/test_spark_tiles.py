@@ -23,7 +23,7 @@ import pytest
 
 from feature_store.config import RepoConfig, load_config
 from feature_store.store import FeatureStore
-from tests.spark_fixtures import spark_session
+from tests.spark_fixtures import kill_seed, spark_session
 from tests.test_materialize import START, definitions, queries, write_events
 
 pytestmark = pytest.mark.spark
@@ -221,7 +221,7 @@ def test_materialize_killed_at_random_points_then_rerun_equals_a_clean_run(repo:
     with spark(clean) as store:
         store.materialize(end=END, online=False)
         want_tiles, want = tiles_of(clean), training(store)
-    seed = int(os.environ.get("KILL_SEED", datetime.now(UTC).date().toordinal()))  # as test_spark_online_kill
+    seed = kill_seed()
     rng = random.Random(seed)
     killed = 0
     for trial in range(int(os.environ.get("KILL_TRIALS", "3"))):

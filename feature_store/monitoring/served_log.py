@@ -76,7 +76,6 @@ class ServedLog:
         # (kind, request us, shape, watermarks, body, entity rows): a line's parts, joined by the writer
         self._queue: deque[tuple[bytes, int, bytes, bytes, bytes, int]] = deque()
         self._encoder = LineEncoder()
-        self._pid = -1  # the writer thread belongs to this process (a forked worker starts its own)
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._write_lock = threading.Lock()
@@ -107,7 +106,7 @@ class ServedLog:
                     state: State | None) -> None:
         # Encoded here, on the read path, rather than by the writer thread: a thread converting in bursts took
         # the GIL from reads (p99 +30-240 %, docs/monitoring.md), and queued Python containers cost the garbage
-        # collector; a line is bytes, and the writer thread only compresses and appends them.
+        # collector; a read queues bytes, and the writer thread only joins, compresses and appends them.
         if self.sample_rate < 1.0 and random.random() >= self.sample_rate:
             return
         if len(self._queue) >= self.queue_size:
@@ -128,7 +127,6 @@ class ServedLog:
         with self._write_lock:
             if self._thread is not None:
                 return
-            self._pid = os.getpid()
             self._stop = threading.Event()
             self._thread = threading.Thread(target=self._run, name="served-log-writer", daemon=True)
             self._thread.start()
@@ -197,11 +195,10 @@ class ServedLog:
         self._queue.clear()
         self._parts, self._part_rows = {}, 0
         self._thread = None
-        self._pid = -1
 
     def close(self) -> None:
         self._stop.set()
-        if self._thread is not None and self._thread.is_alive() and self._pid == os.getpid():
+        if self._thread is not None and self._thread.is_alive():  # a forked child's is None (_forked)
             self._thread.join(timeout=10)
         self.flush()
 

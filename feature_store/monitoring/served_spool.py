@@ -41,12 +41,21 @@ _CACHE_LIMIT = 1024  # request shapes remembered (clients may send any feature l
 
 
 def _default(value: Any) -> Any:
-    """What orjson does not encode natively, as the feature server encodes it (server/encode.py)."""
+    """What orjson does not encode natively: decimals, sets, and anything else as its text (NaN and
+    infinities it already writes as null)."""
     if isinstance(value, decimal.Decimal):
         return float(value)
     if isinstance(value, set | frozenset | tuple):
         return list(value)
     return str(value)
+
+
+def dumps(content: Any) -> bytes:
+    """JSON as the feature server writes its bodies (server/encode.py uses this one)."""
+    try:
+        return orjson.dumps(content, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError:
+        return orjson.dumps(content, default=_default, option=_ANY_KEYS)
 
 
 def feature_pairs(features: Any) -> list[tuple[str, str]]:
@@ -71,11 +80,7 @@ class LineEncoder:
         thread joins them into lines (served_log.py), so a read copies nothing into a line."""
         if kind == FEAST_BODY:
             return self._shape(features, full, keys), self._marks(state), payload
-        columns = [payload.entity_columns, payload.values, payload.statuses]
-        try:
-            body = orjson.dumps(columns, default=_default, option=_OPTIONS)
-        except orjson.JSONEncodeError:
-            body = orjson.dumps(columns, default=_default, option=_ANY_KEYS)
+        body = dumps([payload.entity_columns, payload.values, payload.statuses])
         return self._shape(features, full, keys), self._marks(state), body
 
     def _shape(self, features: Any, full: bool, keys: int) -> bytes:

@@ -5,40 +5,20 @@ Kept free of FastAPI so that the hot path is plain functions over the SDK's ``On
 
 from __future__ import annotations
 
-import decimal
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
-import orjson
 from starlette.responses import Response
 
 from feature_store.errors import FeatureStoreError
+from feature_store.monitoring.served_spool import dumps as dumps  # one JSON encoding: bodies, their log
 from feature_store.online.read.reader import OnlineResponse
 
 EPOCH_Z = "1970-01-01T00:00:00Z"  # what Feast answers where a value has no event time
 JSON = "application/json"
-_OPTIONS = orjson.OPT_SERIALIZE_NUMPY
-_ANY_KEYS = _OPTIONS | orjson.OPT_NON_STR_KEYS  # a third slower: only where a value is a dict with other keys
-
-
-def _default(value: Any) -> Any:
-    """What orjson does not encode natively: decimals, sets, and anything else as its text (NaN and
-    infinities it already writes as null)."""
-    if isinstance(value, decimal.Decimal):
-        return float(value)
-    if isinstance(value, set | frozenset | tuple):
-        return list(value)
-    return str(value)
-
-
-def dumps(content: Any) -> bytes:
-    try:
-        return orjson.dumps(content, default=_default, option=_OPTIONS)
-    except orjson.JSONEncodeError:
-        return orjson.dumps(content, default=_default, option=_ANY_KEYS)
 
 
 def json_response(content: Any, status_code: int = 200, headers: dict[str, str] | None = None) -> Response:
