@@ -148,3 +148,29 @@ def test_a_select_with_comments_and_a_semicolon_still_reads(repo: Path, queries:
     query = "/* paid */ SELECT * FROM events -- every row\nWHERE price > 0;"
     got = run(repo, DuckDBSource(name="s", query=query, timestamp_field="ts"), queries)
     pd.testing.assert_frame_equal(got, expected, rtol=1e-9)
+
+
+def test_a_file_rewritten_in_place_is_read_anew_by_the_next_store(repo: Path, events: pd.DataFrame,
+                                                                   queries: pd.DataFrame) -> None:
+    """File sources are described and read in one scratch database per process (offline/duckdb/scratch.py): what
+    it read of a file before must not be served after the file changed."""
+    source = FileSource(name="s", path="data/events.parquet", timestamp_field="ts")
+    before = run(repo, source, queries)
+    changed = events.assign(price=events["price"] * 2, label="w")
+    changed.to_parquet(repo / "data" / "events.parquet", index=False)
+    after = run(repo, source, queries)
+    assert after["spent"].sum() == pytest.approx(2 * before["spent"].sum())
+    assert set(after["label"].dropna()) == {"w"}
+
+
+def test_a_forked_child_reads_file_sources(repo: Path, queries: pd.DataFrame) -> None:
+    """A process forked after its parent read sources (a pre-forking server) reads them itself: the parent's
+    scratch database, whose threads did not survive the fork, is not used in the child."""
+    import multiprocessing
+
+    source = FileSource(name="s", path="data/events.parquet", timestamp_field="ts")
+    expected = run(repo, source, queries)
+    context = multiprocessing.get_context("fork")
+    with context.Pool(1) as pool:
+        got = pool.apply_async(run, (repo, source, queries)).get(timeout=120)
+    pd.testing.assert_frame_equal(got, expected)

@@ -22,6 +22,7 @@ from feature_store.offline.duckdb.materialize import Materializer, table_columns
 from feature_store.offline.duckdb.online_tiles import DuckDBOnlineTiles
 from feature_store.offline.duckdb.push_log import pushed_sql
 from feature_store.offline.duckdb.retrieval import DuckDBRetrievalJob
+from feature_store.offline.duckdb.scratch import scratch_cursor
 from feature_store.offline.duckdb.sources import relation_sql
 from feature_store.offline.duckdb.sql import Compiled, TileTable, epoch_sql, events_sql, keys_sql
 from feature_store.offline.duckdb.types import neutral
@@ -52,7 +53,6 @@ class DuckDBOfflineEngine:
         self._con: duckdb.DuckDBPyConnection | None = None
         self._lock = threading.Lock()
         self._schemas: dict[str, dict[str, str]] = {}
-        self._scratch: duckdb.DuckDBPyConnection | None = None
 
     # --- connection --------------------------------------------------------------------------
 
@@ -84,19 +84,12 @@ class DuckDBOfflineEngine:
         if self._con is not None:
             self._con.close()
             self._con = None
-        if self._scratch is not None:
-            self._scratch.close()
-            self._scratch = None
 
     def _describe_con(self, source: BatchSource) -> duckdb.DuckDBPyConnection:
         """Where a source's schema is read: files need no database file, which stays closed."""
         if isinstance(source, DuckDBSource):
             return self.con
-        with self._lock:
-            if self._scratch is None:
-                self._scratch = duckdb.connect(":memory:")
-                self._scratch.execute("SET TimeZone = 'UTC'")
-            return self._scratch.cursor()
+        return scratch_cursor()
 
     # --- sources -----------------------------------------------------------------------------
 
