@@ -195,6 +195,16 @@ def _with_created(view: Any, ts_field: str, schema: Any) -> Any:
 
 @pytest.fixture
 def pushed_repo(online_store: dict[str, str]) -> Any:
+    yield from _pushed_repo(online_store)
+
+
+@pytest.fixture(scope="module")
+def refusing_repo(module_online_store: dict[str, str]) -> Any:
+    """A pushed repo shared by a module's tests whose pushes are all refused (each checks nothing was written)."""
+    yield from _pushed_repo(module_online_store)
+
+
+def _pushed_repo(online_store: dict[str, str]) -> Any:
     repo = Path(scratch_dir("push_cases_"))
     start = base_time()
     spend = AggregationView(name="spend", features=FEATURES, created_field=None, schema=ref.default_event_schema(),
@@ -218,8 +228,8 @@ def log_size(store: FeatureStore) -> int:
     return sum(os.path.getsize(f) for f in store.push_log.files("spend_push"))
 
 
-def test_bad_pushes_are_rejected_whole_and_write_nothing(pushed_repo: Any) -> None:
-    store, _spend, _profile = pushed_repo
+def test_bad_pushes_are_rejected_whole_and_write_nothing(refusing_repo: Any) -> None:
+    store, _spend, _profile = refusing_repo
     before = store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict()
     cases: list[tuple[str, Any, type[Exception], str]] = [
         ("spend_psuh", [event(1, 1.0)], PushSourceNotFoundError, "spend_push"),
@@ -249,10 +259,10 @@ def test_bad_pushes_are_rejected_whole_and_write_nothing(pushed_repo: Any) -> No
 
 @pytest.mark.parametrize("amount", ["nan", "NaN", "inf", "-Infinity", float("inf"), float("-inf"), 1e309, 1e308,
                                     -2e300])
-def test_non_finite_and_overflowing_values_are_refused(pushed_repo: Any, amount: Any) -> None:
+def test_non_finite_and_overflowing_values_are_refused(refusing_repo: Any, amount: Any) -> None:
     """NaN, infinity, and values whose sums could overflow never reach an entity's partials: one such push used to
     turn its sums, means and maxima into null (served as PRESENT) for good."""
-    store, _spend, _profile = pushed_repo
+    store, _spend, _profile = refusing_repo
     before = store.get_online_features(SPEND_REFS, {"customer_id": [1]}).to_dict()
     with pytest.raises(PushDataError) as info:
         store.push("spend_push", [event(1, 2.0), event(1, amount)])

@@ -29,6 +29,8 @@ from feature_store.online.stores.redis.cluster import RedisClusterOnlineStore
 from tests.conftest import delete_under, redis_clients
 from tests.redis_cluster import ClusterUnavailable, LocalCluster
 
+pytestmark = pytest.mark.redis_cluster  # six servers: `make test` runs these, `make test-fast` does not
+
 
 @pytest.fixture
 def prefix_name() -> Iterator[str]:

@@ -8,6 +8,7 @@ server error or on a response that does not match the documented schema and stat
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,8 @@ def operations() -> list[str]:
             "GET /ready", "GET /metrics"]
 
 
+FUZZ_EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "60"))  # per operation; make test-fast takes fewer
+
 CASES = [(label, GenerationMode.POSITIVE) for label in operations()] + [
     (label, GenerationMode.NEGATIVE) for label in ("POST /get-online-features", "POST /push")
 ]  # the other operations take no input that could be broken
@@ -54,7 +57,7 @@ def test_no_request_makes_a_server_error(fuzz_app: Any, label: str, mode: Genera
     operation = found[label]
 
     @given(case=operation.as_strategy(generation_mode=mode))
-    @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True,
               database=None)
     def check(case: Any) -> None:
         response = case.call_and_validate(checks=[checks.not_a_server_error, checks.response_schema_conformance,

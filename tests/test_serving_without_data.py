@@ -68,6 +68,7 @@ def test_reading_imports_no_duckdb(example_repo: Path) -> None:
     assert out.strip() == "[]"
 
 
+@pytest.mark.slow  # a real server process: make test, not make test-fast
 def test_feature_server_serves_without_offline_data(tmp_path: Path, redis_url: str) -> None:
     repo = make_repo(tmp_path / "repo", redis_url, unique_prefix(), customers=40)
     try:
