@@ -26,7 +26,7 @@ demo: $(VENV)/.installed
 	$(BIN)/feature-store --repo $(REPO) training-set --entities data/entity_rows.parquet \
 		--service fraud_model_v1 --output $(REPO)/data/train.parquet
 
-## test: install with dev extras and run the whole suite on two processes (starts a throwaway Redis if none is reachable; 15 min 36 s on 2 quiet cores on 2026-12-05, Spark included, 27 min beside two busy loops)
+## test: install with dev extras and run the whole suite on two processes (starts a throwaway Redis if none is reachable; 17 min 14 s on 2 quiet cores on 2026-12-05, Spark included, 26 min 28 s beside two busy loops)
 # PYTHONDONTWRITEBYTECODE= : some machines set it, and then every test process and every CLI a test runs compiles
 # the package and rewrites the tests' asserts anew (5 s of each run's collection alone)
 test: $(VENV)/.dev-installed

@@ -90,6 +90,11 @@ def test_pushes_retried_through_kills_count_exactly_once(tmp_path: Path, online_
         for kill in range(KILLS + 1):
             with run_server(repo, tmp_path / f"server{kill}.log", "--workers", "2") as server:
                 current["url"] = server.url
+                # the random time before the kill runs from this server's first answered push, not from its start:
+                # a loaded machine (a Spark JVM beside) spent whole windows starting workers, 16 pushes in 6 servers
+                landed, deadline = len(done), time.monotonic() + 60
+                while len(done) == landed and time.monotonic() < deadline:
+                    time.sleep(0.02)
                 if kill == KILLS:  # the last server lives: every push started gets its answer
                     time.sleep(1.0)
                     stop.set()
