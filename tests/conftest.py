@@ -210,7 +210,7 @@ def _online_store(request: pytest.FixtureRequest, kind: str, prefix: str) -> Ite
 
 def _store_params() -> list[Any]:
     """The matrix as fixture params; the cluster's carry the ``redis_cluster`` mark, which the fast tier deselects
-    (it starts six servers per test process and repeats what single-node Redis covers; `make test` runs it)."""
+    (six servers per test process, whose work slows the other tests; `make test` runs it)."""
     return [pytest.param(kind, marks=pytest.mark.redis_cluster) if kind == "redis-cluster" else kind
             for kind in ONLINE_STORES]
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import os
 import shutil
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -38,7 +40,9 @@ def spark_session() -> Any:
 def kill_seed() -> int:
     """The seed that picks a run's kill -9 trials: ``KILL_SEED``, else the day's number (so CI covers every trial
     over days; a failure names its seed)."""
-    import os
-    from datetime import UTC, datetime
-
     return int(os.environ.get("KILL_SEED", datetime.now(UTC).date().toordinal()))
+
+
+def kill_trials(default: int) -> int:
+    """How many kill -9 trials a run takes: ``KILL_TRIALS``, else the test's default (each starts a JVM)."""
+    return int(os.environ.get("KILL_TRIALS", str(default)))

@@ -31,7 +31,7 @@ import redis
 from feature_store import example
 from feature_store.store import FeatureStore
 from tests.conftest import delete_under, own_database
-from tests.spark_fixtures import kill_seed, spark_available
+from tests.spark_fixtures import kill_seed, kill_trials, spark_available
 from tests.test_spark_engine import EXTRA_PY, VIEWS
 
 pytestmark = [pytest.mark.spark, pytest.mark.slow]
@@ -204,7 +204,7 @@ def test_materialize_killed_while_executors_write_then_rerun_equals_a_clean_run(
         seed = kill_seed()
         rng = random.Random(seed)
         trials = rng.sample([("nothing", False, "writes"), ("complete", True, "start"), ("earlier", False, "start"),
-                             ("nothing", True, "writes")], k=min(4, int(os.environ.get("KILL_TRIALS", "2"))))
+                             ("nothing", True, "writes")], k=min(4, kill_trials(2)))
         killed = 0
         for number, (state, full, when) in enumerate(trials):
             if state == "nothing":

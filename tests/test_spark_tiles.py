@@ -23,7 +23,7 @@ import pytest
 
 from feature_store.config import RepoConfig, load_config
 from feature_store.store import FeatureStore
-from tests.spark_fixtures import kill_seed, spark_session
+from tests.spark_fixtures import kill_seed, kill_trials, spark_session
 from tests.test_materialize import START, definitions, queries, write_events
 
 pytestmark = pytest.mark.spark
@@ -224,7 +224,7 @@ def test_materialize_killed_at_random_points_then_rerun_equals_a_clean_run(repo:
     seed = kill_seed()
     rng = random.Random(seed)
     killed = 0
-    for trial in range(int(os.environ.get("KILL_TRIALS", "3"))):
+    for trial in range(kill_trials(3)):
         start = rng.choice(["nothing", "earlier", "complete"])
         full = rng.random() < 0.5
         shutil.rmtree(repo / "data" / "spark", ignore_errors=True)
